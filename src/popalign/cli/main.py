@@ -1,0 +1,70 @@
+"""``popalign``: one command line with sub-commands.
+
+Each sub-command lives in its own module under :mod:`popalign.cli` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a function of the parsed
+arguments. Modules import torch and friends inside ``func`` only, so ``popalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# (module, one-line summary) in the order --help lists them.
+COMMANDS: list[tuple[str, str]] = [
+    ("data", "inspect preference datasets (counts, scores, margins, histogram)"),
+    ("pop", "build preference-over-preference (PoP) datasets"),
+    ("sft", "supervised fine-tuning on chosen responses"),
+    ("train", "preference training: DPO, margin variants, DPO-PoP, reward models"),
+    ("model", "prepare models (e.g. convert the offline SmolLM2 GGUF to safetensors)"),
+]
+
+EPILOG = """examples:
+  popalign data inspect ../data/train.jsonl
+  popalign pop build ../data/train.jsonl --strategy iterative -k 2 -o runs/pop
+  popalign train --config configs/tiny/dpo_pop.yaml
+  popalign <command> --help     every command has examples
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from popalign import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="popalign",
+        description="Margin-aware alignment of language models from preference-over-preference labels.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"popalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in COMMANDS:
+        module = importlib.import_module(f"popalign.cli.{name.replace('-', '_')}")
+        module.register(sub, summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    from popalign.errors import PopalignError
+
+    try:
+        result = args.func(args)
+    except PopalignError as exc:
+        print(f"popalign: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("popalign: interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

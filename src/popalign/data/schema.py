@@ -1,0 +1,108 @@
+"""The normalised preference record and the table that holds many of them.
+
+Every loader produces a :class:`PreferenceTable`: columnar, so that PoP building and statistics work on
+numpy arrays of margins without touching the text, and the text is stored once however many PoP
+pairs refer to a preference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# A prompt is a string for single-turn data, or the list of chat messages that precede the final
+# assistant turn for multi-turn data ({"role": ..., "content": ...} dicts).
+Prompt = str | list[dict[str, str]]
+
+COLUMNS = ("id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected")
+
+
+@dataclass
+class PreferenceTable:
+    """Preferences ``(x, y+, y-)`` with optional scores; ``margin = score_chosen - score_rejected``.
+
+    ``score_chosen``/``score_rejected`` are float arrays of shape ``(N,)`` or ``None`` when the
+    source has no scores (e.g. preferences whose strength comes only from PoP labels).
+    """
+
+    ids: list[str]
+    prompts: list[Prompt]
+    chosen: list[str]
+    rejected: list[str]
+    score_chosen: np.ndarray | None = None
+    score_rejected: np.ndarray | None = None
+    source: str = "<memory>"
+    _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name in ("prompts", "chosen", "rejected"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"PreferenceTable: column {name} has {len(getattr(self, name))} rows, ids {n}"
+                )
+        if (self.score_chosen is None) != (self.score_rejected is None):
+            raise ValueError("PreferenceTable: give both score columns or neither")
+        if self.score_chosen is not None:
+            self.score_chosen = np.asarray(self.score_chosen, dtype=np.float64)
+            self.score_rejected = np.asarray(self.score_rejected, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_scores(self) -> bool:
+        return self.score_chosen is not None
+
+    @property
+    def margins(self) -> np.ndarray:
+        """Ground-truth margins ``score_chosen - score_rejected``, shape ``(N,)``."""
+        if self.score_chosen is None or self.score_rejected is None:
+            raise ValueError(f"{self.source}: this dataset has no scores, so it has no margins")
+        return self.score_chosen - self.score_rejected
+
+    def index_of(self, pref_id: str) -> int:
+        """Row position of a preference id (raises ``KeyError`` for an unknown id)."""
+        if self._index is None:
+            self._index = {pid: i for i, pid in enumerate(self.ids)}
+        return self._index[pref_id]
+
+    def row(self, i: int) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "id": self.ids[i],
+            "prompt": self.prompts[i],
+            "chosen": self.chosen[i],
+            "rejected": self.rejected[i],
+        }
+        if self.score_chosen is not None and self.score_rejected is not None:
+            rec["score_chosen"] = float(self.score_chosen[i])
+            rec["score_rejected"] = float(self.score_rejected[i])
+            rec["margin"] = float(self.score_chosen[i] - self.score_rejected[i])
+        return rec
+
+    def to_records(self) -> list[dict[str, Any]]:
+        return [self.row(i) for i in range(len(self))]
+
+    def select(self, indices: np.ndarray | list[int]) -> PreferenceTable:
+        idx = [int(i) for i in indices]
+        return PreferenceTable(
+            ids=[self.ids[i] for i in idx],
+            prompts=[self.prompts[i] for i in idx],
+            chosen=[self.chosen[i] for i in idx],
+            rejected=[self.rejected[i] for i in idx],
+            score_chosen=None if self.score_chosen is None else self.score_chosen[idx],
+            score_rejected=None if self.score_rejected is None else self.score_rejected[idx],
+            source=self.source,
+        )
+
+    def fingerprint(self) -> str:
+        """A content hash (ids, text and scores); caches keyed on it are invalidated by any edit."""
+        h = hashlib.sha256()
+        for i in range(len(self)):
+            h.update(json.dumps(self.row(i), sort_keys=True, ensure_ascii=False).encode("utf-8"))
+            h.update(b"\x00")
+        return h.hexdigest()[:16]
