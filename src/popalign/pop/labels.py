@@ -1,0 +1,147 @@
+"""PoP labels collected from people or a judge, with no scores: ``(id_a, id_b, stronger)`` rows.
+
+The paper simulates annotators with UltraFeedback scores (Section 4.1) but the method needs only the
+ordinal label "preference a is stronger than preference b". A label file (``.jsonl``, ``.csv`` or
+``.parquet``) has one row per judged pair:
+
+* ``id_a``, ``id_b`` — ids of two different preferences of the preference dataset;
+* ``stronger`` — ``"a"`` or ``"b"`` (any case), or the id of the stronger preference itself (the
+  letters are read as letters first).
+
+Every row is checked against the preference dataset; a problem raises :class:`DataError` naming the
+file, the 1-based row (the line for ``.jsonl``; the data row, header not counted, for ``.csv``) and the
+field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from popalign.data.schema import PreferenceTable
+from popalign.errors import DataError
+from popalign.pop.build import META_FORMAT
+from popalign.pop.pairs import PoPPairs
+from popalign.pop.stats import pair_statistics
+
+LABEL_COLUMNS = ("id_a", "id_b", "stronger")
+LABEL_FORMATS = (".jsonl", ".csv", ".parquet")
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number, record)`` for each label row."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"not valid JSON: {exc.msg}", file=str(path), row=line_no) from None
+                if not isinstance(rec, dict):
+                    raise DataError("expected a JSON object", file=str(path), row=line_no)
+                yield line_no, rec
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as fh:
+            yield from enumerate(csv.DictReader(fh), start=1)
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            data = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise DataError(f"not a readable Parquet file: {exc}", file=str(path)) from None
+        yield from enumerate(data.to_pylist(), start=1)
+
+
+def _present(rec: dict[str, Any], name: str, file: str, row: int) -> str:
+    value = rec.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError("missing", file=file, row=row, field=name)
+    return str(value).strip()
+
+
+def _stronger_is_a(value: str, id_a: str, id_b: str, file: str, row: int) -> bool:
+    # The letters win over ids, so ids that are themselves "a" or "b" cannot make a row ambiguous.
+    low = value.lower()
+    if low in ("a", "b"):
+        return low == "a"
+    if value in (id_a, id_b):
+        return value == id_a
+    raise DataError(
+        f"{value!r} is neither 'a', 'b', nor one of the pair's ids ({id_a!r}, {id_b!r})",
+        file=file,
+        row=row,
+        field="stronger",
+    )
+
+
+def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
+    """Read people's PoP labels into :class:`PoPPairs` over ``table`` (``flipped`` all ``False``).
+
+    ``table`` needs no scores; when it has them, ``meta["appearances"]`` also counts the labels that
+    disagree with the score margins. Raises :class:`DataError` for an unknown id, a pair of a preference
+    with itself, a bad ``stronger`` value, a missing field or a pair judged twice (in either order).
+    """
+    path = Path(path)
+    file = str(path)
+    if path.suffix.lower() not in LABEL_FORMATS:
+        raise DataError(f"a PoP label file must end in {', '.join(LABEL_FORMATS)}", file=file)
+    if not path.exists():
+        raise DataError("PoP label file not found", file=file)
+    position = {str(pid): i for i, pid in enumerate(table.ids)}
+    seen: dict[tuple[int, int], int] = {}
+    strong: list[int] = []
+    weak: list[int] = []
+    for row, rec in _rows(path):
+        id_a, id_b, stronger = (_present(rec, name, file, row) for name in LABEL_COLUMNS)
+        for name, pid in (("id_a", id_a), ("id_b", id_b)):
+            if pid not in position:
+                raise DataError(
+                    f"id {pid!r} is not in the preference dataset {table.source}",
+                    file=file,
+                    row=row,
+                    field=name,
+                )
+        a, b = position[id_a], position[id_b]
+        if a == b:
+            raise DataError(
+                f"a preference ({id_a!r}) is paired with itself", file=file, row=row, field="id_b"
+            )
+        key = (min(a, b), max(a, b))
+        if key in seen:
+            raise DataError(
+                f"the pair ({id_a!r}, {id_b!r}) was already labelled in row {seen[key]}",
+                file=file,
+                row=row,
+                field="id_b",
+            )
+        seen[key] = row
+        a_wins = _stronger_is_a(stronger, id_a, id_b, file, row)
+        strong.append(a if a_wins else b)
+        weak.append(b if a_wins else a)
+    strong_idx = np.asarray(strong, dtype=np.int64)
+    weak_idx = np.asarray(weak, dtype=np.int64)
+    flipped = np.zeros(strong_idx.size, dtype=bool)
+    meta = {
+        "format": META_FORMAT,
+        "settings": {"strategy": "labels"},
+        "source": {
+            "labels": file,
+            "path": table.source,
+            "fingerprint": table.fingerprint(),
+            "preferences": len(table),
+        },
+        "counts": {"pairs": int(strong_idx.size), "flipped": 0},
+        "appearances": pair_statistics(
+            strong_idx, weak_idx, flipped, len(table), table.margins if table.has_scores else None
+        ),
+    }
+    return PoPPairs(strong_idx, weak_idx, flipped, meta)
