@@ -1,0 +1,1 @@
+"""popalign.train"""

@@ -1,0 +1,116 @@
+"""Training examples and collators.
+
+An example is a pair of row indices into the tokenised preference table: ``strong`` (the preference
+trained on) and, for PoP, ``weak`` (whose target-policy reward difference becomes the margin).
+Collators turn a list of examples into padded tensors; chosen and rejected go in one batch of
+``2B`` rows so the policy runs one forward pass for both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from popalign.data.tokenize import TokenizedPreferences
+
+
+class PairExamples(Dataset):
+    """``{"strong": i, "weak": j}`` items; ``weak`` is -1 when examples are plain preferences."""
+
+    def __init__(self, strong_idx: np.ndarray, weak_idx: np.ndarray | None = None):
+        self.strong = np.asarray(strong_idx, dtype=np.int64)
+        self.weak = None if weak_idx is None else np.asarray(weak_idx, dtype=np.int64)
+        if self.weak is not None and len(self.weak) != len(self.strong):
+            raise ValueError("strong and weak index arrays differ in length")
+
+    def __len__(self) -> int:
+        return len(self.strong)
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        return {"strong": int(self.strong[i]), "weak": -1 if self.weak is None else int(self.weak[i])}
+
+
+def pad_rows(
+    rows: list[list[int]], pad_id: int, multiple_of: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists to ``(N, T)`` ids and a 0/1 attention mask."""
+    width = max(len(r) for r in rows)
+    if multiple_of:
+        width = -(-width // multiple_of) * multiple_of
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class PreferenceCollator:
+    """Builds the batch a preference loss needs.
+
+    Keys for the strong pair: ``input_ids``, ``attention_mask``, ``completion_mask`` of shape ``(2B, T)``
+    (rows ``:B`` chosen, ``B:`` rejected), ``reference_chosen_logps``/``reference_rejected_logps`` ``(B,)``
+    when reference log-probs are precomputed, ``gt_margins`` ``(B,)`` when the data has scores. With
+    ``with_weak`` the same keys prefixed ``weak_`` describe the weak pair of each PoP example.
+    """
+
+    def __init__(
+        self,
+        tokenized: TokenizedPreferences,
+        pad_token_id: int,
+        *,
+        reference_chosen_logps: np.ndarray | None = None,
+        reference_rejected_logps: np.ndarray | None = None,
+        gt_margins: np.ndarray | None = None,
+        with_weak: bool = False,
+        pad_to_multiple_of: int | None = None,
+    ):
+        self.tok = tokenized
+        self.pad = pad_token_id
+        self.ref_c = reference_chosen_logps
+        self.ref_r = reference_rejected_logps
+        self.gt = gt_margins
+        self.with_weak = with_weak
+        self.multiple_of = pad_to_multiple_of
+
+    def pair_tensors(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        prompts = [self.tok.prompt_ids[i] for i in idx]
+        rows = [p + self.tok.chosen_ids[i] for p, i in zip(prompts, idx, strict=True)]
+        rows += [p + self.tok.rejected_ids[i] for p, i in zip(prompts, idx, strict=True)]
+        ids, mask = pad_rows(rows, self.pad, self.multiple_of)
+        completion = mask.clone()
+        for r, p in enumerate(prompts + prompts):
+            completion[r, : len(p)] = 0
+        return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion}
+
+    def _side(self, idx: list[int], prefix: str) -> dict[str, torch.Tensor]:
+        out = {f"{prefix}{k}": v for k, v in self.pair_tensors(idx).items()}
+        if self.ref_c is not None and self.ref_r is not None:
+            out[f"{prefix}reference_chosen_logps"] = torch.tensor(self.ref_c[idx], dtype=torch.float32)
+            out[f"{prefix}reference_rejected_logps"] = torch.tensor(self.ref_r[idx], dtype=torch.float32)
+        return out
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        strong = [int(it["strong"]) for it in items]
+        batch = self._side(strong, "")
+        if self.gt is not None:
+            batch["gt_margins"] = torch.tensor(self.gt[strong], dtype=torch.float32)
+        if self.with_weak:
+            weak = [int(it["weak"]) for it in items]
+            if min(weak) < 0:
+                raise ValueError("a PoP method was given examples without a weak preference")
+            batch.update(self._side(weak, "weak_"))
+        return batch
+
+
+class SequenceCollator:
+    """Prompt+response rows for reward models and reference precompute: ids, mask, completion mask."""
+
+    def __init__(self, tokenized: TokenizedPreferences, pad_token_id: int):
+        self.inner = PreferenceCollator(tokenized, pad_token_id)
+
+    def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        return self.inner.pair_tensors(idx)

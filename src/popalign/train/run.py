@@ -1,0 +1,135 @@
+"""``popalign train`` end to end: data -> tokens -> reference log-probs -> examples -> Trainer -> model.
+
+Every step records what it did (rows kept, truncation, cache hits, PoP statistics) in ``run_info.json``
+beside the resolved ``config.yaml``, so a run can be audited and reproduced.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from popalign.config import save_config
+from popalign.errors import PopalignError
+from popalign.io import atomic_write_json
+from popalign.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def _training_texts(table) -> list[str]:
+    texts: list[str] = []
+    for p, c, r in zip(table.prompts, table.chosen, table.rejected, strict=True):
+        texts.append(p if isinstance(p, str) else "\n".join(m["content"] for m in p))
+        texts.extend((c, r))
+    return texts
+
+
+def build_examples(cfg: TrainConfig, table, method, output_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Training examples for the method's sampler: every preference, or PoP pairs (built or people's)."""
+    from popalign.train.collate import PairExamples
+
+    if method.sampler == "preferences":
+        return PairExamples(np.arange(len(table))), {"examples": len(table), "sampler": "preferences"}
+    from dataclasses import replace
+
+    from popalign.pop.build import build_pop_for_table
+    from popalign.pop.labels import load_pop_labels
+
+    if cfg.pop_labels:
+        pairs = load_pop_labels(cfg.pop_labels, table)
+    else:
+        spec = cfg.pop if method.pop_strategy is None else replace(cfg.pop, strategy=method.pop_strategy)
+        pairs = build_pop_for_table(table, spec)
+    pairs.save(output_dir / "pop_pairs.parquet", table)
+    info = {"examples": len(pairs), "sampler": "pop", "pop": pairs.meta}
+    if len(pairs) == 0:
+        raise PopalignError("the PoP builder produced no pairs (is min_gap larger than every margin gap?)")
+    return PairExamples(pairs.strong_idx, pairs.weak_idx), info
+
+
+def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns a summary (paths, metrics). Resumes from checkpoints.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, tests).
+    """
+    from popalign.data.load import load_preferences
+    from popalign.data.tokenize import tokenize_preferences
+    from popalign.methods import get_method
+    from popalign.modeling.reference import cached_reference_logps
+    from popalign.modeling.target import adapters_disabled
+    from popalign.train.checkpoints import resolve_resume
+    from popalign.train.collate import PreferenceCollator
+    from popalign.train.setup import (
+        apply_lora,
+        build_model_and_tokenizer,
+        save_final_model,
+        seed_everything,
+        training_arguments,
+    )
+    from popalign.train.trainer import PreferenceTrainer
+
+    method = get_method(cfg.method, cfg.objective)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.training.seed)
+    resume = resolve_resume(cfg.resume, out)
+
+    table, report = load_preferences(cfg.data)
+    print(report.summary())
+    if method.needs_gt_margin and not table.has_scores:
+        raise PopalignError(f"{cfg.data.path}: method {method.name} needs scores (ground-truth margins)")
+    reward_model = cfg.objective == "reward-model"
+    model, tokenizer = build_model_and_tokenizer(
+        cfg.model, texts=_training_texts(table), reward_model=reward_model
+    )
+    model = apply_lora(model, cfg.lora, reward_model=reward_model)
+    tokenized = tokenize_preferences(table, tokenizer, cfg.tokenize)
+    info: dict[str, Any] = {"data": vars(report), "tokenize": tokenized.stats, "method": vars(method)}
+
+    ref_c = ref_r = None
+    if not reward_model and cfg.reference.precompute:
+        with adapters_disabled(model):
+            ref_c, ref_r, info["reference"] = cached_reference_logps(
+                model,
+                tokenized,
+                tokenizer.pad_token_id,
+                cfg.reference.cache_dir,
+                batch_size=cfg.reference.batch_size,
+                progress=cfg.training.progress,
+            )
+    examples, info["examples"] = build_examples(cfg, table, method, out)
+    collator = PreferenceCollator(
+        tokenized,
+        tokenizer.pad_token_id,
+        reference_chosen_logps=ref_c,
+        reference_rejected_logps=ref_r,
+        gt_margins=table.margins if table.has_scores else None,
+        with_weak=method.needs_weak_pair,
+    )
+    atomic_write_json(out / "run_info.json", info)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=training_arguments(cfg.training, out),
+        train_dataset=examples,
+        data_collator=collator,
+        processing_class=tokenizer,
+        method=method,
+        objective=cfg.objective,
+        beta=cfg.loss.beta,
+        margin=cfg.loss.margin,
+        max_margin=cfg.loss.max_margin,
+        pop_margin_model=cfg.loss.pop_margin_model,
+        tau=cfg.target.tau,
+        live_reference=not cfg.reference.precompute,
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    final = save_final_model(trainer, tokenizer, out, cfg.save_final)
+    return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}

@@ -1,0 +1,143 @@
+"""What SFT and preference training share: models, LoRA, TrainingArguments, final saving."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from popalign.train.config import LoraSpec, ModelSpec, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+RANDOM_PREFIX = "random:"
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model_and_tokenizer(
+    spec: ModelSpec, *, texts: list[str], reward_model: bool = False
+) -> tuple[Any, Any]:
+    """The model to train and its tokenizer.
+
+    ``random:tiny-llama`` trains a small byte-level BPE tokenizer on ``texts`` and builds a randomly
+    initialised Llama, so tests and the CPU testbed need no download.
+    """
+    from popalign.modeling import load as mload
+
+    if spec.name_or_path.startswith(RANDOM_PREFIX):
+        from popalign.modeling.tiny import tiny_causal_lm, tiny_reward_model
+        from popalign.modeling.tokenizer import build_local_tokenizer
+
+        arch = spec.name_or_path[len(RANDOM_PREFIX) :]
+        if arch != "tiny-llama":
+            from popalign.errors import PopalignError
+
+            raise PopalignError(
+                f"model.name_or_path: unknown random architecture {arch!r} (known: tiny-llama)"
+            )
+        tokenizer = build_local_tokenizer(texts, vocab_size=spec.tiny_vocab_size)
+        build = tiny_reward_model if reward_model else tiny_causal_lm
+        model = build(
+            tokenizer,
+            seed=spec.seed,
+            hidden_size=spec.tiny_hidden_size,
+            intermediate_size=spec.tiny_hidden_size * 2,
+            num_hidden_layers=spec.tiny_layers,
+        )
+        return model, tokenizer
+    tokenizer = mload.load_tokenizer(spec.name_or_path)
+    if reward_model:
+        model = mload.load_reward_model(spec.name_or_path, dtype=spec.dtype)
+    else:
+        model = mload.load_causal_lm(spec.name_or_path, dtype=spec.dtype)
+    if tokenizer.pad_token_id is None:
+        # Padding is masked out everywhere, so reusing eos as pad changes no result.
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def apply_lora(model: Any, spec: LoraSpec, *, reward_model: bool = False) -> Any:
+    if not spec.enabled:
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        task_type=TaskType.SEQ_CLS if reward_model else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
+
+
+def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any):
+    import torch
+    from transformers import TrainingArguments
+
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
+    report_to = [r for r in spec.report_to if r != "none"] or "none"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=spec.learning_rate,
+        num_train_epochs=spec.num_train_epochs,
+        max_steps=spec.max_steps,
+        per_device_train_batch_size=spec.per_device_train_batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        lr_scheduler_type=spec.lr_scheduler_type,
+        # transformers 5 reads a warmup below 1 as a fraction of all steps.
+        warmup_steps=spec.warmup_ratio,
+        weight_decay=spec.weight_decay,
+        optim=spec.optim,
+        max_grad_norm=spec.max_grad_norm,
+        activation_checkpointing=spec.gradient_checkpointing,
+        bf16=spec.bf16,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        logging_steps=spec.logging_steps,
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=spec.save_total_limit,
+        report_to=report_to,
+        dataloader_num_workers=spec.dataloader_num_workers,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=not spec.progress,
+        **extra,
+    )
+
+
+def save_final_model(trainer: Any, tokenizer: Any, output_dir: str | Path, how: str) -> str:
+    """Save the trained model so ``AutoModelForCausalLM.from_pretrained(output_dir)`` (or peft) loads it.
+
+    ``how``: ``full`` (plain model), ``adapter`` (LoRA adapter alone) or ``merged`` (adapter merged into
+    the base). The PoP target adapter is never part of the saved model.
+    """
+    from popalign.modeling.target import TARGET_ADAPTER
+
+    output_dir = str(output_dir)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(model, "peft_config")
+    if is_peft and TARGET_ADAPTER in model.peft_config:
+        model.delete_adapter(TARGET_ADAPTER)
+    if is_peft and how in ("merged", "full"):
+        model = model.merge_and_unload()
+        if trainer.args.should_save:
+            model.save_pretrained(output_dir)
+    else:
+        trainer.save_model(output_dir)
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(output_dir)
+    return output_dir

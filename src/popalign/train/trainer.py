@@ -1,0 +1,234 @@
+"""``PreferenceTrainer``: a ``transformers.Trainer`` whose loss is one of the paper's preference losses.
+
+The training loop, distribution (DDP, FSDP, DeepSpeed through accelerate), checkpointing and logging
+are transformers'. This class adds three things: the forward passes a preference loss needs
+(the strong pair through the policy; for PoP the weak pair through the target under ``no_grad``),
+the Polyak update of the target after every optimiser step, and the target's state in checkpoints.
+The loss maths itself lives in :mod:`popalign.losses` and :mod:`popalign.methods`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from popalign.errors import PopalignError
+from popalign.losses.preference import LossOutput
+from popalign.losses.rewards import implicit_rewards
+from popalign.methods import Method, method_loss
+from popalign.modeling.logps import completion_logps, sequence_scores
+from popalign.modeling.target import PolyakTarget, adapters_disabled
+
+TARGET_STATE = "popalign_target.pt"
+
+
+class TrainingDiverged(PopalignError):
+    """The loss became NaN or infinite; the run stops before the bad step touches the weights."""
+
+
+class _PolyakUpdate(TrainerCallback):
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.update_target()
+
+
+class PreferenceTrainer(Trainer):
+    """Trains a policy (DPO family, Eq. 3, 7, 8) or a reward model (Eq. 2, 4, 5) on preference batches.
+
+    Args:
+        method: the preset (sampler, margin source, weighting) from :mod:`popalign.methods`.
+        objective: ``"policy"`` (implicit reward, needs reference log-probs) or ``"reward-model"``.
+        beta: DPO's beta. ``margin``: dpo-margin's constant. ``max_margin``: M_max of Eq. 7.
+        pop_margin_model: ``"target"`` (Polyak copy, Eq. 7) or ``"live"`` (the model itself, stop-grad).
+        tau: Polyak rate of the target.
+        live_reference: run the reference model each step instead of reading precomputed log-probs.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        method: Method,
+        objective: str = "policy",
+        beta: float = 0.1,
+        margin: float = 1.0,
+        max_margin: float | None = 10.0,
+        pop_margin_model: str = "target",
+        tau: float = 0.01,
+        live_reference: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        # Our loss is a per-example mean of one micro-batch; the Trainer divides it by the
+        # accumulation steps, so batch 8 equals batch 4 x 2 accumulation steps.
+        self.loss_is_scaled_for_ga = False
+        self.method, self.objective = method, objective
+        self.beta, self.margin, self.max_margin = beta, margin, max_margin
+        self.pop_margin_model = pop_margin_model
+        self.target: PolyakTarget | None = None
+        if method.needs_weak_pair and pop_margin_model == "target":
+            self.target = PolyakTarget(self.model, tau)
+            self.add_callback(_PolyakUpdate(self))
+        self.reference_model: torch.nn.Module | None = None
+        if live_reference and objective == "policy" and not _is_peft(self.model):
+            self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.live_reference = live_reference
+        self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        self._metric_count = 0
+
+    # ---- forward passes -------------------------------------------------------------------------
+    def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def _reference_logps(self, model, inputs, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        key = f"{prefix}reference_chosen_logps"
+        if key in inputs:
+            return inputs[key], inputs[f"{prefix}reference_rejected_logps"]
+        if not self.live_reference:
+            raise PopalignError(
+                "reference log-probs are missing from the batch and reference.precompute is on"
+            )
+        with torch.no_grad():
+            if self.reference_model is not None:
+                logps = self._logps(self.reference_model, inputs, prefix)
+            else:
+                with adapters_disabled(self._unwrapped(model)):
+                    logps = self._logps(self._unwrapped(model), inputs, prefix)
+        half = logps.shape[0] // 2
+        return logps[:half], logps[half:]
+
+    @staticmethod
+    def _logps(model, inputs, prefix: str) -> torch.Tensor:
+        return completion_logps(
+            model,
+            inputs[f"{prefix}input_ids"],
+            inputs[f"{prefix}attention_mask"],
+            inputs[f"{prefix}completion_mask"],
+        )
+
+    def _rewards(self, model, inputs, prefix: str, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards of chosen and rejected, ``(B,)`` each: implicit (policy) or explicit (reward model)."""
+        if self.objective == "reward-model":
+            scores = sequence_scores(model, inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"])
+            half = scores.shape[0] // 2
+            return scores[:half], scores[half:]
+        logps = self._logps(model, inputs, prefix)
+        half = logps.shape[0] // 2
+        policy_chosen_logps, policy_rejected_logps = logps[:half], logps[half:]
+        reference_chosen_logps, reference_rejected_logps = self._reference_logps(model, inputs, prefix)
+        if not prefix:
+            logs["logps/chosen"] = policy_chosen_logps.detach()
+            logs["logps/rejected"] = policy_rejected_logps.detach()
+        return implicit_rewards(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            reference_chosen_logps,
+            reference_rejected_logps,
+            self.beta,
+        )
+
+    @torch.no_grad()
+    def _weak_rewards(self, model, inputs, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.target is None:
+            return self._rewards(model, inputs, "weak_", logs)
+        with self.target.activated(self._unwrapped(model)) as target_model:
+            return self._rewards(target_model, inputs, "weak_", logs)
+
+    def preference_outputs(self, model, inputs) -> LossOutput:
+        logs: dict[str, torch.Tensor] = {}
+        chosen_rewards, rejected_rewards = self._rewards(model, inputs, "", logs)
+        weak_c = weak_r = None
+        if self.method.needs_weak_pair:
+            weak_c, weak_r = self._weak_rewards(model, inputs, logs)
+        out = method_loss(
+            self.method,
+            chosen_rewards,
+            rejected_rewards,
+            gt_margins=inputs.get("gt_margins"),
+            weak_chosen_rewards=weak_c,
+            weak_rejected_rewards=weak_r,
+            constant=self.margin,
+            max_margin=self.max_margin,
+        )
+        out.metrics.update(logs)
+        return out
+
+    # ---- Trainer hooks ---------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = self.preference_outputs(model, inputs)
+        loss = out.losses.mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {self.state.global_step + 1}; no update was applied. "
+                f"Last good checkpoint: {self._last_checkpoint() or 'none yet'}. "
+                "Lower training.learning_rate or loss.beta, or set loss.max_margin, and resume."
+            )
+        if model.training:
+            self._accumulate(out.metrics)
+        return (loss, out) if return_outputs else loss
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        for name, value in metrics.items():
+            self._metric_sums[name] = self._metric_sums[name] + value.detach().double().sum().cpu()
+        first = next(iter(metrics.values()))
+        self._metric_count += int(first.shape[0]) if first.dim() else 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metric_count and "loss" in logs:
+            names = sorted(self._metric_sums)
+            sums = torch.stack(
+                [self._metric_sums[n] for n in names] + [torch.tensor(float(self._metric_count))]
+            )
+            sums = sums.to(self.accelerator.device, dtype=torch.float32)
+            # Means over every example of every process since the last log, not a mean of means.
+            sums = self.accelerator.reduce(sums, reduction="sum")
+            for name, total in zip(names, sums[:-1].tolist(), strict=True):
+                logs[name] = round(total / sums[-1].item(), 6)
+            self._metric_sums.clear()
+            self._metric_count = 0
+        super().log(logs, start_time)
+
+    def update_target(self) -> None:
+        if self.target is not None:
+            self.target.update(self._unwrapped(self.model))
+
+    def _last_checkpoint(self) -> str | None:
+        from popalign.train.checkpoints import latest_checkpoint
+
+        return latest_checkpoint(self.args.output_dir)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # The target is written before the Trainer's own files: a checkpoint whose trainer_state.json
+        # exists (written last) therefore always holds its target.
+        if self.target is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            torch.save(self.target.state_dict(), os.path.join(folder, TARGET_STATE))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.target is not None:
+            path = os.path.join(resume_from_checkpoint, TARGET_STATE)
+            if not os.path.exists(path):
+                raise PopalignError(
+                    f"{resume_from_checkpoint}: the checkpoint has no target state ({TARGET_STATE})"
+                )
+            self.target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, accumulation: int, processes: int = 1) -> int:
+    """Optimiser steps in one epoch (the Trainer's own arithmetic, for progress reporting)."""
+    micro = math.ceil(n_examples / (batch_size * processes))
+    return max(1, micro // accumulation)
