@@ -1,0 +1,360 @@
+"""What each ``popalign eval`` sub-command does, as plain functions: load, score, compute, write.
+
+Each function evaluates one or more targets and writes into each target's evaluation folder:
+``--out`` for a single target, ``--out/<name>`` for several, else ``<model_dir>/eval``.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from popalign.errors import PopalignError
+from popalign.eval import report as rep
+from popalign.io import atomic_open, atomic_write_json
+
+
+@dataclass
+class ScoringOptions:
+    """How models are loaded and scored (see :func:`popalign.eval.scoring.load_scorer`)."""
+
+    kind: str = "auto"
+    reference: str | None = None
+    beta: float | None = None
+    score_fn: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int = 8
+    max_length: int | None = None
+    max_prompt_length: int | None = None
+
+
+@dataclass
+class BootstrapOptions:
+    n_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class Target:
+    """One thing to evaluate: a model folder (or None for a scoring function), its name and output folder."""
+
+    model: str | None
+    name: str
+    out: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_targets(models: list[str], out: str | None, names: list[str] | None = None) -> list[Target]:
+    """Name and output folder of each model (``[]`` with ``out`` set means one scoring-function target)."""
+    if not models:
+        if not out:
+            raise PopalignError("without a model folder, say where results go with --out")
+        return [Target(None, (names or [Path(out).resolve().name])[0], Path(out))]
+    if names and len(names) != len(models):
+        raise PopalignError(f"--name was given {len(names)} times for {len(models)} models")
+    targets = []
+    for i, model in enumerate(models):
+        name = names[i] if names else Path(model).resolve().name
+        if out and len(models) == 1:
+            folder = Path(out)
+        elif out:
+            folder = Path(out) / name
+        else:
+            folder = Path(model) / rep.EVAL_DIR
+        targets.append(Target(model, name, folder))
+    if len({t.name for t in targets}) != len(targets):
+        raise PopalignError("two models share a name; pass --name for each")
+    return targets
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    import json
+
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _scorer(target: Target, opts: ScoringOptions):
+    from popalign.eval.scoring import load_scorer
+
+    o = asdict(opts)
+    return load_scorer(target.model, **o)
+
+
+def _release() -> None:
+    # Two models per target (policy and reference) would otherwise pile up across targets.
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def _data_record(table, report=None, **extra: Any) -> dict[str, Any]:
+    rec = {"source": table.source, "rows": len(table), "fingerprint": table.fingerprint(), **extra}
+    if report is not None:
+        rec["skipped"] = report.skipped
+    return rec
+
+
+def run_discriminative(
+    models: list[str],
+    data: str,
+    *,
+    split: str = "test",
+    columns: str | None = None,
+    limit: int | None = None,
+    out: str | None = None,
+    names: list[str] | None = None,
+    compare: list[str] | None = None,
+    scoring: ScoringOptions | None = None,
+    boot: BootstrapOptions | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Predicted margins, accuracy and correlations of each model on test preferences (Section 4.3)."""
+    from popalign.data.load import load_preferences
+    from popalign.eval.discriminative import cumulative_accuracy, discriminative_metrics
+    from popalign.eval.plots import plot_cumulative_accuracy, plot_margin_scatter
+
+    scoring, boot = scoring or ScoringOptions(), boot or BootstrapOptions()
+    targets = plan_targets(models, out, names)
+    overrides: dict[str, Any] = {"split": split, "tie_policy": "keep"}
+    if columns:
+        overrides["columns"] = columns
+    if limit:
+        overrides["limit"] = limit
+    table, load_report = load_preferences(data, **overrides)
+    truth = table.margins if table.has_scores else None
+    # Earlier evaluations to overlay are read first, so a wrong path fails before any scoring.
+    others = [rep.load_run(c) for c in compare or []]
+    results = []
+    for t in targets:
+        scorer, info = _scorer(t, scoring)
+        chosen, rejected = scorer.rewards(table, progress=progress)
+        del scorer
+        _release()
+        predicted = chosen - rejected
+        metrics = discriminative_metrics(predicted, truth, **asdict(boot))
+        rows = [
+            {
+                "id": pid,
+                "predicted_margin": float(p),
+                "gt_margin": None if truth is None else float(truth[i]),
+                "chosen_reward": float(c),
+                "rejected_reward": float(r),
+            }
+            for i, (pid, p, c, r) in enumerate(zip(table.ids, predicted, chosen, rejected, strict=True))
+        ]
+        t.out.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(t.out / rep.PREDICTIONS, rows)
+        record = {
+            "kind": "discriminative",
+            "name": t.name,
+            "model": info,
+            "data": _data_record(table, load_report, path=data, split=split),
+            "metrics": metrics,
+        }
+        if truth is not None:
+            curve = cumulative_accuracy(predicted, truth)
+            record["cumulative_accuracy"] = {k: np.asarray(v).tolist() for k, v in curve.items()}
+        atomic_write_json(t.out / rep.FILES["discriminative"], record)
+        t.extra["predicted"] = predicted
+        results.append(record)
+    if truth is not None:
+        curves = [(t.name, t.extra["predicted"], truth) for t in targets]
+        curves += [(r.name, r.predicted, r.truth) for r in others if r.predicted is not None]
+        for t in targets:
+            plot_cumulative_accuracy(curves, t.out / rep.CUMULATIVE_PNG)
+            plot_margin_scatter(t.extra["predicted"], truth, t.out / rep.SCATTER_PNG, t.name)
+    for t in targets:
+        rep.write_run_markdown(t.out)
+    return results
+
+
+def run_rewardbench(
+    models: list[str],
+    data: str,
+    *,
+    limit: int | None = None,
+    include_prior: bool = False,
+    out: str | None = None,
+    names: list[str] | None = None,
+    scoring: ScoringOptions | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Per-subset accuracy and RewardBench section scores of each model on a local RewardBench file."""
+    from popalign.eval.rewardbench import read_rewardbench, rewardbench_scores
+
+    scoring = scoring or ScoringOptions()
+    targets = plan_targets(models, out, names)
+    bench = read_rewardbench(data, limit=limit)
+    results = []
+    for t in targets:
+        scorer, info = _scorer(t, scoring)
+        chosen, rejected = scorer.rewards(bench.table, progress=progress)
+        del scorer
+        _release()
+        predicted = chosen - rejected
+        scores = rewardbench_scores(predicted, bench.subsets, include_prior=include_prior)
+        rows = [
+            {"id": pid, "subset": s, "predicted_margin": float(p), "correct": bool(p > 0)}
+            for pid, s, p in zip(bench.table.ids, bench.subsets, predicted, strict=True)
+        ]
+        t.out.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(t.out / "rewardbench_predictions.jsonl", rows)
+        record = {
+            "kind": "rewardbench",
+            "name": t.name,
+            "model": info,
+            "data": _data_record(bench.table, path=data),
+            "scores": scores,
+        }
+        atomic_write_json(t.out / rep.FILES["rewardbench"], record)
+        rep.write_run_markdown(t.out)
+        results.append(record)
+    return results
+
+
+def run_generate(
+    models: list[str],
+    data: str,
+    *,
+    spec: Any = None,
+    split: str = "test",
+    columns: str | None = None,
+    limit: int | None = None,
+    out: str | None = None,
+    names: list[str] | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Sample replies of each model to the test prompts; write ``model_outputs.json`` (AlpacaEval layout)."""
+    from popalign.eval.generate import GenerateSpec, generate_responses, load_prompts, write_model_outputs
+    from popalign.eval.scoring import pick_device
+    from popalign.modeling.load import load_causal_lm, load_tokenizer
+
+    spec = spec or GenerateSpec()
+    spec.validate()
+    if not models:
+        raise PopalignError("give at least one model folder to generate from")
+    targets = plan_targets(models, out, names)
+    ids, prompts = load_prompts(data, split=split, columns=columns, limit=limit)
+    results = []
+    for t in targets:
+        tokenizer = load_tokenizer(t.model)
+        model = load_causal_lm(t.model, dtype=dtype).to(pick_device(device))
+        outputs = generate_responses(model, tokenizer, prompts, spec, progress=progress)
+        del model
+        _release()
+        t.out.mkdir(parents=True, exist_ok=True)
+        write_model_outputs(t.out / "model_outputs.json", ids, prompts, outputs, t.name)
+        record = {
+            "kind": "generate",
+            "generator": t.name,
+            "model": str(t.model),
+            "out": str(t.out / "model_outputs.json"),
+            "data": {"path": data, "split": split, "prompts": len(prompts)},
+            "settings": asdict(spec),
+            "mean_output_chars": float(np.mean([len(o) for o in outputs])) if outputs else 0.0,
+        }
+        atomic_write_json(t.out / rep.FILES["generate"], record)
+        rep.write_run_markdown(t.out)
+        results.append(record)
+    return results
+
+
+def load_judge(reward_model: str | None, score_fn: str | None, scoring: ScoringOptions):
+    """A judge with ``.score(prompts, responses)``: a local reward model or a scoring function."""
+    from popalign.eval.scoring import (
+        FunctionScorer,
+        RewardModelScorer,
+        load_reward_model,
+        load_score_function,
+        pick_device,
+        read_run_config,
+        tokenize_spec_for,
+    )
+
+    if bool(reward_model) == bool(score_fn):
+        raise PopalignError("judge with exactly one of --reward-model PATH or --score-fn module:function")
+    if score_fn:
+        return FunctionScorer(load_score_function(score_fn), score_fn), {"type": "function", "name": score_fn}
+    spec = tokenize_spec_for(read_run_config(reward_model), scoring.max_length, scoring.max_prompt_length)
+    model, tokenizer = load_reward_model(reward_model, scoring.dtype, pick_device(scoring.device))
+    judge = RewardModelScorer(model, tokenizer, spec, scoring.batch_size)
+    return judge, {
+        "type": "reward-model",
+        "name": Path(reward_model).resolve().name,
+        "path": str(reward_model),
+    }
+
+
+def run_judge(
+    outputs: list[str],
+    baseline: str,
+    *,
+    reward_model: str | None = None,
+    score_fn: str | None = None,
+    out: str | None = None,
+    scoring: ScoringOptions | None = None,
+    boot: BootstrapOptions | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Win rate and median advantage of each model's replies over the baseline's (Section 4.4)."""
+    from popalign.eval.generate import outputs_file, read_model_outputs
+    from popalign.eval.judge import comparison_metrics, judgement_rows, pair_outputs
+    from popalign.eval.plots import plot_advantages
+
+    scoring, boot = scoring or ScoringOptions(), boot or BootstrapOptions()
+    if not outputs:
+        raise PopalignError("give at least one model_outputs.json (or a folder holding one) to judge")
+    judge, judge_info = load_judge(reward_model, score_fn, scoring)
+    base_records = read_model_outputs(baseline)
+    base_name = str(base_records[0].get("generator") or Path(outputs_file(baseline)).parent.name)
+    # Keyed by (instruction, reply): the baseline is scored once however many models meet it.
+    cache: dict[tuple[str, str], float] = {}
+    results = []
+    for path in outputs:
+        file = outputs_file(path)
+        records = read_model_outputs(file)
+        generator = str(records[0].get("generator") or file.parent.name)
+        folder = Path(out) / generator if out and len(outputs) > 1 else Path(out or file.parent)
+        paired = pair_outputs(records, base_records)
+        pairs = list(zip(paired.instructions, paired.baseline_outputs, strict=True))
+        todo = sorted({p for p in pairs if p not in cache})
+        if todo:
+            fresh = judge.score([ins for ins, _ in todo], [o for _, o in todo], progress=progress)
+            cache.update({p: float(s) for p, s in zip(todo, fresh, strict=True)})
+        base_scores = np.array([cache[p] for p in pairs])
+        scores = judge.score(paired.instructions, paired.outputs, progress=progress)
+        metrics = comparison_metrics(scores, base_scores, **asdict(boot))
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(
+            folder / rep.JUDGEMENTS, judgement_rows(paired, scores, base_scores, generator, base_name)
+        )
+        record = {
+            "kind": "judge",
+            "generator": generator,
+            "baseline": base_name,
+            "judge": judge_info,
+            "outputs": str(file),
+            "baseline_outputs": str(outputs_file(baseline)),
+            "unmatched_prompts": paired.unmatched,
+            "metrics": metrics,
+        }
+        atomic_write_json(folder / rep.FILES["judge"], record)
+        plot_advantages([(generator, scores - base_scores)], folder / rep.ADVANTAGES_PNG, base_name)
+        rep.write_run_markdown(folder)
+        results.append(record)
+    return results

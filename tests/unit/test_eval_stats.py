@@ -1,0 +1,100 @@
+"""Correlations, win rate and bootstrap intervals, checked against scipy and hand-worked values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from popalign.eval.stats import (
+    Estimate,
+    bootstrap_ci,
+    estimate,
+    median,
+    pearson,
+    rankdata,
+    spearman,
+    win_rate,
+)
+
+
+def test_rankdata_averages_ties_like_scipy():
+    x = np.array([3.0, 1.0, 2.0, 2.0, 5.0, 1.0, 2.0])
+    # By hand: the 1s take ranks 1,2 -> 1.5; the 2s take 3,4,5 -> 4; then 3 -> 6, 5 -> 7.
+    assert rankdata(x).tolist() == [6.0, 1.5, 4.0, 4.0, 7.0, 1.5, 4.0]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, size=300).astype(float)
+    np.testing.assert_array_equal(rankdata(y), sps.rankdata(y))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_correlations_match_scipy_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 17, size=200) / 2.0  # UltraFeedback-like margins: steps of 0.5, many ties
+    predicted = 0.3 * truth + rng.normal(size=200)
+    assert pearson(predicted, truth) == pytest.approx(sps.pearsonr(predicted, truth).statistic, abs=1e-12)
+    assert spearman(predicted, truth) == pytest.approx(sps.spearmanr(predicted, truth).statistic, abs=1e-12)
+
+
+def test_correlations_of_monotone_and_reversed_predictions():
+    truth = np.array([0.5, 1.0, 2.0, 3.5, 7.0])
+    assert spearman(np.exp(truth), truth) == pytest.approx(1.0)
+    assert pearson(2.0 * truth + 1.0, truth) == pytest.approx(1.0)
+    assert spearman(-truth, truth) == pytest.approx(-1.0)
+    assert pearson(-truth, truth) == pytest.approx(-1.0)
+
+
+def test_correlation_of_a_constant_is_undefined():
+    assert math.isnan(pearson(np.zeros(5), np.arange(5.0)))
+    assert math.isnan(spearman(np.arange(5.0), np.ones(5)))
+    assert math.isnan(pearson(np.array([1.0]), np.array([2.0])))
+
+
+def test_win_rate_counts_ties_as_half():
+    # 2 wins, 1 tie, 1 loss: (2 + 0.5) / 4.
+    assert win_rate(np.array([1.0, 2.0, 0.0, -3.0])) == pytest.approx(0.625)
+    assert win_rate(np.zeros(7)) == 0.5
+    assert win_rate(np.array([-1.0, -0.1])) == 0.0
+    assert math.isnan(win_rate(np.array([])))
+    assert median(np.array([3.0, -1.0, 2.0, 10.0])) == 2.5
+
+
+def test_bootstrap_is_seeded():
+    x = np.random.default_rng(3).normal(size=50)
+    a = bootstrap_ci(np.mean, x, n_resamples=200, seed=7)
+    assert a == bootstrap_ci(np.mean, x, n_resamples=200, seed=7)
+    assert a != bootstrap_ci(np.mean, x, n_resamples=200, seed=8)
+
+
+def test_bootstrap_interval_of_a_mean_matches_theory_and_scipy():
+    x = np.random.default_rng(11).normal(loc=1.0, scale=2.0, size=400)
+    low, high = bootstrap_ci(np.mean, x, n_resamples=4000, seed=0)
+    half_width = 1.959964 * x.std(ddof=1) / math.sqrt(len(x))
+    assert low == pytest.approx(x.mean() - half_width, abs=0.03)
+    assert high == pytest.approx(x.mean() + half_width, abs=0.03)
+    ref = sps.bootstrap((x,), np.mean, n_resamples=4000, method="percentile", random_state=0)
+    assert low == pytest.approx(ref.confidence_interval.low, abs=0.03)
+    assert high == pytest.approx(ref.confidence_interval.high, abs=0.03)
+
+
+def test_bootstrap_keeps_pairs_together_and_skips_undefined_resamples():
+    truth = np.arange(30, dtype=float)
+    # A perfectly ordered pair stays perfect in every resample (constant resamples are nan and skipped).
+    low, high = bootstrap_ci(spearman, 5 * truth, truth, n_resamples=300, seed=0)
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in bootstrap_ci(lambda a: float("nan"), truth, n_resamples=10))
+    with pytest.raises(ValueError):
+        bootstrap_ci(pearson, truth, truth[:-1])
+
+
+def test_estimate_serialises_nan_as_none_and_round_trips():
+    e = estimate(np.mean, np.array([1.0, 2.0, 3.0]), n_resamples=100, seed=0)
+    assert e.value == 2.0 and e.low <= 2.0 <= e.high and e.n == 3
+    back = Estimate.from_dict(e.to_dict())
+    assert back == e
+    undefined = estimate(pearson, np.zeros(4), np.arange(4.0), n_resamples=20)
+    assert undefined.to_dict()["value"] is None
+    assert undefined.format() == "-"
+    assert Estimate(0.5, 0.25, 0.75, 10).format(digits=1, scale=100) == "50.0 [25.0, 75.0]"
