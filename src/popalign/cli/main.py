@@ -19,6 +19,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("sft", "supervised fine-tuning on chosen responses"),
     ("train", "preference training: DPO, margin variants, DPO-PoP, reward models"),
     ("model", "prepare models (e.g. convert the offline SmolLM2 GGUF to safetensors)"),
+    ("eval", "evaluate models: discriminative metrics, RewardBench, generation, judged win rates"),
+    ("report", "compare evaluated runs in one Markdown and one HTML page"),
+    ("demo", "the main job on its built-in default (what `make demo` runs)"),
 ]
 
 EPILOG = """examples:
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except PopalignError as exc:
         print(f"popalign: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and friends: stop quietly, as Unix tools do.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     except KeyboardInterrupt:
         print("popalign: interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
         return 130
