@@ -15,14 +15,13 @@ field.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from popalign.data.formats import read_file
 from popalign.data.schema import PreferenceTable
 from popalign.errors import DataError
 from popalign.pop.build import META_FORMAT
@@ -34,31 +33,9 @@ LABEL_FORMATS = (".jsonl", ".csv", ".parquet")
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(row number, record)`` for each label row."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"not valid JSON: {exc.msg}", file=str(path), row=line_no) from None
-                if not isinstance(rec, dict):
-                    raise DataError("expected a JSON object", file=str(path), row=line_no)
-                yield line_no, rec
-    elif suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            yield from enumerate(csv.DictReader(fh), start=1)
-    else:
-        import pyarrow.parquet as pq
-
-        try:
-            data = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise DataError(f"not a readable Parquet file: {exc}", file=str(path)) from None
-        yield from enumerate(data.to_pylist(), start=1)
+    """``(row number, record)`` for each label row, read by the preference data layer's readers."""
+    raw = read_file(path)
+    yield from zip(raw.row_numbers, raw.rows, strict=True)
 
 
 def _present(rec: dict[str, Any], name: str, file: str, row: int) -> str:

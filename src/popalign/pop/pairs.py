@@ -185,29 +185,22 @@ def _read_jsonl(path: Path):
     """``(pyarrow table, line numbers)``; blank lines are skipped but keep the numbering."""
     import pyarrow as pa
 
+    from popalign.data.formats import read_jsonl
+
+    raw = read_jsonl(path)
     cols: dict[str, list] = {name: [] for name in PAIR_COLUMNS}
-    lines = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not valid JSON: {exc.msg}", file=str(path), row=line_no) from None
-            if not isinstance(rec, dict):
-                raise DataError("expected a JSON object", file=str(path), row=line_no)
-            for name in ("strong_id", "weak_id"):
-                if rec.get(name) is None:
-                    raise DataError("missing", file=str(path), row=line_no, field=name)
-                cols[name].append(str(rec[name]))
-            flipped = rec.get("flipped", False)
-            if not isinstance(flipped, bool):
-                raise DataError(
-                    f"expected true or false, got {flipped!r}", file=str(path), row=line_no, field="flipped"
-                )
-            cols["flipped"].append(flipped)
-            lines.append(line_no)
+    for line_no, rec in zip(raw.row_numbers, raw.rows, strict=True):
+        for name in ("strong_id", "weak_id"):
+            if rec.get(name) is None:
+                raise DataError("missing", file=str(path), row=line_no, field=name)
+            cols[name].append(str(rec[name]))
+        flipped = rec.get("flipped", False)
+        if not isinstance(flipped, bool):
+            raise DataError(
+                f"expected true or false, got {flipped!r}", file=str(path), row=line_no, field="flipped"
+            )
+        cols["flipped"].append(flipped)
+    lines = raw.row_numbers
     data = pa.table(
         {
             "strong_id": pa.array(cols["strong_id"], type=pa.string()),
