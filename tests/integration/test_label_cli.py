@@ -1,0 +1,156 @@
+"""`popalign label` commands, and collected labels going straight into DPO-PoP training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+pytest.importorskip("flask")
+pytest.importorskip("sqlalchemy")
+
+from popalign.cli import label as label_cli  # noqa: E402
+from popalign.errors import PopalignError  # noqa: E402
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="popalign")
+    label_cli.register(parser.add_subparsers(), "collect PoP labels from people")
+    args = parser.parse_args(["label", *argv])
+    return args.func(args)
+
+
+def subset(ultrafeedback_dir, tmp_path, n: int):
+    path = tmp_path / "prefs.jsonl"
+    lines = (ultrafeedback_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_the_cli_module_imports_no_web_or_database_library():
+    code = (
+        "import sys, popalign.cli.label\n"
+        "heavy = {'flask', 'waitress', 'sqlalchemy', 'jinja2', 'werkzeug', 'torch'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_help_lists_the_four_commands_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        run_cli("--help")
+    out = capsys.readouterr().out
+    for word in ("serve", "add-annotator", "export", "status", "examples:"):
+        assert word in out
+    with pytest.raises(SystemExit):
+        run_cli("serve", "--help")
+    assert "--strategy" in capsys.readouterr().out
+
+
+def test_add_annotator_status_and_export_on_a_new_database(tmp_path, capsys):
+    db = str(tmp_path / "labels.sqlite")
+    with pytest.raises(PopalignError, match="no label database"):
+        run_cli("status", "--db", db)
+    assert run_cli("add-annotator", "alice", "--db", db) == 0
+    out = capsys.readouterr().out
+    token = out.strip().splitlines()[-1]
+    assert "alice" in out and len(token) >= 40
+    with pytest.raises(PopalignError, match="exists"):
+        run_cli("add-annotator", "alice", "--db", db)
+    assert run_cli("status", "--db", db) == 0
+    out = capsys.readouterr().out
+    assert "not served yet" in out and "alice" in out
+    assert run_cli("export", "--db", db, "-o", str(tmp_path / "out.jsonl")) == 0
+    assert (tmp_path / "out.jsonl").read_text() == ""
+    assert "0 labels" in capsys.readouterr().out
+    assert run_cli("status", "--db", db, "--json", "-") == 0
+    assert json.loads(capsys.readouterr().out)["annotators"][0]["name"] == "alice"
+
+
+def test_serve_refuses_settings_that_differ_from_the_stored_ones(tmp_path, ultrafeedback_dir):
+    from popalign.label.project import LabelSettings
+    from popalign.label.server import build_context
+
+    prefs = subset(ultrafeedback_dir, tmp_path, 10)
+    db = tmp_path / "labels.sqlite"
+    build_context(db, prefs, LabelSettings(strategy="random"))
+    with pytest.raises(PopalignError, match="strategy=iterative"):
+        run_cli("serve", "--prefs", str(prefs), "--db", str(db), "--strategy", "iterative", "--port", "0")
+    other = subset(ultrafeedback_dir, tmp_path / "..", 12)
+    with pytest.raises(PopalignError, match="different preference dataset"):
+        run_cli("serve", "--prefs", str(other), "--db", str(db), "--port", "0")
+
+
+def http_json(url: str, token: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_labels_collected_over_http_train_dpo_pop(tmp_path, ultrafeedback_dir, capsys):
+    from popalign.config import load_config
+    from popalign.label.accounts import add_annotator
+    from popalign.label.export import judgements
+    from popalign.label.project import LabelSettings
+    from popalign.label.server import build_context, start_server
+    from popalign.pop.labels import load_pop_labels
+    from popalign.train.config import TrainConfig
+    from popalign.train.run import run_train
+
+    prefs = subset(ultrafeedback_dir, tmp_path, 32)
+    db = tmp_path / "labels.sqlite"
+    ctx = build_context(db, prefs, LabelSettings(strategy="iterative", k=1))
+    token = add_annotator(ctx.store.engine, "alice")
+    with start_server(ctx) as server:
+        for i in range(12):
+            pair = http_json(f"{server.url}/api/next", token)["assignment"]
+            choice = ("a", "b", "same")[i % 3]
+            ack = http_json(
+                f"{server.url}/api/labels", token, {"assignment_id": pair["assignment_id"], "choice": choice}
+            )
+            assert ack["status"] == "recorded"
+    out = tmp_path / "pop_labels.jsonl"
+    assert run_cli("export", "--db", str(db), "-o", str(out), "--prefs", str(prefs)) == 0
+    assert "PoP pairs load" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # Iterative export keeps the anchors' wins: each row's stronger side is its pair's anchor.
+    anchors = {(j.id_a, j.id_b): j.anchor for j in judgements(ctx.store.engine)}
+    assert rows and all(
+        anchors[(r["id_a"], r["id_b"])] == (r["id_a"] if r["stronger"] == "a" else r["id_b"]) for r in rows
+    )
+    from popalign.data.load import load_preferences
+
+    table, _ = load_preferences(prefs)
+    assert len(load_pop_labels(out, table)) == len(rows)
+
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            "model.name_or_path=random:tiny-llama",
+            "method=dpo-pop-iter",
+            f"pop_labels={out}",
+            f"data.path={prefs}",
+            "tokenize.max_length=96",
+            "tokenize.max_prompt_length=48",
+            "training.per_device_train_batch_size=2",
+            "training.max_steps=1",
+            "training.report_to=none",
+            "training.progress=false",
+            f"output_dir={tmp_path / 'run'}",
+            f"reference.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    summary = run_train(cfg)
+    assert math.isfinite(summary["metrics"]["train_loss"])
+    meta = json.loads((tmp_path / "run" / "pop_pairs.parquet.meta.json").read_text())
+    assert meta["settings"]["strategy"] == "labels" and meta["counts"]["pairs"] == len(rows)
