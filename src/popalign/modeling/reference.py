@@ -69,7 +69,7 @@ def compute_reference_logps(
     from popalign.train.collate import PreferenceCollator
 
     collate = PreferenceCollator(tokenized, pad_token_id)
-    idx = np.arange(len(tokenized)) if indices is None else np.asarray(indices)
+    idx = np.arange(len(tokenized)) if indices is None else np.asarray(indices, dtype=np.int64)
     # Similar lengths in a batch waste less padding; the order is undone when writing results.
     lengths = np.array([len(tokenized.prompt_ids[i]) + len(tokenized.chosen_ids[i]) for i in idx])
     order = idx[np.argsort(-lengths, kind="stable")]
@@ -103,7 +103,8 @@ def cached_reference_logps(
     """Reference log-probs for every preference, from the cache when the same model and data were seen.
 
     Under ``accelerate launch`` each process computes its share and the results are gathered, so the
-    work is split, not repeated. Returns the two arrays and a small record (key, hit or miss, path).
+    work is split, not repeated. Returns the two arrays and a small record (key, hit or miss, path;
+    on a miss also the number of processes that shared the work).
     """
     key = f"{model_fingerprint(model)}-{tokenized.fingerprint}"
     path = Path(cache_dir) / "reference" / f"{key}.npz" if cache_dir else None
@@ -115,25 +116,37 @@ def cached_reference_logps(
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, chosen=chosen, rejected=rejected)
-    return chosen, rejected, {"key": key, "cache": "miss", "path": str(path) if path else None}
+    record = {"key": key, "cache": "miss", "path": str(path) if path else None}
+    return chosen, rejected, {**record, "processes": _state().num_processes}
+
+
+def _state():
+    """The process group as the Trainer will see it.
+
+    This runs before ``TrainingArguments`` sets the state up, and a bare ``PartialState()`` ignores
+    ``ACCELERATE_USE_CPU``: on a CPU-only ``accelerate launch`` it would report one process, and every
+    process would compute (and write) the whole table.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return _state().is_main_process
 
 
 def _distributed_compute(model, tokenized, pad_token_id, batch_size, progress):
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state = _state()
     if state.num_processes == 1:
         return compute_reference_logps(
             model, tokenized, pad_token_id, batch_size=batch_size, progress=progress
         )
-    all_idx = np.arange(len(tokenized))
+    # A list, not a numpy array: split_between_processes returns types it does not know whole.
+    all_idx = list(range(len(tokenized)))
     with state.split_between_processes(all_idx) as mine:
         c, r = compute_reference_logps(
             model, tokenized, pad_token_id, batch_size=batch_size, indices=mine, progress=progress

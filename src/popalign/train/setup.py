@@ -89,7 +89,7 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
     report_to = [r for r in spec.report_to if r != "none"] or "none"
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=spec.learning_rate,
         num_train_epochs=spec.num_train_epochs,
@@ -117,6 +117,26 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
         disable_tqdm=not spec.progress,
         **extra,
     )
+    _check_processes_joined(args)
+    return args
+
+
+def _check_processes_joined(args: Any) -> None:
+    """Refuse launched processes that did not form one group: each would train alone on all the data.
+
+    That is what a torchrun-style launch on a machine without GPUs gives unless the processes are told to
+    use the CPU (``ACCELERATE_USE_CPU=true``), and nothing else would show it.
+    """
+    import os
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size != launched:
+        from popalign.errors import PopalignError
+
+        raise PopalignError(
+            f"{launched} processes were launched but training sees {args.world_size}; on a machine without "
+            "GPUs set ACCELERATE_USE_CPU=true (see docs/training.md, distributed training)"
+        )
 
 
 def save_final_model(trainer: Any, tokenizer: Any, output_dir: str | Path, how: str) -> str:
