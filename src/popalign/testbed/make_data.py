@@ -1,0 +1,205 @@
+"""The testbed's preference data: prompts, behaviour-policy candidates, noisy scores, binarising.
+
+For each prompt a fixed stochastic **behaviour policy** (not the model being trained) writes
+``candidates`` responses of varying quality; each is scored ``r*`` plus Gaussian **annotator noise**, rounded
+to UltraFeedback's 0.5 grid and clipped to 1-10. As in UltraFeedback-binarized, the best-scored candidate is
+``chosen`` (ties broken at random) and a uniformly random other one ``rejected``, so equal scores give ties.
+
+The files are ordinary preference files (``prompt``, ``chosen``, ``rejected``, ``score_chosen``,
+``score_rejected``, ``id``) that :func:`popalign.data.load.load_preferences` reads, plus the exact rewards
+``true_chosen``/``true_rejected`` and the prompt's ``topic`` and ``style`` for analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from popalign.config import ConfigError, help_field
+from popalign.io import atomic_open, atomic_write_json
+from popalign.testbed.task import FILLER, GLUE, KEYWORDS_PER_PROMPT, STYLES, TOPICS, TaskPrompt, reward
+
+DATA_FORMAT = "popalign.testbed.data/1"
+MAX_WORDS = 18
+
+
+@dataclass
+class TaskSpec:
+    """How the testbed's data is drawn (``task.*`` in the reproduce presets); see docs/testbed.md."""
+
+    train_prompts: int = help_field(2000, help="Training preferences (one per prompt, as in UltraFeedback).")
+    test_prompts: int = help_field(500, help="Test preferences; their prompts never occur in training.")
+    candidates: int = help_field(4, help="Behaviour-policy responses per prompt (UltraFeedback has 4).")
+    noise: float = help_field(0.5, help="Annotator noise: standard deviation of the Gaussian added to r*.")
+    score_step: float = help_field(
+        0.5, help="Observed scores are rounded to multiples of this (UltraFeedback: 0.5)."
+    )
+    quality_a: float = help_field(
+        1.2, help="Prompt difficulty d ~ Beta(quality_a, quality_b), shared by its candidates."
+    )
+    quality_b: float = help_field(1.2, help="Second Beta parameter of the prompt difficulty.")
+    quality_spread: float = help_field(
+        0.2, help="Each candidate's quality is d + N(0, quality_spread^2), clipped to [0, 1]."
+    )
+    seed: int = help_field(0, help="Seed of prompts, responses and noise: same seed, same files.")
+
+    def validate(self) -> None:
+        if self.train_prompts < 2 or self.test_prompts < 2:
+            raise ConfigError("task.train_prompts and task.test_prompts must be at least 2")
+        if self.candidates < 2:
+            raise ConfigError(f"task.candidates must be at least 2, got {self.candidates}")
+        if self.noise < 0 or self.score_step <= 0:
+            raise ConfigError("task.noise must be >= 0 and task.score_step > 0")
+        if self.quality_a <= 0 or self.quality_b <= 0 or self.quality_spread < 0:
+            raise ConfigError("task.quality_a and task.quality_b must be positive, task.quality_spread >= 0")
+        if self.train_prompts + self.test_prompts > max_prompts():
+            raise ConfigError(f"the task has {max_prompts()} distinct prompts; ask for fewer")
+
+    def fingerprint(self) -> str:
+        text = json.dumps({"format": DATA_FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def max_prompts() -> int:
+    """Distinct prompts: per topic, ordered keyword triples times styles."""
+    per_topic = [len(w) * (len(w) - 1) * (len(w) - 2) for w in TOPICS.values()]
+    return sum(per_topic) * len(STYLES)
+
+
+def draw_prompts(n: int, rng: np.random.Generator) -> list[TaskPrompt]:
+    """``n`` distinct prompts, topics and styles uniform, keywords distinct within a prompt."""
+    topics, styles = sorted(TOPICS), sorted(STYLES)
+    seen: set[TaskPrompt] = set()
+    out: list[TaskPrompt] = []
+    while len(out) < n:
+        topic = topics[rng.integers(len(topics))]
+        words = TOPICS[topic]
+        keys = tuple(words[i] for i in rng.choice(len(words), KEYWORDS_PER_PROMPT, replace=False))
+        p = TaskPrompt(topic, keys, styles[rng.integers(len(styles))])
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def behaviour_response(prompt: TaskPrompt, quality: float, rng: np.random.Generator) -> str:
+    """One response of the behaviour policy at quality ``q`` in ``[0, 1]``; it never looks at ``r*``.
+
+    Higher quality means a length closer to the asked range, more on-topic words, each keyword more likely
+    mentioned, and fewer repeats; glue words appear at a fixed rate (a quarter of the words) whatever the
+    quality. Responses end with a full stop.
+    """
+    low, high = prompt.length_range
+    n = int(np.clip(round(rng.normal((low + high) / 2, 0.5 + 3.0 * (1.0 - quality))), 1, MAX_WORDS))
+    on_words = TOPICS[prompt.topic]
+    off_words = [w for t, ws in TOPICS.items() if t != prompt.topic for w in ws]
+    words: list[str] = []
+    for _ in range(n):
+        if rng.random() < 0.25:
+            words.append(GLUE[rng.integers(len(GLUE))])
+        elif words and rng.random() < 0.3 * (1.0 - quality):
+            # A low-effort writer repeats itself (or pads a glue word with filler).
+            words.append(words[-1] if words[-1] not in GLUE else FILLER[rng.integers(len(FILLER))])
+        elif rng.random() < quality:
+            words.append(on_words[rng.integers(len(on_words))])
+        elif rng.random() < 0.5:
+            words.append(FILLER[rng.integers(len(FILLER))])
+        else:
+            words.append(off_words[rng.integers(len(off_words))])
+    for keyword in prompt.keywords:
+        if rng.random() < quality:
+            words[rng.integers(len(words))] = keyword
+    return " ".join(words) + "."
+
+
+def candidate_qualities(spec: TaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """Qualities ``(candidates,)`` of one prompt's responses: a shared difficulty plus each writer's spread.
+
+    UltraFeedback answers each prompt with several models of different strength; the prompt's difficulty
+    ``d ~ Beta(quality_a, quality_b)`` is common to all of them and each differs from it by
+    ``N(0, quality_spread^2)``.
+    """
+    difficulty = rng.beta(spec.quality_a, spec.quality_b)
+    return np.clip(difficulty + rng.normal(0.0, spec.quality_spread, size=spec.candidates), 0.0, 1.0)
+
+
+def observed_scores(true: np.ndarray, spec: TaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """``r*`` plus N(0, noise^2), rounded to ``score_step`` and clipped to [1, 10] (an annotator's score)."""
+    noisy = true + rng.normal(0.0, spec.noise, size=true.shape)
+    return np.clip(np.round(noisy / spec.score_step) * spec.score_step, 1.0, 10.0)
+
+
+def binarise(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """UltraFeedback-binarized: best score chosen (random among equals), a random other one rejected."""
+    best = np.flatnonzero(scores == scores.max())
+    chosen = int(best[rng.integers(len(best))])
+    others = [i for i in range(len(scores)) if i != chosen]
+    return chosen, int(others[rng.integers(len(others))])
+
+
+def make_split(prompts: list[TaskPrompt], spec: TaskSpec, rng: np.random.Generator, split: str) -> list[dict]:
+    """One preference record per prompt (see the module doc for the fields)."""
+    rows = []
+    for i, p in enumerate(prompts):
+        quality = candidate_qualities(spec, rng)
+        responses = [behaviour_response(p, float(q), rng) for q in quality]
+        true = np.array([reward(p.text, r) for r in responses])
+        scores = observed_scores(true, spec, rng)
+        c, r = binarise(scores, rng)
+        rows.append(
+            {
+                "id": f"{split}-{i:05d}",
+                "prompt": p.text,
+                "chosen": responses[c],
+                "rejected": responses[r],
+                "score_chosen": float(scores[c]),
+                "score_rejected": float(scores[r]),
+                "true_chosen": float(true[c]),
+                "true_rejected": float(true[r]),
+                "topic": p.topic,
+                "style": p.style,
+            }
+        )
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def make_dataset(spec: TaskSpec, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``train.jsonl``, ``test.jsonl`` and ``task.json`` into ``out_dir``; returns the task record.
+
+    Deterministic in ``spec``: the same settings write the same bytes. Test prompts never occur in training.
+    """
+    spec.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    prompts = draw_prompts(spec.train_prompts + spec.test_prompts, rng)
+    train = make_split(prompts[: spec.train_prompts], spec, rng, "train")
+    test = make_split(prompts[spec.train_prompts :], spec, rng, "test")
+    _write_jsonl(out / "train.jsonl", train)
+    _write_jsonl(out / "test.jsonl", test)
+    record = {
+        "format": DATA_FORMAT,
+        "fingerprint": spec.fingerprint(),
+        "spec": asdict(spec),
+        "score_fn": "popalign.testbed.task:reward",
+        "splits": {"train": len(train), "test": len(test)},
+    }
+    atomic_write_json(out / "task.json", record)
+    return record
+
+
+def read_split(data_dir: str | Path, split: str) -> list[dict]:
+    """The raw records of ``<data_dir>/<split>.jsonl``, including the exact rewards."""
+    with open(Path(data_dir) / f"{split}.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,319 @@
+"""``popalign reproduce``: the paper's pipeline on the testbed, end to end, resumable.
+
+Data -> SFT -> for each seed, every method (vanilla DPO first) trained by
+:func:`popalign.train.run.run_train`, then evaluated by the functions behind ``popalign eval``
+(discriminative metrics on the test preferences, sampled replies to the test prompts, judged by ``r*``
+against vanilla DPO's) -> report with verdicts.
+
+Resuming: each stage ends by writing a ``done.json`` marker atomically (data: ``task.json``). A rerun skips
+every stage whose marker exists and whose settings fingerprint matches, and the trainer resumes an
+unfinished run from its newest checkpoint. Changed settings on a finished stage are an error, never a
+silent mix of old and new results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from popalign.config import config_to_dict, load_config, save_config
+from popalign.errors import PopalignError
+from popalign.io import atomic_write_json
+from popalign.testbed.plan import Layout, RunSpec, plan_runs, run_steps, sft_overrides, train_overrides
+from popalign.testbed.settings import BASELINE, ReproduceConfig
+
+SCORE_FN = "popalign.testbed.task:reward"
+DONE = "done.json"
+TRAINED = "trained.json"
+STARTED = "started.json"
+LOG = "log.txt"
+
+RunHook = Callable[[RunSpec, int], None]
+
+
+# Where things are, and how they are displayed or parallelised, is not what they are: moving an output
+# folder or changing threads must not invalidate its finished runs.
+_IGNORED = ("output_dir", "data.path", "model.name_or_path", "reference.cache_dir", "training.progress")
+_IGNORED += ("training.torch_threads",)
+
+
+def settings_fingerprint(overrides: list[str], **extra: Any) -> str:
+    """A short hash of the ``key=value`` settings a stage was made with (paths left out) and ``extra``.
+
+    Only what reproduce sets is hashed, so a new setting with a default elsewhere in popalign does not
+    invalidate finished runs.
+    """
+    kept = sorted(o for o in overrides if o.split("=", 1)[0] not in _IGNORED)
+    text = json.dumps({"settings": kept, **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _check_marker(marker: dict[str, Any] | None, fingerprint: str, what: str, folder: Path) -> bool:
+    """True when the stage is finished with these settings; an error when it was made with others."""
+    if marker is None:
+        return False
+    if marker.get("fingerprint") != fingerprint:
+        raise PopalignError(
+            f"{folder}: {what} was made with other settings; use another output_dir or delete that folder"
+        )
+    return True
+
+
+@contextlib.contextmanager
+def _quiet(log_path: Path | None) -> Iterator[None]:
+    """Send a stage's printed output to its log file; silence transformers' own progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        if log_path is None:
+            yield
+        else:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+                yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _step_bar(desc: str, enabled: bool):
+    """A TrainerCallback showing the optimiser steps of the current run under the overall bar."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class StepBar(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc=desc, leave=False, disable=not enabled
+            )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return StepBar()
+
+
+def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
+    """The testbed's preference files (made once; a different task in the folder is an error)."""
+    from popalign.testbed.make_data import make_dataset
+
+    marker = read_marker(layout.data / "task.json")
+    if _check_marker(marker, cfg.task.fingerprint(), "the task data", layout.data):
+        return marker
+    start = time.time()
+    record = make_dataset(cfg.task, layout.data)
+    record["seconds"] = time.time() - start
+    atomic_write_json(layout.data / "task.json", record)
+    return record
+
+
+def _evaluate(
+    cfg: ReproduceConfig, layout: Layout, model_dir: Path, name: str, seed: int, baseline: Path | None
+) -> None:
+    """Discriminative metrics, sampled replies and (against ``baseline``'s replies) the r* judgement."""
+    from popalign.eval.generate import GenerateSpec
+    from popalign.eval.pipeline import (
+        BootstrapOptions,
+        ScoringOptions,
+        run_discriminative,
+        run_generate,
+        run_judge,
+    )
+
+    out = model_dir / "eval"
+    boot = BootstrapOptions(n_resamples=cfg.bootstrap, seed=seed)
+    data = str(layout.data)
+    run_discriminative(
+        [str(model_dir)],
+        data,
+        split="test",
+        out=str(out),
+        names=[name],
+        scoring=ScoringOptions(batch_size=64, device="cpu"),
+        boot=boot,
+        progress=False,
+    )
+    g = cfg.generation
+    spec = GenerateSpec(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        seed=seed,
+        batch_size=g.batch_size,
+        max_prompt_length=cfg.max_prompt_length,
+    )
+    run_generate(
+        [str(model_dir)],
+        data,
+        spec=spec,
+        split="test",
+        out=str(out),
+        names=[name],
+        device="cpu",
+        progress=False,
+    )
+    if baseline is not None:
+        run_judge([str(out)], str(baseline), score_fn=SCORE_FN, out=str(out), boot=boot, progress=False)
+
+
+def _mean_reward(outputs_file: Path) -> float:
+    from popalign.testbed.task import reward
+
+    records = json.loads(outputs_file.read_text(encoding="utf-8"))
+    return sum(reward(r["instruction"], r["output"]) for r in records) / len(records)
+
+
+def ensure_sft(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
+    """Fine-tune the tiny random Llama on the chosen responses; sample its replies for reference."""
+    from popalign.train.config import SFTConfig
+    from popalign.train.sft import run_sft
+
+    overrides = sft_overrides(cfg, layout)
+    sft_cfg = load_config(SFTConfig, None, [*overrides, f"training.progress={cfg.progress}"])
+    fingerprint = settings_fingerprint(
+        overrides, task=cfg.task.fingerprint(), generation=config_to_dict(cfg.generation)
+    )
+    marker = read_marker(layout.sft / DONE)
+    if _check_marker(marker, fingerprint, "the SFT model", layout.sft):
+        return marker
+    start = time.time()
+    _check_marker(read_marker(layout.sft / STARTED), fingerprint, "the SFT model", layout.sft)
+    atomic_write_json(layout.sft / STARTED, {"fingerprint": fingerprint})
+    with _quiet(layout.sft / LOG):
+        summary = run_sft(sft_cfg)
+        _drop_checkpoints(layout.sft)
+        _evaluate(cfg, layout, layout.sft, "sft", cfg.model.seed, baseline=None)
+    record = {
+        "fingerprint": fingerprint,
+        "model": summary["model"],
+        "train": summary["metrics"],
+        "mean_reward": _mean_reward(layout.sft / "eval" / "model_outputs.json"),
+        "seconds": time.time() - start,
+    }
+    atomic_write_json(layout.sft / DONE, record)
+    return record
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    # The final model is saved beside them; the checkpoints only served resuming.
+    for ckpt in folder.glob("checkpoint-*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def ensure_run(
+    cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, table, sft_model: str
+) -> tuple[bool, dict[str, Any]]:
+    """Train and evaluate one (run, seed) unless already done; returns ``(ran_now, done record)``."""
+    from popalign.train.config import TrainConfig
+    from popalign.train.run import run_train
+
+    folder = layout.run(spec.name, seed)
+    steps = run_steps(cfg, table, spec, seed)
+    overrides = train_overrides(cfg, layout, spec, seed, steps, sft_model)
+    train_cfg = load_config(TrainConfig, None, overrides)
+    fingerprint = settings_fingerprint(
+        overrides, generation=config_to_dict(cfg.generation), bootstrap=cfg.bootstrap
+    )
+    if _check_marker(read_marker(folder / DONE), fingerprint, f"run {spec.name} seed {seed}", folder):
+        return False, read_marker(folder / DONE)
+    start = time.time()
+    with _quiet(folder / LOG):
+        trained = read_marker(folder / TRAINED)
+        if not _check_marker(trained, fingerprint, f"run {spec.name} seed {seed}", folder):
+            # An unfinished run resumes from its checkpoints only with the settings it started with.
+            _check_marker(read_marker(folder / STARTED), fingerprint, f"run {spec.name} seed {seed}", folder)
+            atomic_write_json(folder / STARTED, {"fingerprint": fingerprint})
+            bar = _step_bar(f"{spec.name} seed {seed}", cfg.progress)
+            summary = run_train(train_cfg, callbacks=[bar])
+            _drop_checkpoints(folder)
+            trained = {"fingerprint": fingerprint, "metrics": summary["metrics"], "steps": steps}
+            trained["resumed_from"] = summary.get("resumed_from")
+            atomic_write_json(folder / TRAINED, trained)
+        baseline = None if spec.name == BASELINE else layout.run(BASELINE, seed) / "eval"
+        if baseline is not None and not (baseline / "model_outputs.json").is_file():
+            raise PopalignError(f"{baseline}: vanilla DPO's replies are missing; it must run first")
+        _evaluate(cfg, layout, folder, spec.name, seed, baseline)
+    record = {
+        "fingerprint": fingerprint,
+        "run": spec.name,
+        "method": spec.method,
+        "group": spec.group,
+        "seed": seed,
+        "k": spec.k,
+        "noise": spec.noise,
+        "steps": trained["steps"],
+        "train_loss": trained["metrics"].get("train_loss"),
+        "seconds": time.time() - start,
+    }
+    atomic_write_json(folder / DONE, record)
+    return True, record
+
+
+def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole reproduction; returns the report paths and what ran now.
+
+    ``on_run_done(spec, seed)`` is called after each run finished in this call (tests interrupt through it).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from popalign.data.load import load_preferences
+    from popalign.testbed.report import write_report
+
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    layout = Layout(Path(cfg.output_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    runs = plan_runs(cfg)
+    jobs = [(spec, seed) for seed in cfg.seeds for spec in runs]
+    start = time.time()
+    ran: list[str] = []
+    bar = tqdm(total=len(jobs) + 3, desc="reproduce", unit="stage", disable=not cfg.progress)
+    try:
+        bar.set_postfix_str("data")
+        ensure_data(cfg, layout)
+        bar.update()
+        bar.set_postfix_str("sft")
+        sft = ensure_sft(cfg, layout)
+        bar.update()
+        with _quiet(None):
+            table, _ = load_preferences(str(layout.data))
+        for spec, seed in jobs:
+            bar.set_postfix_str(f"{spec.name} seed {seed}")
+            now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])
+            if now:
+                ran.append(f"{spec.name}/seed-{seed}")
+                if on_run_done is not None:
+                    on_run_done(spec, seed)
+            bar.update()
+        bar.set_postfix_str("report")
+        # The settings every finished stage agreed with (a mismatch would have stopped us above).
+        save_config(cfg, layout.root / "reproduce.yaml")
+        paths = write_report(cfg, layout, runs, wall_seconds=time.time() - start)
+        bar.update()
+    finally:
+        bar.close()
+        torch.set_num_threads(threads)
+    return {"report": paths, "ran": ran, "wall_seconds": time.time() - start}

@@ -1,0 +1,149 @@
+"""The finished runs of a reproduction, read back from their evaluation files as per-example arrays.
+
+Every figure of the report is recomputed from these per-example files (``discriminative_predictions.jsonl``,
+``judgements.jsonl``, ``model_outputs.json``), so a table, a verdict and a run's own ``discriminative.json``
+can be checked against each other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from popalign.eval.discriminative import correctness
+from popalign.testbed.plan import Layout, RunSpec
+
+DISCRIMINATIVE = ("accuracy", "pearson", "spearman", "accuracy_low", "accuracy_high")
+GENERATIVE = ("win_rate", "median_advantage", "mean_reward")
+
+
+@dataclass
+class RunResult:
+    """One (run, seed): its test predictions and judged replies, aligned on the test preference ids.
+
+    ``predicted``/``truth``: predicted and ground-truth margins ``(N,)``; ``advantages``: r* advantage over
+    vanilla DPO's reply per test prompt ``(N,)`` (None for vanilla DPO itself); ``rewards``: r* of each reply.
+    """
+
+    spec: RunSpec
+    seed: int
+    done: dict[str, Any]
+    ids: list[str]
+    predicted: np.ndarray
+    truth: np.ndarray
+    rewards: np.ndarray
+    advantages: np.ndarray | None
+    discriminative: dict[str, Any]
+    judge: dict[str, Any] | None
+    credit: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.credit = correctness(self.predicted, self.truth)
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
+    """The results of a finished run, or None when its ``done.json`` is missing."""
+    from popalign.testbed.task import reward
+
+    folder = layout.run(spec.name, seed)
+    if not (folder / "done.json").is_file():
+        return None
+    ev = folder / "eval"
+    rows = _jsonl(ev / "discriminative_predictions.jsonl")
+    ids = [str(r["id"]) for r in rows]
+    outputs = {str(r["id"]): r for r in json.loads((ev / "model_outputs.json").read_text(encoding="utf-8"))}
+    judge, advantages = None, None
+    if (ev / "judge.json").is_file():
+        judge = json.loads((ev / "judge.json").read_text(encoding="utf-8"))
+        by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / "judgements.jsonl")}
+        advantages = np.array([by_id[i] for i in ids], dtype=np.float64)
+    return RunResult(
+        spec=spec,
+        seed=seed,
+        done=json.loads((folder / "done.json").read_text(encoding="utf-8")),
+        ids=ids,
+        predicted=np.array([r["predicted_margin"] for r in rows], dtype=np.float64),
+        truth=np.array([r["gt_margin"] for r in rows], dtype=np.float64),
+        rewards=np.array([reward(outputs[i]["instruction"], outputs[i]["output"]) for i in ids]),
+        advantages=advantages,
+        discriminative=json.loads((ev / "discriminative.json").read_text(encoding="utf-8")),
+        judge=judge,
+    )
+
+
+def margin_split(truth: np.ndarray) -> float:
+    """The median non-tied test margin: ``accuracy_low`` takes margins up to it, ``accuracy_high`` above."""
+    nonzero = truth[truth != 0]
+    return float(np.median(nonzero)) if len(nonzero) else 0.0
+
+
+def metric(run: RunResult, name: str, idx: np.ndarray | None = None, split: float | None = None) -> float:
+    """One figure of ``run`` on the test items ``idx`` (all when None); ``nan`` where undefined.
+
+    accuracy (ties left out, a zero prediction half right), pearson, spearman, accuracy_low / accuracy_high
+    (non-tied items with margin <= / > ``split``, Figure 2), win_rate and median_advantage (over vanilla
+    DPO's replies, ties half), mean_reward (mean r* of the replies).
+    """
+    rows = np.arange(len(run.truth))[None, :] if idx is None else np.asarray(idx)[None, :]
+    return float(metric_batch(run, name, rows, split)[0])
+
+
+def metric_batch(run: RunResult, name: str, idx: np.ndarray, split: float | None = None) -> np.ndarray:
+    """:func:`metric` on each row of ``idx`` ``(R, n)`` (bootstrap draws of test items) at once: ``(R,)``."""
+    if name == "accuracy":
+        return _nanmean_rows(run.credit[idx])
+    if name in ("accuracy_low", "accuracy_high"):
+        split = margin_split(run.truth) if split is None else split
+        keep = run.truth <= split if name == "accuracy_low" else run.truth > split
+        return _nanmean_rows(np.where(keep, run.credit, np.nan)[idx])
+    if name in ("pearson", "spearman"):
+        x, y = run.predicted[idx], run.truth[idx]
+        if name == "spearman":
+            x, y = rankdata(x, axis=1), rankdata(y, axis=1)
+        return _pearson_rows(x, y)
+    if name == "mean_reward":
+        return run.rewards[idx].mean(axis=1)
+    if name in ("win_rate", "median_advantage"):
+        if run.advantages is None:  # the baseline against itself
+            return np.full(len(idx), 0.5 if name == "win_rate" else 0.0)
+        adv = run.advantages[idx]
+        if name == "median_advantage":
+            return np.median(adv, axis=1)
+        return ((adv > 0).sum(axis=1) + 0.5 * (adv == 0).sum(axis=1)) / adv.shape[1]
+    raise KeyError(f"unknown metric {name!r}")
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    counts = (~np.isnan(x)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, np.nansum(x, axis=1) / counts, np.nan)
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair (as :func:`popalign.eval.stats.pearson`: nan when constant)."""
+    dx = x - x.mean(axis=1, keepdims=True)
+    dy = y - y.mean(axis=1, keepdims=True)
+    denom = np.sqrt((dx * dx).sum(axis=1) * (dy * dy).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 0, (dx * dy).sum(axis=1) / denom, np.nan)
+    return np.clip(r, -1.0, 1.0)
+
+
+def load_all(layout: Layout, runs: list[RunSpec], seeds: list[int]) -> dict[str, list[RunResult]]:
+    """Finished results by run name, one entry per finished seed (in seed order)."""
+    out: dict[str, list[RunResult]] = {}
+    for spec in runs:
+        found = [r for seed in seeds if (r := load_run(layout, spec, seed)) is not None]
+        if found:
+            out[spec.name] = found
+    return out

@@ -1,0 +1,149 @@
+"""Every setting of ``popalign reproduce``, as typed, documented dataclasses (``--help-config`` lists them).
+
+The defaults are the default preset (``configs/testbed/default.yaml`` repeats them); docs/testbed.md gives the
+reason for each value. They were fixed before any method was compared and are not tuned to make one win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from popalign.config import ConfigError, help_field
+from popalign.testbed.make_data import TaskSpec
+
+# The six methods of the paper's Section 4.2, in its order; vanilla DPO is the generative baseline.
+PAPER_METHODS = ["dpo", "dpo-margin", "dpo-margin-gt", "dpo-sbt", "dpo-pop-iter", "dpo-pop-random"]
+BASELINE = "dpo"
+# The two controls the paper lacks: vanilla DPO given PoP's step count, PoP sampling without the margin.
+STEPS_MATCHED = "dpo-steps-matched"
+NOMARGIN = "dpo-pop-nomargin"
+CONTROLS = [STEPS_MATCHED, NOMARGIN]
+POP_METHODS = ["dpo-pop-iter", "dpo-pop-random"]
+
+
+@dataclass
+class ModelSettings:
+    hidden_size: int = help_field(64, help="Hidden size of the tiny random Llama (random:tiny-llama).")
+    layers: int = help_field(2, help="Transformer layers of the tiny Llama.")
+    vocab_size: int = help_field(
+        1024, help="Upper bound of the byte-level BPE vocabulary trained on the training texts."
+    )
+    seed: int = help_field(0, help="Initialisation seed of the model (and of SFT's data order).")
+
+
+@dataclass
+class SFTSettings:
+    learning_rate: float = help_field(3e-3, help="Peak learning rate of SFT (cosine schedule, no warmup).")
+    epochs: float = help_field(3.0, help="Epochs over the chosen responses: the model starts from random.")
+    batch_size: int = help_field(16, help="Examples per optimiser step.")
+
+
+@dataclass
+class PreferenceSettings:
+    learning_rate: float = help_field(
+        1.5e-4,
+        help="Peak learning rate of every preference method: SFT's / 20, the paper's ratio (Tables 5-6).",
+    )
+    batch_size: int = help_field(16, help="Examples (preferences or PoP pairs) per optimiser step.")
+    epochs: float = help_field(1.0, help="Epochs over each method's examples (the paper: 1).")
+    beta: float = help_field(0.1, help="DPO's beta (the paper: 0.1).")
+    margin: float = help_field(1.0, help="The constant margin of dpo-margin (the paper: 1).")
+    max_margin: float = help_field(10.0, help="M_max, the clip of PoP margins (Eq. 7; the paper: 10).")
+    warmup_ratio: float = help_field(0.03, help="Warmup fraction (the paper's Table 6).")
+    weight_decay: float = help_field(0.05, help="AdamW weight decay (the paper's Table 6).")
+    target_memory: float = help_field(
+        0.05,
+        help="Polyak target memory as a fraction of a PoP run: tau = 1 / (target_memory * PoP steps), so "
+        "the target lags the policy by the same share of training whatever the run's length.",
+    )
+    save_steps: int = help_field(100, help="Checkpoint every N steps, so an interrupted run resumes inside.")
+
+
+@dataclass
+class PoPSettings:
+    k: float = help_field(2.0, help="PoP data multiplier: k * |D_pref| pairs (the paper: 2).")
+    min_gap: float = help_field(1.0, help="Smallest score-margin gap of a PoP pair (the paper: 1).")
+    noise: float = help_field(0.0, help="PoP label noise: flip probability (Appendix F; main runs: 0).")
+    nomargin_strategy: str = help_field(
+        "random",
+        help="Sampling of the dpo-pop-nomargin control: random (the control of DPO-PoP-random, the paper's "
+        "generative winner) or iterative.",
+    )
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = help_field(24, help="Longest reply sampled for the win-rate evaluation.")
+    temperature: float = help_field(0.7, help="Sampling temperature (0: greedy).")
+    batch_size: int = help_field(100, help="Prompts per generation batch.")
+
+
+@dataclass
+class SweepSettings:
+    k: list[float] = help_field(
+        default_factory=list, help="Extra data multipliers for the PoP methods (Appendix E), e.g. [1, 4]."
+    )
+    noise: list[float] = help_field(
+        default_factory=list,
+        help="PoP label-noise levels for the PoP methods (Appendix F), e.g. [0.1, 0.3, 0.5].",
+    )
+    methods: list[str] = help_field(
+        default_factory=lambda: list(POP_METHODS), help="Methods the sweeps train."
+    )
+
+
+@dataclass
+class ReproduceConfig:
+    """``popalign reproduce``: the paper's pipeline on the testbed, end to end, resumable."""
+
+    output_dir: str = help_field("runs/reproduce", help="Everything goes here; a rerun resumes from it.")
+    seeds: list[int] = help_field(
+        default_factory=lambda: [0, 1, 2], help="Seeds of data order, PoP pairs and sampling, one run each."
+    )
+    methods: list[str] = help_field(
+        default_factory=lambda: list(PAPER_METHODS), help="The paper's methods to run (dpo is the baseline)."
+    )
+    controls: list[str] = help_field(
+        default_factory=lambda: list(CONTROLS), help=f"Controls to run: {', '.join(CONTROLS)} (or [])."
+    )
+    task: TaskSpec = field(default_factory=TaskSpec)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings)
+    pop: PoPSettings = field(default_factory=PoPSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    sweeps: SweepSettings = field(default_factory=SweepSettings)
+    max_length: int = help_field(64, help="Longest prompt + response in tokens (the task needs about 40).")
+    max_prompt_length: int = help_field(32, help="Longest prompt in tokens.")
+    bootstrap: int = help_field(1000, help="Bootstrap resamples of every interval and verdict.")
+    threads: int | None = help_field(
+        1,
+        help="torch CPU threads (None: torch's default, all cores). 1: the tiny model gains nothing from "
+        "more, and one thread cannot stall when other processes compete for the cores.",
+    )
+    compare_data: str = help_field(
+        "../shared/data/ultrafeedback-binarized-sample",
+        help="UltraFeedback preferences whose margins the report compares with the testbed's ('' to skip).",
+    )
+    progress: bool = help_field(True, help="Show progress bars.")
+
+    def validate(self) -> None:
+        self.task.validate()
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: each seed once, got {self.seeds}")
+        if BASELINE not in self.methods:
+            raise ConfigError("methods must include dpo: it is the baseline of the win rates")
+        for m in [*self.methods, *self.sweeps.methods]:
+            if m not in PAPER_METHODS:
+                raise ConfigError(f"methods: {m!r} is not one of {', '.join(PAPER_METHODS)}")
+        for c in self.controls:
+            if c not in CONTROLS:
+                raise ConfigError(f"controls: {c!r} is not one of {', '.join(CONTROLS)}")
+        if self.pop.nomargin_strategy not in ("random", "iterative"):
+            raise ConfigError("pop.nomargin_strategy must be random or iterative")
+        if any(k <= 0 for k in self.sweeps.k) or any(not 0 <= e <= 1 for e in self.sweeps.noise):
+            raise ConfigError("sweeps.k must be positive and sweeps.noise in [0, 1]")
+        if self.max_prompt_length >= self.max_length:
+            raise ConfigError("max_prompt_length must be smaller than max_length")

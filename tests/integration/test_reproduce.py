@@ -1,0 +1,215 @@
+"""``popalign reproduce`` end to end at tiny sizes: the report's structure and numbers, and resuming."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from html import escape as html_escape
+
+import pytest
+
+from popalign.config import load_config
+from popalign.testbed.reproduce import reproduce
+from popalign.testbed.settings import CONTROLS, PAPER_METHODS, ReproduceConfig
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "seeds=[0]",
+    "task.train_prompts=64",
+    "task.test_prompts=24",
+    "model.hidden_size=16",
+    "model.layers=1",
+    "sft.epochs=1",
+    "preference.save_steps=1000",
+    "generation.max_new_tokens=8",
+    "generation.batch_size=32",
+    "bootstrap=50",
+    "progress=false",
+]
+
+
+def tiny(out, compare, *extra: str) -> ReproduceConfig:
+    return load_config(ReproduceConfig, None, [*TINY, f"output_dir={out}", f"compare_data={compare}", *extra])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, ultrafeedback_dir):
+    out = tmp_path_factory.mktemp("straight")
+    outcome = reproduce(tiny(out, ultrafeedback_dir))
+    return out, outcome
+
+
+def eval_json(out, run: str, kind: str) -> dict:
+    return json.loads((out / "runs" / run / "seed-0" / "eval" / f"{kind}.json").read_text())
+
+
+def test_every_method_and_control_ran_and_was_evaluated(straight):
+    out, outcome = straight
+    names = [*PAPER_METHODS, *CONTROLS]
+    assert outcome["ran"] == [f"{n}/seed-0" for n in names]
+    for n in names:
+        folder = out / "runs" / n / "seed-0"
+        assert (folder / "done.json").is_file() and (folder / "eval" / "model_outputs.json").is_file()
+        assert (folder / "eval" / "judge.json").is_file() == (n != "dpo")
+        assert not list(folder.glob("checkpoint-*"))
+
+
+def test_report_numbers_match_the_per_run_json(straight):
+    out, outcome = straight
+    results = json.loads((out / "report" / "results.json").read_text())
+    for name, m in results["methods"].items():
+        seed = m["per_seed"]["0"]
+        disc = eval_json(out, name, "discriminative")["metrics"]
+        for key in ("accuracy", "pearson", "spearman"):
+            assert seed[key] == pytest.approx(disc[key]["value"], abs=1e-12)
+            # One seed: the table's value is that seed's value.
+            assert m["metrics"][key][0] == pytest.approx(disc[key]["value"], abs=1e-12)
+        if name != "dpo":
+            judge = eval_json(out, name, "judge")["metrics"]
+            assert seed["win_rate"] == pytest.approx(judge["win_rate"]["value"])
+            assert seed["median_advantage"] == pytest.approx(judge["median_advantage"]["value"])
+            assert seed["mean_reward"] == pytest.approx(judge["mean_score"])
+    done = json.loads((out / "runs" / "dpo-steps-matched" / "seed-0" / "done.json").read_text())
+    assert done["steps"] == results["methods"]["dpo-pop-random"]["steps"][0]
+
+
+def test_verdicts_follow_the_rule(straight):
+    out, _ = straight
+    results = json.loads((out / "report" / "results.json").read_text())
+    verdicts = {v["id"]: v for v in results["verdicts"]}
+    assert {v["verdict"] for v in verdicts.values()} <= {"reproduced", "not reproduced", "inconclusive"}
+    for v in verdicts.values():
+        value, low, high = v["difference"]
+        assert low <= value + 1e-12 and value <= high + 1e-12
+        if v["metric"] != "win_rate" or v["against"] != "0.5":
+            assert v["subject_value"] - v["against_value"] == pytest.approx(value, abs=1e-9)
+        if low > 0 and v["id"] not in ("margin1-acc", "margin1-pearson", "iter-pearson-lowest"):
+            assert v["verdict"] == "reproduced"
+    acc = verdicts["acc-best"]
+    rivals = {
+        n: results["methods"][n]["metrics"]["accuracy"][0] for n in PAPER_METHODS if n != "dpo-pop-iter"
+    }
+    assert acc["against"] == max(rivals, key=rivals.get)
+
+
+def test_report_pages_have_every_section(straight):
+    out, outcome = straight
+    md = (out / "report" / "report.md").read_text()
+    for heading in (
+        "The paper's claims",
+        "Controls the paper lacks",
+        "Table 1 analogue",
+        "Table 3 analogue",
+        "Figure 2 analogue",
+        "Margin distributions",
+        "Machine",
+    ):
+        assert f"## {heading}" in md
+    assert "UltraFeedback sample train" in md
+    html = (out / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "src='http" not in html
+    for png in ("cumulative_accuracy.png", "advantages.png", "margins.png"):
+        assert (out / "report" / png).is_file() and f"({png})" in md
+    results = json.loads((out / "report" / "results.json").read_text())
+    for v in results["verdicts"]:
+        assert v["claim"] in md and html_escape(v["claim"]) in html
+    assert outcome["report"]["html"] == str(out / "report" / "report.html")
+    note = (out / "report" / "machine.md").read_text()
+    assert "lscpu model name" in note and "cores" in note and "wall time" in note
+
+
+def test_interrupted_run_resumes_without_redoing_finished_work(tmp_path, straight, ultrafeedback_dir):
+    cfg = tiny(tmp_path, ultrafeedback_dir, "methods=[dpo,dpo-pop-random]", "controls=[]")
+
+    def stop_after_first(spec, seed):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(cfg, on_run_done=stop_after_first)
+    first = tmp_path / "runs" / "dpo" / "seed-0" / "done.json"
+    assert first.is_file() and not (tmp_path / "runs" / "dpo-pop-random" / "seed-0" / "done.json").exists()
+    stamp = first.stat().st_mtime_ns
+    outcome = reproduce(cfg)
+    assert outcome["ran"] == ["dpo-pop-random/seed-0"]
+    assert first.stat().st_mtime_ns == stamp
+    # The same runs as an uninterrupted reproduction, to the last digit.
+    resumed = json.loads((tmp_path / "report" / "results.json").read_text())["methods"]
+    full = json.loads((straight[0] / "report" / "results.json").read_text())["methods"]
+    for name in ("dpo", "dpo-pop-random"):
+        assert resumed[name]["per_seed"] == full[name]["per_seed"]
+    assert reproduce(cfg)["ran"] == []
+
+
+def test_changed_settings_on_finished_runs_are_refused(straight, ultrafeedback_dir):
+    from popalign.errors import PopalignError
+
+    out, _ = straight
+    with pytest.raises(PopalignError, match="other settings"):
+        reproduce(tiny(out, ultrafeedback_dir, "preference.beta=0.5"))
+
+
+def test_cli_prints_verdicts_and_where_the_report_is(straight, ultrafeedback_dir, capsys):
+    from popalign.cli import reproduce as cli
+
+    out, _ = straight
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(), "reproduce the paper")
+    args = parser.parse_args(["reproduce", *TINY, f"output_dir={out}", f"compare_data={ultrafeedback_dir}"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert (
+        str(out / "report" / "report.html") in text and "DPO-PoP-iter has the highest test accuracy" in text
+    )
+
+
+def test_sweeps_add_the_appendix_tables_and_figures(tmp_path, ultrafeedback_dir):
+    cfg = tiny(
+        tmp_path,
+        ultrafeedback_dir,
+        "methods=[dpo,dpo-pop-random]",
+        "controls=[]",
+        "sweeps.methods=[dpo-pop-random]",
+        "sweeps.k=[1,2]",
+        "sweeps.noise=[0.5]",
+    )
+    outcome = reproduce(cfg)
+    assert outcome["ran"] == [
+        f"{n}/seed-0" for n in ("dpo", "dpo-pop-random", "dpo-pop-random_k1", "dpo-pop-random_noise0p5")
+    ]
+    results = json.loads((tmp_path / "report" / "results.json").read_text())["methods"]
+    assert results["dpo-pop-random_k1"]["k"] == 1.0 and results["dpo-pop-random_noise0p5"]["noise"] == 0.5
+    # k = 1 builds half as many PoP pairs as k = 2: half the steps (rounded up per batch).
+    assert results["dpo-pop-random_k1"]["steps"][0] < results["dpo-pop-random"]["steps"][0]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Appendix E: PoP data multiplier k" in md and "## Appendix F: PoP label noise" in md
+    assert (tmp_path / "report" / "sweep_k.png").is_file() and (
+        tmp_path / "report" / "sweep_noise.png"
+    ).is_file()
+    pairs = tmp_path / "runs" / "dpo-pop-random_noise0p5" / "seed-0" / "run_info.json"
+    assert json.loads(pairs.read_text())["examples"]["pop"]["settings"]["noise"] == 0.5
+
+
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, ultrafeedback_dir, monkeypatch):
+    from transformers import TrainerCallback
+
+    import popalign.testbed.reproduce as rep
+
+    cfg = tiny(tmp_path, ultrafeedback_dir, "methods=[dpo]", "controls=[]", "preference.save_steps=2")
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(rep, "_step_bar", lambda desc, enabled: Kill())
+        with pytest.raises(KeyboardInterrupt):
+            reproduce(cfg)
+    folder = tmp_path / "runs" / "dpo" / "seed-0"
+    assert (folder / "checkpoint-2").is_dir() and not (folder / "done.json").exists()
+    assert reproduce(cfg)["ran"] == ["dpo/seed-0"]
+    trained = json.loads((folder / "trained.json").read_text())
+    assert trained["resumed_from"].endswith("checkpoint-2")
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert state["global_step"] == trained["steps"]

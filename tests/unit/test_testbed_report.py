@@ -1,0 +1,55 @@
+"""The report's building blocks: margin statistics by hand, Markdown and self-contained HTML."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from popalign.testbed import figures
+from popalign.testbed.report import _finite, _interval, render_html, render_markdown
+
+
+def test_margin_summary_by_hand():
+    s = figures.margin_summary(np.array([0.0, 0.0, 1.0, 2.0, 3.0, 6.0]))
+    assert s["n"] == 6 and s["mean"] == pytest.approx(2.0)
+    assert s["ties"] == pytest.approx(2 / 6) and s["ge3"] == pytest.approx(2 / 6)
+    assert (s["q25"], s["median"], s["q75"]) == pytest.approx((0.25, 1.5, 2.75))
+
+
+def test_missing_comparison_data_gives_none(tmp_path):
+    assert figures.load_margins(tmp_path / "absent") is None
+    assert figures.load_margins("") is None
+
+
+def test_interval_formatting():
+    assert _interval((0.5, 0.25, 0.75)) == "0.500 [0.250, 0.750]"
+    assert _interval((0.5, 0.25, 0.75), 1, 100.0) == "50.0 [25.0, 75.0]"
+    assert _interval((0.5, math.nan, math.nan)) == "0.500"
+    assert _interval((math.nan, 0.0, 1.0)) == "-"
+
+
+def test_non_finite_numbers_become_null():
+    assert _finite({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "x"}) == {
+        "a": [1.0, None],
+        "b": {"c": None},
+        "d": "x",
+    }
+
+
+def test_pages_render_the_same_blocks(tmp_path):
+    png = figures.plot_margin_histograms([("a", np.array([0.0, 1.0, 1.0, 2.5]))], tmp_path / "m.png")
+    blocks = [
+        ("h2", "Claims"),
+        ("p", "DPO-PoP's claim <checked>"),
+        ("table", (["Run", "Value"], [["dpo", "0.5"], ["a|b", "1"]])),
+        ("img", "Margins", png),
+    ]
+    md = render_markdown(blocks, "Title")
+    assert (
+        md.startswith("# Title") and "## Claims" in md and "| a\\|b | 1 |" in md and "![Margins](m.png)" in md
+    )
+    page = render_html(blocks, "Title")
+    assert "&lt;checked&gt;" in page and "<td>dpo</td>" in page
+    assert page.count("data:image/png;base64,") == 1 and "m.png" not in page
