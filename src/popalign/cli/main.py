@@ -21,7 +21,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("model", "prepare models (e.g. convert the offline SmolLM2 GGUF to safetensors)"),
     ("eval", "evaluate models: discriminative metrics, RewardBench, generation, judged win rates"),
     ("report", "compare evaluated runs in one Markdown and one HTML page"),
-    ("reproduce", "the paper's experiments end to end on the CPU testbed, with a report of which claims hold"),
+    ("reproduce", "the paper's experiments on the CPU testbed, with a report of which claims hold"),
     ("label", "collect PoP labels from people with a small web app"),
     ("demo", "the main job on its built-in default (what `make demo` runs)"),
 ]
