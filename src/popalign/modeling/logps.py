@@ -38,6 +38,48 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in params
 
 
+def _keeps_positions(model: nn.Module) -> bool:
+    """Whether ``logits_to_keep`` may be a (B, K) tensor of positions (models built on transformers'
+    ``slice_logits_to_keep``); otherwise it is an int: the last K positions."""
+    import sys
+
+    module = sys.modules.get(type(_innermost(model)).__module__)
+    return hasattr(module, "slice_logits_to_keep")
+
+
+def masked_token_logps(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """``log softmax(logits)[target]`` per position in float32, 0 where ``mask`` is False.
+
+    Args:
+        logits: (N, K, V) logits of the positions that predict ``targets``.
+        targets: (N, K) token ids; any id may sit where ``mask`` is False (padding, -100).
+        mask: (N, K) bool.
+
+    Returns:
+        (N, K) float32. ``logit[target] - logsumexp(logits)``: no (N, K, V) log-softmax is materialised.
+    """
+    import torch
+
+    logits = logits.float()
+    targets = targets.masked_fill(~mask, 0)
+    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (target_logits - torch.logsumexp(logits, dim=-1)) * mask
+
+
+def _row_spans(mask: Tensor) -> tuple[Tensor, int]:
+    """Per row the first completion column (or 1 for rows without one) and the widest span of completion
+    columns, ``last - first + 1``, over the batch."""
+    import torch
+
+    seq_len = mask.shape[1]
+    cols = torch.arange(seq_len, device=mask.device)[None, :]
+    has = mask.any(dim=1)
+    first = torch.where(mask, cols, seq_len).amin(dim=1)
+    last = torch.where(mask, cols, -1).amax(dim=1)
+    span = int((last - first + 1).clamp(min=0).max()) if bool(has.any()) else 1
+    return torch.where(has, first, 1), max(span, 1)
+
+
 def completion_logps(
     model: nn.Module,
     input_ids: Tensor,
@@ -59,11 +101,10 @@ def completion_logps(
     Returns:
         (B,) float32: ``sum_t completion_mask[b,t] * log pi(input_ids[b,t] | input_ids[b,<t])``.
 
-    Only logits from the position before the batch's first completion token onwards are computed
-    (``logits_to_keep``), and each token's log-prob is ``logit[target] - logsumexp(logits)`` in float32.
+    Only the logits that predict completion tokens are computed (``logits_to_keep``): per row when the
+    model takes positions and the prompts differ in length, else from the batch's first completion
+    position on. Each token's log-prob is ``logit[target] - logsumexp(logits)`` in float32.
     """
-    import torch
-
     mask = completion_mask.bool() & attention_mask.bool()
     if mask[:, 0].any():
         raise ValueError("completion_mask marks token 0, which has no context to be scored from")
@@ -73,20 +114,40 @@ def completion_logps(
     columns = mask.any(dim=0).nonzero()
     first = int(columns[0]) if len(columns) else seq_len - 1
 
+    if _accepts_logits_to_keep(model) and _keeps_positions(model):
+        starts, span = _row_spans(mask)
+        # Per-row positions pay off only when they drop columns the batch-wide slice would keep.
+        if span < seq_len - first:
+            return _per_row_logps(model, input_ids, attention_mask, mask, starts, span, average)
+
     kwargs = {}
     if _accepts_logits_to_keep(model):
         # Logits at positions first-1 .. T-1, i.e. the last T-first+1 positions; the last one is unused.
         kwargs["logits_to_keep"] = seq_len - first + 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
     # Position p predicts token p+1: keep the logits of positions first-1 .. T-2 for targets first .. T-1.
-    logits = logits[:, -(seq_len - first + 1) : -1].float()
-    targets = input_ids[:, first:]
-    mask = mask[:, first:]
-    # Padding or ignore ids (-100) may sit at masked places; any valid index will do there.
-    targets = targets.masked_fill(~mask, 0)
+    logits = logits[:, -(seq_len - first + 1) : -1]
+    token_logps = masked_token_logps(logits, input_ids[:, first:], mask[:, first:])
+    return _reduce(token_logps, mask, average)
 
-    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    token_logps = (target_logits - torch.logsumexp(logits, dim=-1)) * mask
+
+def _per_row_logps(model, input_ids, attention_mask, mask, starts, span, average) -> Tensor:
+    """Logits only at each row's completion positions: (B, span) instead of (B, T - first + 1)."""
+    import torch
+
+    last = input_ids.shape[1] - 1
+    raw = starts[:, None] + torch.arange(span, device=input_ids.device)[None, :]
+    # A row starting late runs past the end; its clamped duplicates of the last column must not count.
+    targets = raw.clamp(max=last)
+    valid = mask.gather(1, targets) & (raw <= last)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=targets - 1
+    ).logits
+    token_logps = masked_token_logps(logits, input_ids.gather(1, targets), valid)
+    return _reduce(token_logps, mask, average)
+
+
+def _reduce(token_logps: Tensor, mask: Tensor, average: bool) -> Tensor:
     total = token_logps.sum(dim=-1)
     if average:
         return total / mask.sum(dim=-1).clamp(min=1)

@@ -3,7 +3,8 @@
 An example is a pair of row indices into the tokenised preference table: ``strong`` (the preference
 trained on) and, for PoP, ``weak`` (whose target-policy reward difference becomes the margin).
 Collators turn a list of examples into padded tensors; chosen and rejected go in one batch of
-``2B`` rows so the policy runs one forward pass for both.
+``2B`` rows so the policy runs one forward pass for both, or, with prefix sharing, in ``B`` rows
+``prompt + chosen + rejected`` so the prompt is computed once (:mod:`popalign.modeling.prefix_sharing`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ class PreferenceCollator:
     Keys for the strong pair: ``input_ids``, ``attention_mask``, ``completion_mask`` of shape ``(2B, T)``
     (rows ``:B`` chosen, ``B:`` rejected), ``reference_chosen_logps``/``reference_rejected_logps`` ``(B,)``
     when reference log-probs are precomputed, ``gt_margins`` ``(B,)`` when the data has scores. With
-    ``with_weak`` the same keys prefixed ``weak_`` describe the weak pair of each PoP example.
+    ``with_weak`` the same keys prefixed ``weak_`` describe the weak pair of each PoP example, and
+    ``weak_index`` ``(B,)`` holds its row in the table (the key of the trainer's margin cache).
+
+    With ``prefix_sharing`` the pair tensors are instead ``input_ids`` ``(B, L)`` rows
+    ``prompt + chosen + rejected`` and ``prompt_lengths``/``chosen_lengths``/``rejected_lengths`` ``(B,)``
+    (see :func:`popalign.modeling.prefix_sharing.shared_rows`).
     """
 
     def __init__(
@@ -67,6 +73,7 @@ class PreferenceCollator:
         gt_margins: np.ndarray | None = None,
         with_weak: bool = False,
         pad_to_multiple_of: int | None = None,
+        prefix_sharing: bool = False,
     ):
         self.tok = tokenized
         self.pad = pad_token_id
@@ -75,6 +82,7 @@ class PreferenceCollator:
         self.gt = gt_margins
         self.with_weak = with_weak
         self.multiple_of = pad_to_multiple_of
+        self.prefix_sharing = prefix_sharing
 
     def pair_tensors(self, idx: list[int]) -> dict[str, torch.Tensor]:
         prompts = [self.tok.prompt_ids[i] for i in idx]
@@ -86,8 +94,20 @@ class PreferenceCollator:
             completion[r, : len(p)] = 0
         return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion}
 
+    def shared_tensors(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        from popalign.modeling.prefix_sharing import shared_rows
+
+        return shared_rows(
+            [self.tok.prompt_ids[i] for i in idx],
+            [self.tok.chosen_ids[i] for i in idx],
+            [self.tok.rejected_ids[i] for i in idx],
+            self.pad,
+            self.multiple_of,
+        )
+
     def _side(self, idx: list[int], prefix: str) -> dict[str, torch.Tensor]:
-        out = {f"{prefix}{k}": v for k, v in self.pair_tensors(idx).items()}
+        tensors = self.shared_tensors(idx) if self.prefix_sharing else self.pair_tensors(idx)
+        out = {f"{prefix}{k}": v for k, v in tensors.items()}
         if self.ref_c is not None and self.ref_r is not None:
             out[f"{prefix}reference_chosen_logps"] = torch.tensor(self.ref_c[idx], dtype=torch.float32)
             out[f"{prefix}reference_rejected_logps"] = torch.tensor(self.ref_r[idx], dtype=torch.float32)
@@ -103,6 +123,7 @@ class PreferenceCollator:
             if min(weak) < 0:
                 raise ValueError("a PoP method was given examples without a weak preference")
             batch.update(self._side(weak, "weak_"))
+            batch["weak_index"] = torch.tensor(weak, dtype=torch.long)
         return batch
 
 

@@ -59,6 +59,12 @@ class LossSpec:
         help="Where PoP margins come from: the Polyak target (Eq. 7) or the live model under stop-grad "
         "(Eq. 5/6).",
     )
+    margin_refresh_steps: int = help_field(
+        1,
+        help="PoP with a target model: reuse a weak preference's target rewards for this many optimiser "
+        "steps instead of recomputing them each time it is drawn (1 = Eq. 7 exactly). Saves target forwards "
+        "when weak preferences recur within that window; see docs/benchmarks.md for the effect on results.",
+    )
 
 
 @dataclass
@@ -108,6 +114,12 @@ class TrainingSpec:
     )
     dataloader_num_workers: int = help_field(0, help="Data loader worker processes.")
     torch_threads: int | None = help_field(None, help="CPU threads for torch (None: torch's default).")
+    prefix_sharing: bool = help_field(
+        False,
+        help="Preference training of a policy: run each prompt once for chosen and rejected (one row "
+        "prompt+chosen+rejected with a block attention mask). Same log-probs up to float rounding; "
+        "ignored for reward models and for attention kernels without custom masks (docs/benchmarks.md).",
+    )
     progress: bool = help_field(True, help="Show progress bars.")
 
 
@@ -157,6 +169,8 @@ class TrainConfig:
             raise ConfigError(f"target.tau must be in (0, 1], got {self.target.tau}")
         if self.loss.beta <= 0:
             raise ConfigError(f"loss.beta must be positive, got {self.loss.beta}")
+        if self.loss.margin_refresh_steps < 1:
+            raise ConfigError(f"loss.margin_refresh_steps must be >= 1, got {self.loss.margin_refresh_steps}")
         try:
             self.tokenize.validate()
         except ValueError as exc:

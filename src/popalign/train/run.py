@@ -51,6 +51,18 @@ def build_examples(cfg: TrainConfig, table, method, output_dir: Path) -> tuple[A
     return PairExamples(pairs.strong_idx, pairs.weak_idx), info
 
 
+def _use_prefix_sharing(cfg: TrainConfig, model) -> bool:
+    """``training.prefix_sharing`` where it applies: a policy whose attention takes custom masks."""
+    if not cfg.training.prefix_sharing or cfg.objective != "policy":
+        return False
+    from popalign.modeling.prefix_sharing import prefix_sharing_supported
+
+    if prefix_sharing_supported(model):
+        return True
+    log.warning("training.prefix_sharing: this model's attention cannot take a block mask; using plain rows")
+    return False
+
+
 def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns a summary (paths, metrics). Resumes from checkpoints.
 
@@ -103,6 +115,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
                 progress=cfg.training.progress,
             )
     examples, info["examples"] = build_examples(cfg, table, method, out)
+    info["prefix_sharing"] = _use_prefix_sharing(cfg, model)
     collator = PreferenceCollator(
         tokenized,
         tokenizer.pad_token_id,
@@ -110,6 +123,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         reference_rejected_logps=ref_r,
         gt_margins=table.margins if table.has_scores else None,
         with_weak=method.needs_weak_pair,
+        prefix_sharing=info["prefix_sharing"],
     )
     atomic_write_json(out / "run_info.json", info)
     trainer = PreferenceTrainer(
@@ -126,6 +140,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         pop_margin_model=cfg.loss.pop_margin_model,
         tau=cfg.target.tau,
         live_reference=not cfg.reference.precompute,
+        margin_refresh_steps=cfg.loss.margin_refresh_steps,
         callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=resume)

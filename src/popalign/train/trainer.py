@@ -23,7 +23,9 @@ from popalign.losses.preference import LossOutput
 from popalign.losses.rewards import implicit_rewards
 from popalign.methods import Method, method_loss
 from popalign.modeling.logps import completion_logps, sequence_scores
+from popalign.modeling.prefix_sharing import shared_prefix_logps
 from popalign.modeling.target import PolyakTarget, adapters_disabled
+from popalign.train.margin_cache import WeakRewardCache, select_pairs
 
 TARGET_STATE = "popalign_target.pt"
 
@@ -50,6 +52,8 @@ class PreferenceTrainer(Trainer):
         pop_margin_model: ``"target"`` (Polyak copy, Eq. 7) or ``"live"`` (the model itself, stop-grad).
         tau: Polyak rate of the target.
         live_reference: run the reference model each step instead of reading precomputed log-probs.
+        margin_refresh_steps: PoP with a target model only: reuse a weak preference's target rewards for
+            this many optimiser steps (:mod:`popalign.train.margin_cache`); 1 recomputes them every step.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class PreferenceTrainer(Trainer):
         pop_margin_model: str = "target",
         tau: float = 0.01,
         live_reference: bool = False,
+        margin_refresh_steps: int = 1,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -74,14 +79,34 @@ class PreferenceTrainer(Trainer):
         self.pop_margin_model = pop_margin_model
         self.target: PolyakTarget | None = None
         if method.needs_weak_pair and pop_margin_model == "target":
+            self._refuse_unsharded_copy("the Polyak target (loss.pop_margin_model=target)")
             self.target = PolyakTarget(self.model, tau)
+            if self.target.mode == "copy":
+                # Under DeepSpeed the Trainer leaves the model on the CPU until prepare(); the copy
+                # must live where the policy will run.
+                self.target.copy.to(self.args.device)
             self.add_callback(_PolyakUpdate(self))
         self.reference_model: torch.nn.Module | None = None
         if live_reference and objective == "policy" and not _is_peft(self.model):
-            self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self._refuse_unsharded_copy("a live reference model (reference.precompute=false)")
+            self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False).to(self.args.device)
         self.live_reference = live_reference
+        self.margin_cache: WeakRewardCache | None = None
+        if method.needs_weak_pair and margin_refresh_steps > 1:
+            self.margin_cache = WeakRewardCache(margin_refresh_steps)
+        # Weak-pair rows run through the target so far (the margin cache's saving shows here).
+        self.weak_forward_rows = 0
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._metric_count = 0
+
+    def _refuse_unsharded_copy(self, what: str) -> None:
+        # A full copy made here would not be sharded like the FSDP-wrapped policy, so the element-wise
+        # Polyak update would mix a whole tensor with a shard. LoRA keeps the target inside the policy.
+        if getattr(self, "is_fsdp_enabled", False) and not _is_peft(self.model):
+            raise PopalignError(
+                f"{what} needs a full model copy, which FSDP does not shard yet; use lora.enabled=true "
+                "(the target is then an adapter on the shared base), DDP or DeepSpeed ZeRO-2"
+            )
 
     # ---- forward passes -------------------------------------------------------------------------
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -106,6 +131,15 @@ class PreferenceTrainer(Trainer):
 
     @staticmethod
     def _logps(model, inputs, prefix: str) -> torch.Tensor:
+        """(2B,) completion log-probs, chosen rows first, from either batch layout."""
+        if f"{prefix}prompt_lengths" in inputs:
+            return shared_prefix_logps(
+                model,
+                inputs[f"{prefix}input_ids"],
+                inputs[f"{prefix}prompt_lengths"],
+                inputs[f"{prefix}chosen_lengths"],
+                inputs[f"{prefix}rejected_lengths"],
+            )
         return completion_logps(
             model,
             inputs[f"{prefix}input_ids"],
@@ -136,17 +170,53 @@ class PreferenceTrainer(Trainer):
 
     @torch.no_grad()
     def _weak_rewards(self, model, inputs, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.margin_cache is not None and "weak_index" in inputs:
+            return self._cached_weak_rewards(model, inputs, logs)
+        self.weak_forward_rows += int(inputs["weak_index"].shape[0]) if "weak_index" in inputs else 0
         if self.target is None:
             return self._rewards(model, inputs, "weak_", logs)
         with self.target.activated(self._unwrapped(model)) as target_model:
             return self._rewards(target_model, inputs, "weak_", logs)
 
+    def _cached_weak_rewards(self, model, inputs, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target rewards of the weak pairs, from the cache where fresh; the rest run as one smaller batch."""
+        index = inputs["weak_index"].tolist()
+        step = self.state.global_step
+        fresh, cached_c, cached_r = self.margin_cache.lookup(index, step)
+        device = inputs["weak_index"].device
+        chosen = torch.tensor(cached_c, device=device, dtype=torch.float32)
+        rejected = torch.tensor(cached_r, device=device, dtype=torch.float32)
+        stale = torch.tensor([not f for f in fresh], device=device).nonzero().squeeze(-1)
+        if not len(stale) and self._forward_is_collective():
+            # Sharded weights are gathered inside the forward, so every process must run one: a process
+            # with nothing stale refreshes its first row rather than skipping.
+            stale = stale.new_zeros(1)
+        if len(stale):
+            sub = select_pairs(inputs, "weak_", stale)
+            self.weak_forward_rows += len(stale)
+            if self.target is None:
+                c, r = self._rewards(model, sub, "weak_", logs)
+            else:
+                with self.target.activated(self._unwrapped(model)) as target_model:
+                    c, r = self._rewards(target_model, sub, "weak_", logs)
+            chosen[stale], rejected[stale] = c.to(chosen.dtype), r.to(rejected.dtype)
+            self.margin_cache.store([index[i] for i in stale.tolist()], c, r, step)
+        logs["margin/cached"] = torch.tensor(fresh, device=device, dtype=torch.float32)
+        return chosen, rejected
+
+    def _forward_is_collective(self) -> bool:
+        """Whether a forward may communicate (sharded weights, DDP buffer syncs): with several processes
+        none may skip one alone."""
+        return self.accelerator.num_processes > 1
+
     def preference_outputs(self, model, inputs) -> LossOutput:
         logs: dict[str, torch.Tensor] = {}
-        chosen_rewards, rejected_rewards = self._rewards(model, inputs, "", logs)
         weak_c = weak_r = None
         if self.method.needs_weak_pair:
+            # The no-grad weak forward runs first: its activations are freed before the strong pair's graph
+            # is built, so DPO-PoP's peak memory stays that of vanilla DPO.
             weak_c, weak_r = self._weak_rewards(model, inputs, logs)
+        chosen_rewards, rejected_rewards = self._rewards(model, inputs, "", logs)
         out = method_loss(
             self.method,
             chosen_rewards,

@@ -1,0 +1,79 @@
+"""A cache of the weak preferences' target rewards: DPO-PoP without a target forward on every step.
+
+DPO-PoP's margin (Eq. 7) is the target policy's reward difference on the weak preference of each PoP
+pair, which costs one no-grad forward of the weak pair per step. With ``loss.margin_refresh_steps = N > 1``
+the target rewards of a weak preference, once computed, are reused for the next ``N - 1`` optimiser steps
+whenever that preference is a weak pair again; only rows without a fresh entry run through the target.
+The target moves by Polyak averaging with rate ``tau`` (a memory of about ``1/tau`` steps), so a margin up to
+``N`` steps old is close to the current one while ``N`` is well below ``1/tau``. ``N = 1`` is Eq. 7 exactly.
+
+The cache lives in memory and is not checkpointed: a resumed run recomputes what it needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# Keys of one pair's tensors in a batch: the plain layout has 2B rows (chosen then rejected) for these,
+# the shared layout (prefix sharing) B rows; everything else with the pair's prefix has B rows.
+PAIR_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
+
+
+class WeakRewardCache:
+    """Target rewards ``(chosen, rejected)`` per weak preference, each with the step it was computed at.
+
+    Args:
+        refresh_steps: an entry computed at optimiser step ``s`` serves steps ``s .. s + refresh_steps - 1``.
+    """
+
+    def __init__(self, refresh_steps: int):
+        if refresh_steps < 1:
+            raise ValueError(f"refresh_steps must be >= 1, got {refresh_steps}")
+        self.refresh_steps = refresh_steps
+        self._entries: dict[int, tuple[float, float, int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, index: list[int], step: int) -> tuple[list[bool], list[float], list[float]]:
+        """Per row: whether a fresh entry exists, and its chosen / rejected rewards (0.0 where not)."""
+        fresh, chosen, rejected = [], [], []
+        for i in index:
+            entry = self._entries.get(i)
+            ok = entry is not None and step - entry[2] < self.refresh_steps
+            fresh.append(ok)
+            chosen.append(entry[0] if ok else 0.0)
+            rejected.append(entry[1] if ok else 0.0)
+        self.hits += sum(fresh)
+        self.misses += len(fresh) - sum(fresh)
+        return fresh, chosen, rejected
+
+    def store(self, index: list[int], chosen: Tensor, rejected: Tensor, step: int) -> None:
+        for i, c, r in zip(index, chosen.tolist(), rejected.tolist(), strict=True):
+            self._entries[i] = (c, r, step)
+
+
+def select_pairs(inputs: dict[str, Tensor], prefix: str, rows: Tensor) -> dict[str, Tensor]:
+    """The pair tensors named ``prefix...`` (e.g. ``weak_``) of ``inputs``, for the preferences ``rows`` only.
+
+    ``rows``: a (k,) index into the batch's B preferences.
+
+    Plain layout: the ``2B``-row tensors keep rows ``rows`` and ``B + rows`` (chosen, then rejected).
+    """
+    import torch
+
+    batch = inputs[f"{prefix}input_ids"].shape[0]
+    shared = f"{prefix}prompt_lengths" in inputs
+    both = rows if shared else torch.cat([rows, rows + batch // 2])
+    out = {}
+    for key, value in inputs.items():
+        if not key.startswith(prefix) or not torch.is_tensor(value) or key == f"{prefix}index":
+            continue
+        name = key[len(prefix) :]
+        out[key] = value[both] if name in PAIR_ROW_KEYS else value[rows]
+    return out
