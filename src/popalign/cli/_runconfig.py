@@ -28,3 +28,37 @@ def resolve(cls: type, args: argparse.Namespace):
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return None
     return cfg
+
+
+def register_config_command(
+    sub: argparse._SubParsersAction, name: str, summary: str, epilog: str, func
+) -> None:
+    """A sub-command driven by a config dataclass: --config, key=value overrides, --help-config."""
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(p)
+    p.set_defaults(func=func)
+
+
+def run_config_command(cls_path: str, runner_path: str, args: argparse.Namespace) -> int:
+    """Resolve the config (``module:Class``), run ``module:function`` on it, say where the model went."""
+    import importlib
+
+    def load(path: str):
+        module, _, attr = path.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    cfg = resolve(load(cls_path), args)
+    if cfg is None:
+        return 0
+    summary = load(runner_path)(cfg)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"model saved to {summary['model']}")
+    return 0

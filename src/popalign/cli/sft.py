@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from popalign.cli._runconfig import add_config_arguments, resolve
+from popalign.cli._runconfig import register_config_command, run_config_command
 
 EPILOG = """examples:
   popalign sft --config configs/tiny/sft.yaml
@@ -17,25 +17,8 @@ Then train preferences from it: popalign train model.name_or_path=runs/sft ...
 
 
 def register(sub: argparse._SubParsersAction, summary: str) -> None:
-    p = sub.add_parser(
-        "sft",
-        help=summary,
-        description=summary,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(p)
-    p.set_defaults(func=run)
+    register_config_command(sub, "sft", summary, EPILOG, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from popalign.train.config import SFTConfig
-
-    cfg = resolve(SFTConfig, args)
-    if cfg is None:
-        return 0
-    from popalign.train.sft import run_sft
-
-    summary = run_sft(cfg)
-    print(f"model saved to {summary['model']}")
-    return 0
+    return run_config_command("popalign.train.config:SFTConfig", "popalign.train.sft:run_sft", args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from popalign.cli._runconfig import add_config_arguments, resolve
+from popalign.cli._runconfig import register_config_command, run_config_command
 
 EPILOG = """examples:
   popalign train --config configs/tiny/dpo_pop.yaml
@@ -21,25 +21,8 @@ A run resumes from its newest complete checkpoint in output_dir (resume=never to
 
 
 def register(sub: argparse._SubParsersAction, summary: str) -> None:
-    p = sub.add_parser(
-        "train",
-        help=summary,
-        description=summary,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(p)
-    p.set_defaults(func=run)
+    register_config_command(sub, "train", summary, EPILOG, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from popalign.train.config import TrainConfig
-
-    cfg = resolve(TrainConfig, args)
-    if cfg is None:
-        return 0
-    from popalign.train.run import run_train
-
-    summary = run_train(cfg)
-    print(f"model saved to {summary['model']}")
-    return 0
+    return run_config_command("popalign.train.config:TrainConfig", "popalign.train.run:run_train", args)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from popalign.config import save_config
 from popalign.errors import PopalignError
 from popalign.io import atomic_write_json
 from popalign.train.config import TrainConfig
@@ -68,31 +67,22 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, tests).
     """
-    from popalign.data.load import load_preferences
     from popalign.data.tokenize import tokenize_preferences
     from popalign.methods import get_method
     from popalign.modeling.reference import cached_reference_logps
     from popalign.modeling.target import adapters_disabled
-    from popalign.train.checkpoints import resolve_resume
     from popalign.train.collate import PreferenceCollator
     from popalign.train.setup import (
         apply_lora,
         build_model_and_tokenizer,
-        save_final_model,
-        seed_everything,
+        finish_run,
+        start_run,
         training_arguments,
     )
     from popalign.train.trainer import PreferenceTrainer
 
     method = get_method(cfg.method, cfg.objective)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.training.seed)
-    resume = resolve_resume(cfg.resume, out)
-
-    table, report = load_preferences(cfg.data)
-    print(report.summary())
+    out, resume, table, report = start_run(cfg)
     if method.needs_gt_margin and not table.has_scores:
         raise PopalignError(f"{cfg.data.path}: method {method.name} needs scores (ground-truth margins)")
     reward_model = cfg.objective == "reward-model"
@@ -143,8 +133,4 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         margin_refresh_steps=cfg.loss.margin_refresh_steps,
         callbacks=callbacks,
     )
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    final = save_final_model(trainer, tokenizer, out, cfg.save_final)
-    return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}
+    return finish_run(trainer, tokenizer, out, cfg.save_final, resume)

@@ -161,3 +161,31 @@ def save_final_model(trainer: Any, tokenizer: Any, output_dir: str | Path, how: 
     if trainer.args.should_save:
         tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def start_run(cfg: Any) -> tuple[Path, str | None, Any, Any]:
+    """Run folder with the resolved config saved, seeds set, the checkpoint to resume from, and the data.
+
+    Returns ``(output_dir, resume_checkpoint_or_None, table, load_report)``.
+    """
+    from popalign.config import save_config
+    from popalign.data.load import load_preferences
+    from popalign.train.checkpoints import resolve_resume
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.training.seed)
+    resume = resolve_resume(cfg.resume, out)
+    table, report = load_preferences(cfg.data)
+    print(report.summary())
+    return out, resume, table, report
+
+
+def finish_run(trainer: Any, tokenizer: Any, out: Path, how: str, resume: str | None) -> dict[str, Any]:
+    """Train (resuming if asked), write transformers' result files and the final model; a summary."""
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    final = save_final_model(trainer, tokenizer, out, how)
+    return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}

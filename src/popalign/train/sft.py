@@ -6,13 +6,11 @@ SFT model is then both the starting policy and the reference of preference train
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from popalign.config import save_config
 from popalign.train.config import SFTConfig
 
 IGNORE_INDEX = -100
@@ -50,25 +48,17 @@ class SFTCollator:
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     from transformers import Trainer
 
-    from popalign.data.load import load_preferences
     from popalign.data.tokenize import tokenize_preferences
-    from popalign.train.checkpoints import resolve_resume
     from popalign.train.run import _training_texts
     from popalign.train.setup import (
         apply_lora,
         build_model_and_tokenizer,
-        save_final_model,
-        seed_everything,
+        finish_run,
+        start_run,
         training_arguments,
     )
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.training.seed)
-    resume = resolve_resume(cfg.resume, out)
-    table, report = load_preferences(cfg.data)
-    print(report.summary())
+    out, resume, table, _ = start_run(cfg)
     model, tokenizer = build_model_and_tokenizer(cfg.model, texts=_training_texts(table))
     model = apply_lora(model, cfg.lora)
     tokenized = tokenize_preferences(table, tokenizer, cfg.tokenize)
@@ -80,8 +70,4 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
         data_collator=SFTCollator(tokenized.prompt_ids, responses, tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    final = save_final_model(trainer, tokenizer, out, "merged" if cfg.lora.enabled else "full")
-    return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}
+    return finish_run(trainer, tokenizer, out, "merged" if cfg.lora.enabled else "full", resume)
