@@ -3,7 +3,7 @@
 Commands:
   table     (default) TRL vs popalign step time, tokens/s, peak memory, ratios and targets; JSON too
   levers    each performance lever measured before and after
-  scaling   popalign step time as sequence length and batch size grow
+  scaling   TRL and popalign step time as sequence length and batch size grow
   memory    peak memory of DPO-PoP vs DPO on a model large enough for a model copy to stand out
   pop       the PoP builder alone (benchmarks/pop_build.py)
   margin-cache  what loss.margin_refresh_steps saves (hit rates) and changes (tiny runs, --data DIR)

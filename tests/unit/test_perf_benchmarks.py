@@ -1,0 +1,71 @@
+"""The benchmark scripts' arithmetic: cache replay, model FLOPs, ratios and targets (no timing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from benchmarks.common import Shape, ids_to_text, model_flops_per_step, synthetic_ids, word_tokenizer
+from benchmarks.margin_cache import replay_hit_rate
+from benchmarks.train_step import summarise
+
+
+@pytest.mark.parametrize("refresh, want", [(1, 0.0), (2, 0.5), (10, 0.75)])
+def test_replay_hit_rate_by_hand(refresh, want):
+    # One weak preference drawn at steps 0..3: computed at 0; with N=2 served at 1, stale at 2 (recomputed),
+    # served at 3; with N=10 served at 1, 2 and 3; with N=1 never served.
+    rate, steps = replay_hit_rate(np.array([5, 5, 5, 5]), batch=1, epochs=1, refresh_steps=refresh)
+    assert steps == 4
+    assert rate == pytest.approx(want)
+
+
+def test_replay_looks_a_batch_up_before_storing():
+    # The same weak preference twice in one batch: both are misses, as in the trainer.
+    rate, _ = replay_hit_rate(np.array([3, 3]), batch=2, epochs=1, refresh_steps=100)
+    assert rate == 0.0
+
+
+def test_model_flops_by_hand():
+    shape = Shape(num_hidden_layers=2, hidden_size=4, batch_size=1, prompt_len=1, completion_len=2)
+    counts = {"non_embedding": 10, "lm_head": 3}
+    # 2 rows of 3 tokens: dense 2*10*6 = 120, head 2*3*(2 rows * 2 positions) = 24,
+    # attention 2*2 layers*4 hidden*2 rows*9 = 288; forward 432.
+    assert model_flops_per_step(shape, counts) == 3 * 432
+    assert model_flops_per_step(shape, counts, lora=True) == 2 * 432
+    assert model_flops_per_step(shape, counts, weak_pair=True) == 4 * 432
+
+
+def test_synthetic_text_tokenises_to_the_same_ids():
+    shape = Shape(vocab_size=50, prompt_len=3, completion_len=4)
+    prompts, chosen, _ = synthetic_ids(shape, 2, seed=1)
+    tokenizer = word_tokenizer(shape.vocab_size)
+    assert all(len(p) == 3 for p in prompts) and all(c[-1] == tokenizer.eos_token_id for c in chosen)
+    text = ids_to_text(prompts[0]) + " " + ids_to_text(chosen[0])
+    assert tokenizer(text)["input_ids"] == prompts[0] + chosen[0]
+
+
+def row(step_s, rss, params=None):
+    out = {"step_s": step_s, "peak_rss_mib": rss, "spec": {"shape": {"dtype": "float32"}}}
+    if params:
+        out["params"] = {"total": params}
+    return out
+
+
+def test_summarise_ratios_and_targets():
+    copy_mib = 2**20 * 10 * 4 / 2**20  # 10 Mi float32 parameters: 40 MiB
+    results = {
+        "trl-dpo": row(2.0, 1000),
+        "popalign-dpo": row(1.5, 900, params=10 * 2**20),
+        "popalign-pop": row(2.25, 900 + copy_mib / 2),
+        "popalign-dpo-lora": row(1.0, 800),
+        "popalign-pop-lora": row(1.5, 880),
+    }
+    summary = summarise(results)
+    assert summary["ratios"]["popalign_dpo_vs_trl_step"] == pytest.approx(0.75)
+    assert summary["ratios"]["popalign_pop_vs_dpo_step"] == pytest.approx(1.5)
+    assert summary["full_pop_extra_memory"]["copies"] == pytest.approx(0.5)
+    targets = summary["targets"]
+    assert targets["popalign DPO <= 0.8x TRL"]["met"] is True
+    assert targets["DPO-PoP <= 1.4x popalign DPO"]["met"] is False
+    assert targets["LoRA DPO-PoP peak memory <= 1.05x LoRA DPO"]["value"] == pytest.approx(1.1)
+    assert targets["full DPO-PoP memory <= one extra model copy"]["met"] is True
+    assert summarise({})["targets"]["popalign DPO <= 0.8x TRL"]["met"] is None
