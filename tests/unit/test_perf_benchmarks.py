@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from benchmarks.common import Shape, ids_to_text, model_flops_per_step, synthetic_ids, word_tokenizer
 from benchmarks.margin_cache import replay_hit_rate
-from benchmarks.train_step import summarise
+from benchmarks.train_step import _least_disturbed, summarise
 
 
 @pytest.mark.parametrize("refresh, want", [(1, 0.0), (2, 0.5), (10, 0.75)])
@@ -69,3 +69,12 @@ def test_summarise_ratios_and_targets():
     assert targets["LoRA DPO-PoP peak memory <= 1.05x LoRA DPO"]["value"] == pytest.approx(1.1)
     assert targets["full DPO-PoP memory <= one extra model copy"]["met"] is True
     assert summarise({})["targets"]["popalign DPO <= 0.8x TRL"]["met"] is None
+
+
+def test_rounds_keep_the_least_disturbed_run():
+    first = _least_disturbed(None, {"step_s": 2.0, "peak_rss_mib": 10})
+    second = _least_disturbed(first, {"step_s": 1.5, "peak_rss_mib": 12})
+    third = _least_disturbed(second, {"error": "exit 1"})
+    assert (second["step_s"], second["peak_rss_mib"], second["round_step_s"]) == (1.5, 12, [2.0, 1.5])
+    assert third["step_s"] == 1.5 and third["round_step_s"] == [2.0, 1.5]
+    assert "error" in _least_disturbed(None, {"error": "exit 1"})
