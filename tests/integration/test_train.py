@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from popalign.cli.main import main as cli_main
 from popalign.config import load_config
+from popalign.errors import PopalignError
 from popalign.train.config import TrainConfig
 from popalign.train.run import run_train
 
@@ -176,6 +177,16 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, method, lor
     resumed = run_train(interrupted)
     assert resumed["resumed_from"].endswith("checkpoint-2")
     assert_same_weights(weights(straight["model"]), weights(resumed["model"]))
+
+
+def test_resuming_from_a_checkpoint_without_its_target_is_refused(tmp_path):
+    cfg = config(tmp_path, "method=dpo-pop-iter", "training.max_steps=2", "training.save_steps=2")
+    run_train(cfg)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    (checkpoint / "popalign_target.pt").unlink()
+    again = config(tmp_path, "method=dpo-pop-iter", "training.max_steps=4", f"resume={checkpoint}")
+    with pytest.raises(PopalignError, match="checkpoint-2: the checkpoint has no target state"):
+        run_train(again)
 
 
 class _Poison(TrainerCallback):

@@ -309,3 +309,24 @@ def test_full_copy_of_zero3_weights_is_refused(tokenizer, fake_deepspeed):
     with pytest.raises(PopalignError, match="ZeRO"):
         PolyakTarget(policy)
     assert fake_deepspeed == []
+
+
+def test_fsdp_full_copy_needs_fsdp2():
+    from types import SimpleNamespace
+
+    from popalign.train.trainer import PreferenceTrainer
+
+    def trainer(version, fsdp=True, peft=False):
+        plugin = SimpleNamespace(fsdp_version=version)
+        model = SimpleNamespace(peft_config={}) if peft else SimpleNamespace()
+        return SimpleNamespace(
+            is_fsdp_enabled=fsdp,
+            model=model,
+            accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)),
+        )
+
+    assert PreferenceTrainer._fsdp_full_copy(trainer(2), "the target") is True
+    assert PreferenceTrainer._fsdp_full_copy(trainer(2, fsdp=False), "the target") is False
+    assert PreferenceTrainer._fsdp_full_copy(trainer(1, peft=True), "the target") is False  # LoRA: an adapter
+    with pytest.raises(PopalignError, match="the target needs a model copy sharded.*fsdp_version: 2"):
+        PreferenceTrainer._fsdp_full_copy(trainer(1), "the target")

@@ -9,8 +9,10 @@ optimiser step, so margins do not jump with each update. Two storage modes:
   base weights are shared, so the target costs only the adapter's size.
 
 Distributed training: under DeepSpeed ZeRO-3 the parameters are partitioned (they carry ``ds_id``); the update
-gathers them first (see :func:`_gathered`). Elsewhere (single process, DDP, FSDP with the target wrapped like
-the policy) the update is element-wise, so identically sharded tensors need no communication at all.
+gathers them first (see :func:`_gathered`). Under FSDP2 the copy is sharded like the policy
+(:mod:`popalign.train.fsdp`, passed in as ``copy``) and the update runs on the local shards; with LoRA the
+target adapter lives inside the sharded policy and is sharded like the live one. Elsewhere (single process,
+DDP) the update is element-wise on whole tensors.
 """
 
 from __future__ import annotations
@@ -104,10 +106,19 @@ def _frozen_state(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP2 ``DTensor`` (a view: writes reach the parameter), else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def _lerp_all(targets: list[torch.Tensor], sources: list[torch.Tensor], tau: float) -> None:
-    """``target <- target + tau * (source - target)`` for every pair, in place."""
+    """``target <- target + tau * (source - target)`` for every pair, in place.
+
+    Sharded pairs are updated shard by shard: both sides are sharded alike, so this needs no communication.
+    """
     import torch
 
+    targets, sources = [local_shard(t) for t in targets], [local_shard(s) for s in sources]
     plain = all(type(t) is torch.nn.Parameter or type(t) is torch.Tensor for t in targets + sources)
     same = len({(t.device, t.dtype) for t in targets + sources}) == 1
     if plain and same and targets:
@@ -126,19 +137,29 @@ class PolyakTarget:
         tau: the Polyak rate in [0, 1]; the target remembers roughly the last ``1/tau`` steps.
         mode: ``"copy"`` (frozen deep copy), ``"adapter"`` (a second LoRA adapter sharing the frozen base) or
             None: ``"adapter"`` for a peft model, else ``"copy"``.
+        made_copy: copy mode only: a frozen copy equal to the policy made by the caller (an FSDP2-sharded one,
+            :func:`popalign.train.fsdp.shard_like`) instead of a deep copy.
 
     At construction the target equals the policy, so every target margin starts at 0.
     """
 
     def __init__(
-        self, model: nn.Module, tau: float = DEFAULT_TAU, *, mode: Literal["copy", "adapter"] | None = None
+        self,
+        model: nn.Module,
+        tau: float = DEFAULT_TAU,
+        *,
+        mode: Literal["copy", "adapter"] | None = None,
+        made_copy: nn.Module | None = None,
     ):
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {tau}")
         self.tau = float(tau)
-        self.mode = mode or ("adapter" if is_peft_model(model) else "copy")
+        self.mode = mode or ("adapter" if made_copy is None and is_peft_model(model) else "copy")
         model = _unwrap(model)
-        if self.mode == "copy":
+        if self.mode == "copy" and made_copy is not None:
+            # Made by the caller, e.g. sharded like an FSDP2 policy; it must equal the policy already.
+            self.copy = made_copy
+        elif self.mode == "copy":
             self._init_copy(model)
         elif self.mode == "adapter":
             self._init_adapter(model)
@@ -236,11 +257,18 @@ class PolyakTarget:
                 inner.set_adapter(self.live)
 
     def state_dict(self) -> dict[str, Any]:
-        """The target's weights (references, like ``nn.Module.state_dict``), mode and tau, for checkpoints."""
+        """The target's weights (references, like ``nn.Module.state_dict``), mode and tau, for checkpoints.
+
+        Sharded weights are gathered into whole tensors, so a checkpoint does not depend on the number of
+        processes; gathering is collective, so every process must call this. Only the first process keeps
+        the gathered values (on the CPU); the others get ``params == {}``.
+        """
         if self.mode == "copy":
             params = self.copy.state_dict()
         else:
             params = {name: p.detach() for name, p in self._target_params().items()}
+        if any(hasattr(v, "full_tensor") for v in params.values()):
+            params = _gather_to_first(params)
         return {"mode": self.mode, "tau": self.tau, "params": params}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -252,14 +280,17 @@ class PolyakTarget:
                 f"checkpoint holds a {state.get('mode')!r} target, this run uses {self.mode!r}"
             )
         if self.mode == "copy":
-            self.copy.load_state_dict(state["params"])
-            return
-        named = self._target_params()
+            named = dict(self.copy.state_dict())
+            if not any(hasattr(v, "full_tensor") for v in named.values()):
+                self.copy.load_state_dict(state["params"])
+                return
+        else:
+            named = self._target_params()
         if set(state["params"]) != set(named):
-            raise PopalignError("the checkpoint's target adapter does not match this model's adapter")
+            raise PopalignError(f"the checkpoint's {self.mode} target does not match this model's")
         with torch.no_grad():
             for name, value in state["params"].items():
-                named[name].copy_(value)
+                local_shard(named[name]).copy_(_shard_of(value, named[name]))
 
     def _target_params(self) -> dict[str, torch.Tensor]:
         """Adapter mode: the target adapter's parameters by name, looked up afresh (wrappers swap them)."""
@@ -268,6 +299,32 @@ class PolyakTarget:
             for name, p in self.model.named_parameters()
             if _rename_adapter(name, TARGET_ADAPTER, self.live) is not None
         }
+
+
+def _gather_to_first(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole CPU tensors of (possibly sharded) ``params`` on the first process, ``{}`` on the others."""
+    import torch.distributed as dist
+
+    first = not dist.is_initialized() or dist.get_rank() == 0
+    gathered = {}
+    for name, value in params.items():
+        # One tensor at a time, so no process ever holds more than one gathered tensor on the device.
+        whole = value.full_tensor() if hasattr(value, "full_tensor") else value
+        if first:
+            gathered[name] = whole.detach().cpu()
+    return gathered
+
+
+def _shard_of(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This process's shard of ``whole`` laid out like the parameter ``like`` (``whole`` if not sharded)."""
+    if not hasattr(like, "device_mesh"):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    # Every process read the same checkpoint, so each cuts its own shard with no communication.
+    return distribute_tensor(
+        whole.to(local_shard(like).device), like.device_mesh, like.placements, src_data_rank=None
+    ).to_local()
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from popalign.methods import Method, method_loss
 from popalign.modeling.logps import completion_logps, sequence_scores
 from popalign.modeling.prefix_sharing import shared_prefix_logps
 from popalign.modeling.target import PolyakTarget, adapters_disabled
+from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
 from popalign.train.margin_cache import WeakRewardCache, select_pairs
 
 TARGET_STATE = "popalign_target.pt"
@@ -37,6 +38,10 @@ class TrainingDiverged(PopalignError):
 class _PolyakUpdate(TrainerCallback):
     def __init__(self, trainer: PreferenceTrainer):
         self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Once the policy is wrapped; on a resume the checkpoint's target was loaded already.
+        self.trainer.ensure_target()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.update_target()
@@ -78,17 +83,27 @@ class PreferenceTrainer(Trainer):
         self.beta, self.margin, self.max_margin = beta, margin, max_margin
         self.pop_margin_model = pop_margin_model
         self.target: PolyakTarget | None = None
+        self.tau = tau
+        # FSDP2 full fine-tuning: the target is sharded like the policy, which the Trainer wraps only when
+        # training starts; until then this holds the target's weightless structure.
+        self._target_skeleton: torch.nn.Module | None = None
         if method.needs_weak_pair and pop_margin_model == "target":
-            self._refuse_unsharded_copy("the Polyak target (loss.pop_margin_model=target)")
-            self.target = PolyakTarget(self.model, tau)
-            if self.target.mode == "copy":
-                # Under DeepSpeed the Trainer leaves the model on the CPU until prepare(); the copy
-                # must live where the policy will run.
-                self.target.copy.to(self.args.device)
+            if self._fsdp_full_copy("the Polyak target (loss.pop_margin_model=target)"):
+                self._target_skeleton = meta_skeleton(self.model)
+            else:
+                self.target = PolyakTarget(self.model, tau)
+                if self.target.mode == "copy":
+                    # Under DeepSpeed the Trainer leaves the model on the CPU until prepare(); the copy
+                    # must live where the policy will run.
+                    self.target.copy.to(self.args.device)
             self.add_callback(_PolyakUpdate(self))
         self.reference_model: torch.nn.Module | None = None
         if live_reference and objective == "policy" and not _is_peft(self.model):
-            self._refuse_unsharded_copy("a live reference model (reference.precompute=false)")
+            if self._fsdp_full_copy("a live reference model (reference.precompute=false)"):
+                raise PopalignError(
+                    "a live reference model is not supported under FSDP with full fine-tuning; keep "
+                    "reference.precompute=true (the default), or train with lora.enabled=true"
+                )
             self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False).to(self.args.device)
         self.live_reference = live_reference
         self.margin_cache: WeakRewardCache | None = None
@@ -99,14 +114,38 @@ class PreferenceTrainer(Trainer):
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._metric_count = 0
 
-    def _refuse_unsharded_copy(self, what: str) -> None:
-        # A full copy made here would not be sharded like the FSDP-wrapped policy, so the element-wise
-        # Polyak update would mix a whole tensor with a shard. LoRA keeps the target inside the policy.
-        if getattr(self, "is_fsdp_enabled", False) and not _is_peft(self.model):
+    def _fsdp_full_copy(self, what: str) -> bool:
+        """Whether ``what`` needs a full model copy under FSDP (it is then sharded like the policy).
+
+        LoRA keeps the target inside the policy as a second adapter, which FSDP shards with it. FSDP1
+        flattens parameters per wrapped unit, so a copy's shards would not line up with the policy's.
+        """
+        if not getattr(self, "is_fsdp_enabled", False) or _is_peft(self.model):
+            return False
+        version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+        if version != 2:
             raise PopalignError(
-                f"{what} needs a full model copy, which FSDP does not shard yet; use lora.enabled=true "
-                "(the target is then an adapter on the shared base), DDP or DeepSpeed ZeRO-2"
+                f"{what} needs a model copy sharded like the policy, which popalign supports with FSDP2 "
+                "only; set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml), or use "
+                "lora.enabled=true, DDP or DeepSpeed ZeRO-2"
             )
+        return True
+
+    def ensure_target(self) -> None:
+        """FSDP2: build the target, sharded like the now wrapped policy (every process must call this)."""
+        if self._target_skeleton is None:
+            return
+        if not is_fsdp2_sharded(self.model):
+            raise PopalignError("internal: the FSDP2 target was requested before the policy was wrapped")
+        plugin = self.accelerator.state.fsdp_plugin
+        made = shard_like(
+            self._target_skeleton,
+            self.model,
+            mp_policy=plugin.mixed_precision_policy,
+            offload_policy=plugin.cpu_offload,
+        )
+        self._target_skeleton = None
+        self.target = PolyakTarget(self.model, self.tau, made_copy=made)
 
     # ---- forward passes -------------------------------------------------------------------------
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -173,6 +212,8 @@ class PreferenceTrainer(Trainer):
         if self.margin_cache is not None and "weak_index" in inputs:
             return self._cached_weak_rewards(model, inputs, logs)
         self.weak_forward_rows += int(inputs["weak_index"].shape[0]) if "weak_index" in inputs else 0
+        if self._target_skeleton is not None:
+            raise PopalignError("internal: the FSDP2 target was not built before the first step")
         if self.target is None:
             return self._rewards(model, inputs, "weak_", logs)
         with self.target.activated(self._unwrapped(model)) as target_model:
@@ -277,20 +318,26 @@ class PreferenceTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         # The target is written before the Trainer's own files: a checkpoint whose trainer_state.json
         # exists (written last) therefore always holds its target.
-        if self.target is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            torch.save(self.target.state_dict(), os.path.join(folder, TARGET_STATE))
+        if self.target is not None:
+            # Every process takes part: a sharded target is gathered into whole tensors here.
+            state = self.target.state_dict()
+            if self.args.should_save:
+                folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+                os.makedirs(folder, exist_ok=True)
+                torch.save(state, os.path.join(folder, TARGET_STATE))
         super()._save_checkpoint(model, trial)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        # The one resume hook that runs under every backend (DeepSpeed skips _load_from_checkpoint) and
+        # after the model is wrapped, when an FSDP2 target can be built.
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        self.ensure_target()
         if self.target is not None:
-            path = os.path.join(resume_from_checkpoint, TARGET_STATE)
+            path = os.path.join(checkpoint, TARGET_STATE)
             if not os.path.exists(path):
-                raise PopalignError(
-                    f"{resume_from_checkpoint}: the checkpoint has no target state ({TARGET_STATE})"
-                )
+                raise PopalignError(f"{checkpoint}: the checkpoint has no target state ({TARGET_STATE})")
             self.target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
