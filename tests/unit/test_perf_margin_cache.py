@@ -32,6 +32,26 @@ def test_entries_serve_refresh_steps_steps():
         WeakRewardCache(0)
 
 
+def test_cache_states_of_several_processes_merge_keeping_the_newer_entry():
+    one, two = WeakRewardCache(refresh_steps=3), WeakRewardCache(refresh_steps=3)
+    one.store([1, 2], torch.tensor([0.25, 0.5]), torch.tensor([-0.25, -0.5]), step=4)
+    two.store([2, 3], torch.tensor([0.75, 1.0]), torch.tensor([-0.75, -1.0]), step=5)
+    two.store([1], torch.tensor([9.0]), torch.tensor([9.0]), step=3)  # older than one's entry for row 1
+    merged = WeakRewardCache(refresh_steps=3)
+    for state in (torch_round_trip(one.state_dict()), torch_round_trip(two.state_dict())):
+        merged.merge_state_dict(state)
+    assert merged.lookup([1, 2, 3], step=5) == ([True, True, True], [0.25, 0.75, 1.0], [-0.25, -0.75, -1.0])
+
+
+def torch_round_trip(state):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 def test_select_pairs_keeps_chosen_and_rejected_rows_of_the_plain_layout():
     batch = {
         "input_ids": torch.arange(6)[:, None],  # strong pair: untouched

@@ -7,12 +7,13 @@ whenever that preference is a weak pair again; only rows without a fresh entry r
 The target moves by Polyak averaging with rate ``tau`` (a memory of about ``1/tau`` steps), so a margin up to
 ``N`` steps old is close to the current one while ``N`` is well below ``1/tau``. ``N = 1`` is Eq. 7 exactly.
 
-The cache lives in memory and is not checkpointed: a resumed run recomputes what it needs.
+Checkpoints hold the cache (one file per process, merged on load, so a resume may use another number of
+processes), so a resumed run serves the same rows from the cache as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -56,6 +57,28 @@ class WeakRewardCache:
     def store(self, index: list[int], chosen: Tensor, rejected: Tensor, step: int) -> None:
         for i, c, r in zip(index, chosen.tolist(), rejected.tolist(), strict=True):
             self._entries[i] = (c, r, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Entries and counters as plain lists (loadable with ``torch.load(weights_only=True)``)."""
+        index = sorted(self._entries)
+        return {
+            "refresh_steps": self.refresh_steps,
+            "index": index,
+            "entries": [list(self._entries[i]) for i in index],
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+    def merge_state_dict(self, state: dict[str, Any]) -> None:
+        """Add the entries of ``state`` (e.g. another process's), keeping the newer of two for one row.
+
+        Under data parallelism every process holds the same target, so an entry computed anywhere is the
+        one any process would compute at that step.
+        """
+        for i, (c, r, step) in zip(state["index"], state["entries"], strict=True):
+            mine = self._entries.get(i)
+            if mine is None or step > mine[2]:
+                self._entries[i] = (float(c), float(r), int(step))
 
 
 def select_pairs(inputs: dict[str, Tensor], prefix: str, rows: Tensor) -> dict[str, Tensor]:

@@ -10,6 +10,7 @@ The loss maths itself lives in :mod:`popalign.losses` and :mod:`popalign.methods
 from __future__ import annotations
 
 import copy
+import glob
 import math
 import os
 from collections import defaultdict
@@ -29,6 +30,7 @@ from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
 from popalign.train.margin_cache import WeakRewardCache, select_pairs
 
 TARGET_STATE = "popalign_target.pt"
+MARGIN_CACHE_STATE = "popalign_margin_cache-{process}.pt"
 
 
 class TrainingDiverged(PopalignError):
@@ -318,13 +320,18 @@ class PreferenceTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         # The target is written before the Trainer's own files: a checkpoint whose trainer_state.json
         # exists (written last) therefore always holds its target.
+        folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
         if self.target is not None:
             # Every process takes part: a sharded target is gathered into whole tensors here.
             state = self.target.state_dict()
             if self.args.should_save:
-                folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
                 os.makedirs(folder, exist_ok=True)
                 torch.save(state, os.path.join(folder, TARGET_STATE))
+        if self.margin_cache is not None:
+            # Each process caches the weak rows of its own batches.
+            os.makedirs(folder, exist_ok=True)
+            name = MARGIN_CACHE_STATE.format(process=self.args.process_index)
+            torch.save(self.margin_cache.state_dict(), os.path.join(folder, name))
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
@@ -339,6 +346,10 @@ class PreferenceTrainer(Trainer):
             if not os.path.exists(path):
                 raise PopalignError(f"{checkpoint}: the checkpoint has no target state ({TARGET_STATE})")
             self.target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if self.margin_cache is not None:
+            pattern = os.path.join(checkpoint, MARGIN_CACHE_STATE.format(process="*"))
+            for path in sorted(glob.glob(pattern)):
+                self.margin_cache.merge_state_dict(torch.load(path, weights_only=True))
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
