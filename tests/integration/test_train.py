@@ -89,7 +89,12 @@ def test_every_policy_method_trains_through_the_cli(tmp_path, method, capsys):
         ]
     )
     assert code == 0
-    assert (out / "config.yaml").exists()
+    saved = load_config(TrainConfig, out / "config.yaml", [])
+    if method in ("dpo-pop-iter", "dpo-pop-random"):
+        # The preset's strategy, not the default, is what the saved config says ran.
+        assert saved.pop.strategy == method.removeprefix("dpo-pop-").replace("iter", "iterative")
+        info = json.loads((out / "run_info.json").read_text())
+        assert info["examples"]["pop"]["settings"]["strategy"] == saved.pop.strategy
     results = json.loads((out / "train_results.json").read_text())
     assert math.isfinite(results["train_loss"])
     state = json.loads((out / "trainer_state.json").read_text())

@@ -27,22 +27,32 @@ def _training_texts(table) -> list[str]:
     return texts
 
 
+def resolve_method(cfg: TrainConfig, method) -> TrainConfig:
+    """``cfg`` with what the method preset fixes written in, so the saved ``config.yaml`` is what ran.
+
+    A preset such as ``dpo-pop-random`` fixes the PoP strategy whatever ``pop.strategy`` says.
+    """
+    from dataclasses import replace
+
+    if method.sampler != "pop" or method.pop_strategy in (None, cfg.pop.strategy) or cfg.pop_labels:
+        return cfg
+    log.info("method %s samples PoP pairs with strategy %s", method.name, method.pop_strategy)
+    return replace(cfg, pop=replace(cfg.pop, strategy=method.pop_strategy))
+
+
 def build_examples(cfg: TrainConfig, table, method, output_dir: Path) -> tuple[Any, dict[str, Any]]:
     """Training examples for the method's sampler: every preference, or PoP pairs (built or people's)."""
     from popalign.train.collate import PairExamples
 
     if method.sampler == "preferences":
         return PairExamples(np.arange(len(table))), {"examples": len(table), "sampler": "preferences"}
-    from dataclasses import replace
-
     from popalign.pop.build import build_pop_for_table
     from popalign.pop.labels import load_pop_labels
 
     if cfg.pop_labels:
         pairs = load_pop_labels(cfg.pop_labels, table)
     else:
-        spec = cfg.pop if method.pop_strategy is None else replace(cfg.pop, strategy=method.pop_strategy)
-        pairs = build_pop_for_table(table, spec)
+        pairs = build_pop_for_table(table, cfg.pop)
     pairs.save(output_dir / "pop_pairs.parquet", table)
     info = {"examples": len(pairs), "sampler": "pop", "pop": pairs.meta}
     if len(pairs) == 0:
@@ -82,6 +92,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
     from popalign.train.trainer import PreferenceTrainer
 
     method = get_method(cfg.method, cfg.objective)
+    cfg = resolve_method(cfg, method)
     out, resume, table, report = start_run(cfg)
     if method.needs_gt_margin and not table.has_scores:
         raise PopalignError(f"{cfg.data.path}: method {method.name} needs scores (ground-truth margins)")
