@@ -111,6 +111,8 @@ def test_report_pages_have_every_section(straight):
     assert html.count("data:image/png;base64,") == 3 and "src='http" not in html
     for png in ("cumulative_accuracy.png", "advantages.png", "margins.png"):
         assert (out / "report" / png).is_file() and f"({png})" in md
+    # The report draws every figure itself; the runs' evaluations write none.
+    assert not [p for p in out.rglob("*.png") if "report" not in p.relative_to(out).parts]
     results = json.loads((out / "report" / "results.json").read_text())
     for v in results["verdicts"]:
         assert v["claim"] in md and html_escape(v["claim"]) in html

@@ -120,8 +120,12 @@ def run_discriminative(
     scoring: ScoringOptions | None = None,
     boot: BootstrapOptions | None = None,
     progress: bool = True,
+    plots: bool = True,
 ) -> list[dict[str, Any]]:
-    """Predicted margins, accuracy and correlations of each model on test preferences (Section 4.3)."""
+    """Predicted margins, accuracy and correlations of each model on test preferences (Section 4.3).
+
+    ``plots=False`` skips the PNGs (callers that draw their own figures from the JSON, e.g. the testbed).
+    """
     from popalign.data.load import load_preferences
     from popalign.eval.discriminative import cumulative_accuracy, discriminative_metrics
     from popalign.eval.plots import plot_cumulative_accuracy, plot_margin_scatter
@@ -170,7 +174,7 @@ def run_discriminative(
         atomic_write_json(t.out / rep.FILES["discriminative"], record)
         t.extra["predicted"] = predicted
         results.append(record)
-    if truth is not None:
+    if truth is not None and plots:
         curves = [(t.name, t.extra["predicted"], truth) for t in targets]
         curves += [(r.name, r.predicted, r.truth) for r in others if r.predicted is not None]
         for t in targets:
@@ -310,8 +314,12 @@ def run_judge(
     scoring: ScoringOptions | None = None,
     boot: BootstrapOptions | None = None,
     progress: bool = True,
+    plots: bool = True,
 ) -> list[dict[str, Any]]:
-    """Win rate and median advantage of each model's replies over the baseline's (Section 4.4)."""
+    """Win rate and median advantage of each model's replies over the baseline's (Section 4.4).
+
+    ``plots=False`` skips the advantage histogram.
+    """
     from popalign.eval.generate import outputs_file, read_model_outputs
     from popalign.eval.judge import comparison_metrics, judgement_rows, pair_outputs
     from popalign.eval.plots import plot_advantages
@@ -354,7 +362,8 @@ def run_judge(
             "metrics": metrics,
         }
         atomic_write_json(folder / rep.FILES["judge"], record)
-        plot_advantages([(generator, scores - base_scores)], folder / rep.ADVANTAGES_PNG, base_name)
+        if plots:
+            plot_advantages([(generator, scores - base_scores)], folder / rep.ADVANTAGES_PNG, base_name)
         rep.write_run_markdown(folder)
         results.append(record)
     return results

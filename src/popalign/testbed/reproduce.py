@@ -154,6 +154,8 @@ def _evaluate(
         scoring=ScoringOptions(batch_size=64, device="cpu"),
         boot=boot,
         progress=False,
+        # The report draws its own figures from the per-run JSON; per-run PNGs would go unused.
+        plots=False,
     )
     g = cfg.generation
     spec = GenerateSpec(
@@ -174,7 +176,9 @@ def _evaluate(
         progress=False,
     )
     if baseline is not None:
-        run_judge([str(out)], str(baseline), score_fn=SCORE_FN, out=str(out), boot=boot, progress=False)
+        run_judge(
+            [str(out)], str(baseline), score_fn=SCORE_FN, out=str(out), boot=boot, progress=False, plots=False
+        )
 
 
 def _mean_reward(outputs_file: Path) -> float:
