@@ -68,10 +68,8 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
 
     from popalign.data.tokenize import TokenizedPreferences
     from popalign.methods import get_method
-    from popalign.modeling.reference import compute_reference_logps
-    from popalign.modeling.target import adapters_disabled
     from popalign.train.collate import PairExamples, PreferenceCollator
-    from popalign.train.config import LoraSpec, TrainingSpec
+    from popalign.train.config import LoraSpec
     from popalign.train.setup import apply_lora, training_arguments
     from popalign.train.trainer import PreferenceTrainer
 
@@ -89,13 +87,7 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
     ref_c = ref_r = None
     precompute = {}
     if not spec.live_reference:
-        start = time.perf_counter()
-        with adapters_disabled(model):
-            ref_c, ref_r = compute_reference_logps(
-                model, tokenized, PAD_ID, batch_size=2 * shape.batch_size, progress=False
-            )
-        seconds = time.perf_counter() - start
-        precompute = {"precompute_s": seconds, "precompute_seq_per_s": 2 * n / seconds}
+        ref_c, ref_r, precompute = _precompute_reference(model, tokenized, shape)
 
     rng = np.random.default_rng(spec.seed + 1)
     weak = None
@@ -112,27 +104,7 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
         with_weak=method.needs_weak_pair,
         **collator_kw,
     )
-    args = _common_args(spec)
-    train_spec = TrainingSpec(
-        learning_rate=args["learning_rate"],
-        max_steps=args["max_steps"],
-        per_device_train_batch_size=args["per_device_train_batch_size"],
-        gradient_accumulation_steps=1,
-        lr_scheduler_type="constant",
-        warmup_ratio=0.0,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        gradient_checkpointing=False,
-        bf16=args["bf16"],
-        seed=spec.seed,
-        logging_steps=args["logging_steps"],
-        save_steps=10_000,
-        save_total_limit=None,
-        report_to=["none"],
-        progress=False,
-        torch_threads=spec.threads,
-    )
+    train_spec = _training_spec(spec)
     trainer_kw = {}
     if spec.margin_refresh_steps != 1:
         trainer_kw["margin_refresh_steps"] = spec.margin_refresh_steps
@@ -161,6 +133,48 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
         "params": counts,
         "model_flops_per_step": flops,
     }
+
+
+def _precompute_reference(model, tokenized, shape) -> tuple[Any, Any, dict[str, float]]:
+    """Reference log-probs of every preference, timed: the precompute throughput the table reports."""
+    from popalign.modeling.reference import compute_reference_logps
+    from popalign.modeling.target import adapters_disabled
+
+    start = time.perf_counter()
+    with adapters_disabled(model):
+        ref_c, ref_r = compute_reference_logps(
+            model, tokenized, PAD_ID, batch_size=2 * shape.batch_size, progress=False
+        )
+    seconds = time.perf_counter() - start
+    rows = 2 * len(ref_c)
+    return ref_c, ref_r, {"precompute_s": seconds, "precompute_seq_per_s": rows / seconds}
+
+
+def _training_spec(spec: RunSpec):
+    """The shared benchmark's optimiser settings (AdamW, constant rate, no checkpointing) as popalign's."""
+    from popalign.train.config import TrainingSpec
+
+    args = _common_args(spec)
+    return TrainingSpec(
+        learning_rate=args["learning_rate"],
+        max_steps=args["max_steps"],
+        per_device_train_batch_size=args["per_device_train_batch_size"],
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        bf16=args["bf16"],
+        seed=spec.seed,
+        logging_steps=args["logging_steps"],
+        save_steps=10_000,
+        save_total_limit=None,
+        report_to=["none"],
+        progress=False,
+        torch_threads=spec.threads,
+    )
 
 
 def _strong_first_trainer():
