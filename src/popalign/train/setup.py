@@ -178,7 +178,11 @@ def start_run(cfg: Any) -> tuple[Path, str | None, Any, Any]:
     seed_everything(cfg.training.seed)
     resume = resolve_resume(cfg.resume, out)
     table, report = load_preferences(cfg.data)
-    print(report.summary())
+    from accelerate import PartialState
+
+    # Every process loads the same data; one report is enough.
+    if PartialState().is_main_process:
+        print(report.summary())
     return out, resume, table, report
 
 
