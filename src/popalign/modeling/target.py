@@ -170,7 +170,8 @@ class PolyakTarget:
         if any(hasattr(p, "ds_id") for p in model.parameters()):
             raise PopalignError(
                 "a full-copy target cannot be made from ZeRO-3 partitioned weights; train with LoRA "
-                "(the target is then a second adapter) or use ZeRO stage 2"
+                "(the target is then a second adapter), use ZeRO stage 2, or shard the target with the "
+                "policy under FSDP2 (configs/accelerate/fsdp.yaml)"
             )
         self.copy = copy.deepcopy(model)
         self.copy.eval()
