@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,18 @@ def _check_processes_joined(args: Any) -> None:
     That is what a torchrun-style launch on a machine without GPUs gives unless the processes are told to
     use the CPU (``ACCELERATE_USE_CPU=true``), and nothing else would show it.
     """
-    import os
-
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and args.world_size != launched:
+    if launched <= 1:
+        return
+    from accelerate import PartialState
+
+    # accelerate's shared state (used by the reference precompute) must agree with the Trainer's view.
+    sees = min(args.world_size, PartialState().num_processes)
+    if sees != launched:
         from popalign.errors import PopalignError
 
         raise PopalignError(
-            f"{launched} processes were launched but training sees {args.world_size}; on a machine without "
+            f"{launched} processes were launched but training sees {sees}; on a machine without "
             "GPUs set ACCELERATE_USE_CPU=true (see docs/training.md, distributed training)"
         )
 
@@ -178,10 +183,9 @@ def start_run(cfg: Any) -> tuple[Path, str | None, Any, Any]:
     seed_everything(cfg.training.seed)
     resume = resolve_resume(cfg.resume, out)
     table, report = load_preferences(cfg.data)
-    from accelerate import PartialState
-
-    # Every process loads the same data; one report is enough.
-    if PartialState().is_main_process:
+    # Every process loads the same data; one report is enough. The launcher's RANK decides: creating
+    # accelerate's state here would fix it before TrainingArguments can choose the CPU backend.
+    if int(os.environ.get("RANK", "0")) == 0:
         print(report.summary())
     return out, resume, table, report
 
