@@ -144,30 +144,6 @@ def _check_processes_joined(args: Any) -> None:
         )
 
 
-def save_final_model(trainer: Any, tokenizer: Any, output_dir: str | Path, how: str) -> str:
-    """Save the trained model so ``AutoModelForCausalLM.from_pretrained(output_dir)`` (or peft) loads it.
-
-    ``how``: ``full`` (plain model), ``adapter`` (LoRA adapter alone) or ``merged`` (adapter merged into
-    the base). The PoP target adapter is never part of the saved model.
-    """
-    from popalign.modeling.target import TARGET_ADAPTER
-
-    output_dir = str(output_dir)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    is_peft = hasattr(model, "peft_config")
-    if is_peft and TARGET_ADAPTER in model.peft_config:
-        model.delete_adapter(TARGET_ADAPTER)
-    if is_peft and how in ("merged", "full"):
-        model = model.merge_and_unload()
-        if trainer.args.should_save:
-            model.save_pretrained(output_dir)
-    else:
-        trainer.save_model(output_dir)
-    if trainer.args.should_save:
-        tokenizer.save_pretrained(output_dir)
-    return output_dir
-
-
 def start_run(cfg: Any) -> tuple[Path, str | None, Any, Any]:
     """Run folder with the resolved config saved, seeds set, the checkpoint to resume from, and the data.
 
@@ -195,5 +171,7 @@ def finish_run(trainer: Any, tokenizer: Any, out: Path, how: str, resume: str | 
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
+    from popalign.train.save import save_final_model
+
     final = save_final_model(trainer, tokenizer, out, how)
     return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}

@@ -1,0 +1,54 @@
+"""One process of ``popalign train`` under accelerate's FSDP2 on the CPU (gloo), for the FSDP tests.
+
+accelerate turns FSDP on only for accelerator backends: on CPU processes it falls back to plain data
+parallelism. This launcher tells accelerate that the processes form a multi-device group on gloo whose
+device is the CPU; everything after that (accelerate's FSDP2 wrapping from the ``FSDP_*`` variables, the
+Trainer's sharded checkpoints, popalign's sharded target and final save) runs unchanged.
+
+``POPALIGN_TEST_CRASH_AT_STEP=N`` stops the run right after optimiser step N, as a killed process would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType
+from transformers import TrainerCallback
+
+
+def _backend(self, cpu=False, sagemaker_dp=False, backend=None):
+    return "gloo", DistributedType.MULTI_GPU
+
+
+def _device(self):
+    if self.device is None:
+        self.device = torch.device("cpu")
+
+
+class _Crash(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise SystemExit(3)
+
+
+def main() -> int:
+    PartialState._prepare_backend = _backend
+    PartialState.set_device = _device
+    from popalign.config import load_config
+    from popalign.train.config import TrainConfig
+    from popalign.train.run import run_train
+
+    cfg = load_config(TrainConfig, None, sys.argv[1:])
+    crash = os.environ.get("POPALIGN_TEST_CRASH_AT_STEP")
+    run_train(cfg, callbacks=[_Crash(int(crash))] if crash else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
