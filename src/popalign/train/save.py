@@ -1,10 +1,11 @@
 """Saving the trained model so that ``from_pretrained`` loads it, whatever the distribution was.
 
-Single process, DDP and DeepSpeed: the Trainer's own ``save_model`` (or peft's merge) does it. FSDP: the
-weights are sharded across processes, so the Trainer would save shards (under a sharded state-dict
-setting) or nothing loadable for a LoRA model. Here every process takes part in gathering whole tensors
-(``accelerator.get_state_dict``) and the first one saves them: the plain model, the live adapter, or the
-adapter merged into the base, which is rebuilt unsharded on the first process to merge.
+Single process, DDP and DeepSpeed ZeRO-1/2: the Trainer's own ``save_model`` (or peft's merge) does it.
+FSDP and ZeRO-3: the weights are sharded across processes, so the Trainer would save shards (FSDP under a
+sharded state-dict setting) or nothing loadable for a LoRA model, and peft cannot merge partitioned
+weights. Here every process takes part in gathering whole tensors (``accelerator.get_state_dict``) and the
+first one saves them: the plain model, the live adapter, or the adapter merged into the base, which is
+rebuilt unsharded on the first process to merge.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def save_final_model(trainer: Any, tokenizer: Any, output_dir: str | Path, how: 
     output_dir = str(output_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_peft = hasattr(model, "peft_config")
-    if getattr(trainer, "is_fsdp_enabled", False):
+    if _weights_are_sharded(trainer):
         _save_gathered(trainer, model, output_dir, how)
     else:
         if is_peft and TARGET_ADAPTER in model.peft_config:
@@ -43,11 +44,19 @@ def save_final_model(trainer: Any, tokenizer: Any, output_dir: str | Path, how: 
     return output_dir
 
 
+def _weights_are_sharded(trainer: Any) -> bool:
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin and plugin.zero_stage == 3)
+
+
 def _save_gathered(trainer: Any, model: Any, output_dir: str, how: str) -> None:
-    """FSDP: gather whole tensors on every process, save from the first."""
+    """FSDP and ZeRO-3: gather whole tensors on every process, save from the first."""
     from popalign.modeling.target import TARGET_ADAPTER
 
-    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    # The DeepSpeed engine (model_wrapped) is what gathers ZeRO-3 partitions; under FSDP it is the model.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.args.should_save:
         return
     if not hasattr(model, "peft_config"):
@@ -63,21 +72,30 @@ def _save_gathered(trainer: Any, model: Any, output_dir: str, how: str) -> None:
 
 
 def _unsharded_peft(model: Any, adapter: str, state_dict: dict[str, Any]) -> Any:
-    """A plain (unsharded) copy of the peft ``model`` holding ``state_dict``, built from its config."""
+    """A plain (unsharded) copy of the peft ``model`` holding ``state_dict``, built from its config.
+
+    Built on the ``meta`` device and given the gathered tensors as they are (no random initialisation, no
+    second copy). The class is called directly rather than through ``from_config``, which under ZeRO-3
+    would partition the new model collectively while only this process builds it.
+    """
+    import torch
     from peft import get_peft_model
     from torch.distributed.fsdp import FSDPModule
 
     base = model.get_base_model()
     # fully_shard swaps classes for FSDP subclasses; the plain class is the first one that is not.
     cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
-    dtype = next(iter(state_dict.values())).dtype
-    plain = cls._from_config(copy.deepcopy(base.config), dtype=dtype)
+    with torch.device("meta"):
+        plain = cls(copy.deepcopy(base.config))
     rebuilt = get_peft_model(plain, copy.deepcopy(model.peft_config[adapter]), adapter_name=adapter)
-    result = rebuilt.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    result = rebuilt.load_state_dict(state_dict, strict=False, assign=True)
+    empty = [name for name, p in rebuilt.named_parameters() if p.is_meta]
+    if result.missing_keys or result.unexpected_keys or empty:
         raise PopalignError(
             "could not rebuild the LoRA model to merge its adapter: "
-            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}; "
+            f"missing {(result.missing_keys or empty)[:3]}, unexpected {result.unexpected_keys[:3]}; "
             "use save_final=adapter"
         )
+    # assign=True replaced tied parameters one by one; tie them again as the config says.
+    rebuilt.get_base_model().tie_weights()
     return rebuilt

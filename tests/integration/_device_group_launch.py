@@ -1,11 +1,12 @@
-"""One process of ``popalign train`` under accelerate's FSDP2 on the CPU (gloo), for the FSDP tests.
+"""One process of ``popalign train`` under accelerate's FSDP or DeepSpeed on the CPU (gloo), for the tests.
 
-accelerate turns FSDP on only for accelerator backends: on CPU processes it falls back to plain data
-parallelism. This launcher tells accelerate that the processes form a multi-device group on gloo whose
-device is the CPU; everything after that (accelerate's FSDP2 wrapping from the ``FSDP_*`` variables, the
-Trainer's sharded checkpoints, popalign's sharded target and final save) runs unchanged.
+accelerate turns FSDP and DeepSpeed on only for accelerator backends: on CPU processes it falls back to
+plain data parallelism. This launcher tells accelerate that the processes form a multi-device group on
+gloo whose device is the CPU; everything after that (accelerate's FSDP2 wrapping from the ``FSDP_*``
+variables or its DeepSpeed engine from the ``ACCELERATE_DEEPSPEED_*`` ones, the Trainer's checkpoints,
+popalign's target and final save) runs unchanged.
 
-``POPALIGN_TEST_CRASH_AT_STEP=N`` stops the run right after optimiser step N, as a killed process would.
+``POPALIGN_TEST_CRASH_AT_STEP=N`` stops the run during optimiser step N, as a killed process would.
 """
 
 from __future__ import annotations
