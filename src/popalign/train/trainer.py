@@ -101,7 +101,7 @@ class PreferenceTrainer(Trainer):
             self.add_callback(_PolyakUpdate(self))
         self.reference_model: torch.nn.Module | None = None
         if live_reference and objective == "policy" and not _is_peft(self.model):
-            if self._fsdp_full_copy("a live reference model (reference.precompute=false)"):
+            if getattr(self, "is_fsdp_enabled", False):
                 raise PopalignError(
                     "a live reference model is not supported under FSDP with full fine-tuning; keep "
                     "reference.precompute=true (the default), or train with lora.enabled=true"
