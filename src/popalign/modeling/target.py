@@ -10,9 +10,9 @@ optimiser step, so margins do not jump with each update. Two storage modes:
 
 Distributed training: under DeepSpeed ZeRO-3 the parameters are partitioned (they carry ``ds_id``); the update
 gathers them first (see :func:`_gathered`). Under FSDP2 the copy is sharded like the policy
-(:mod:`popalign.train.fsdp`, passed in as ``made_copy``) and the update runs on the local shards; with LoRA the
-target adapter lives inside the sharded policy and is sharded like the live one. Elsewhere (single process,
-DDP) the update is element-wise on whole tensors.
+(:mod:`popalign.train.fsdp`, passed in as ``made_copy``) and the update runs on the local shards; with
+LoRA the target adapter lives inside the sharded policy and is sharded like the live one. Elsewhere
+(single process, DDP) the update is element-wise on whole tensors.
 """
 
 from __future__ import annotations
