@@ -217,3 +217,14 @@ def test_sequence_scores_handle_right_padding(tokenizer):
         ]
     assert scores.shape == (3,)
     torch.testing.assert_close(scores, torch.stack(alone), atol=1e-5, rtol=0)
+
+
+def test_reference_precompute_refuses_weights_this_process_never_loaded(tokenizer, tmp_path):
+    # What FSDP's cpu_ram_efficient_loading leaves on every process but the first.
+    from popalign.errors import PopalignError
+    from popalign.modeling.reference import cached_reference_logps
+
+    with torch.device("meta"):
+        empty = tiny_causal_lm(tokenizer)
+    with pytest.raises(PopalignError, match="not loaded in this process.*fsdp_cpu_ram_efficient_loading"):
+        cached_reference_logps(empty, SimpleNamespace(fingerprint="x"), 0, tmp_path)

@@ -106,6 +106,7 @@ def cached_reference_logps(
     work is split, not repeated. Returns the two arrays and a small record (key, hit or miss, path;
     on a miss also the number of processes that shared the work).
     """
+    _require_weights(model)
     key = f"{model_fingerprint(model)}-{tokenized.fingerprint}"
     path = Path(cache_dir) / "reference" / f"{key}.npz" if cache_dir else None
     if path is not None and path.exists():
@@ -118,6 +119,23 @@ def cached_reference_logps(
                 np.savez(fh, chosen=chosen, rejected=rejected)
     record = {"key": key, "cache": "miss", "path": str(path) if path else None}
     return chosen, rejected, {**record, "processes": _state().num_processes}
+
+
+def _require_weights(model: torch.nn.Module) -> None:
+    """Refuse a model whose weights this process never loaded (they live on the ``meta`` device).
+
+    That is what FSDP's ``fsdp_cpu_ram_efficient_loading: true`` gives every process but the first: the
+    weights arrive only when the model is wrapped, after the reference log-probs are needed.
+    """
+    empty = [name for name, p in model.named_parameters() if p.is_meta]
+    if empty:
+        from popalign.errors import PopalignError
+
+        raise PopalignError(
+            f"the model's weights are not loaded in this process ({len(empty)} empty, e.g. {empty[0]}), so "
+            "its reference log-probs cannot be computed; set fsdp_cpu_ram_efficient_loading: false in the "
+            "accelerate config (as configs/accelerate/fsdp.yaml does)"
+        )
 
 
 def _state():
