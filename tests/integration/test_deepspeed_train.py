@@ -5,8 +5,8 @@ own CPU accelerator). With ``dpo-pop-random`` and a fast-moving target, each run
 process that has the same global batch (per-step metrics and final weights to 1e-5): ZeRO-2 with full
 fine-tuning (the target is a whole copy, as under DDP), straight and killed then resumed; ZeRO-3 with LoRA
 (the target adapter is partitioned like the live one and the Polyak update gathers both, writing back
-through rank 0); ZeRO-3 with full fine-tuning of a model partitioned after the target was copied (the
-update gathers the policy to read it).
+through rank 0); ZeRO-3 with full fine-tuning (the target, copied from whole weights before the engine
+partitions them, stays whole; the update gathers the policy to read it).
 
 DeepSpeed's overlapped and reduce-scatter gradient paths do not average correctly over gloo on the CPU
 (vanilla DPO already drifts from one process there), so the configs turn them off; that concerns
