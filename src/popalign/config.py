@@ -157,8 +157,21 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+# Names users bring from other tools, mapped to the field they mean (last part of the key).
+_ALIASES = {
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "epochs": "num_train_epochs",
+    "grad_accum": "gradient_accumulation_steps",
+    "model": "name_or_path",
+}
+
+
 def _unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3)
+    prefix, _, last = key.rpartition(".")
+    alias = _ALIASES.get(last)
+    meant = [v for v in valid if alias and v.rpartition(".")[2] == alias and v.startswith(prefix)]
+    close = meant or difflib.get_close_matches(key, valid, n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return ConfigError(f"{source}: unknown key {key!r}.{hint} (see --help-config for every key)")
 

@@ -46,6 +46,15 @@ def test_unknown_key_is_an_error_with_suggestion(tmp_path):
         load_config(Outer, path)
 
 
+def test_names_from_other_tools_suggest_the_field_they_mean():
+    from popalign.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"'training\.lr'\. Did you mean: training\.learning_rate\?"):
+        load_config(TrainConfig, None, ["training.lr=1e-5"])
+    with pytest.raises(ConfigError, match=r"Did you mean: training\.per_device_train_batch_size\?"):
+        load_config(TrainConfig, None, ["training.batch_size=4"])
+
+
 @pytest.mark.parametrize(
     "item, message",
     [
