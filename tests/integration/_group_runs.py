@@ -34,25 +34,31 @@ def overrides(data: Path, out: Path, cache: Path, per_device: int, *extra: str) 
     return [*_base_overrides(data, out, cache, per_device), "training.save_steps=1", *extra]
 
 
-def launch(
-    args: list[str], env_extra: dict[str, str], crash_at: int | None = None
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, **env_extra, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    env.pop("ACCELERATE_USE_CPU", None)
-    env.pop("POPALIGN_TEST_CRASH_AT_STEP", None)
-    if crash_at is not None:
-        env["POPALIGN_TEST_CRASH_AT_STEP"] = str(crash_at)
+def torchrun(script: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``script args`` in two CPU processes started by torchrun with ``env``, offline, one thread each."""
+    env = {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
         f"--master_port={_free_port()}",
-        str(LAUNCHER),
+        str(script),
         *args,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def launch(
+    args: list[str], env_extra: dict[str, str], crash_at: int | None = None
+) -> subprocess.CompletedProcess:
+    """``popalign train args`` through the device-group launcher (``env_extra``: the FSDP/DeepSpeed setup)."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "POPALIGN_TEST_CRASH_AT_STEP")
+    }
+    if crash_at is not None:
+        env["POPALIGN_TEST_CRASH_AT_STEP"] = str(crash_at)
+    return torchrun(LAUNCHER, args, {**env, **env_extra})
 
 
 def check(done: subprocess.CompletedProcess) -> None:

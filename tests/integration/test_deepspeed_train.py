@@ -49,11 +49,6 @@ def _zero(tmp_path: Path, stage: int) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def one(tmp_path_factory, ultrafeedback_dir) -> Path:
-    return single(tmp_path_factory.mktemp("single"), ultrafeedback_dir)
-
-
 @pytest.mark.slow
 def test_zero2_full_fine_tuning_equals_one_process(tmp_path, one, ultrafeedback_dir):
     assert_same_run(one, two(tmp_path, ultrafeedback_dir, _zero(tmp_path, 2)))

@@ -11,37 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration._group_runs import torchrun
+
 WORKER = Path(__file__).with_name("_fsdp_target_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_sharded_target_matches_whole_tensor_arithmetic(tmp_path):
     out, state = tmp_path / "result.json", tmp_path / "target.pt"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        str(WORKER),
-        str(out),
-        str(state),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(WORKER, [str(out), str(state)], dict(os.environ))
     assert done.returncode == 0, f"worker failed ({done.returncode}):\n{done.stderr[-4000:]}"
     result = json.loads(out.read_text())
     assert result["world"] == 2

@@ -10,8 +10,6 @@ for LoRA (the adapter merged on save).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.integration._group_runs import LORA, assert_same_run, killed_and_resumed, single, two
@@ -24,11 +22,6 @@ FSDP = {
     "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
     "FSDP_RESHARD_AFTER_FORWARD": "true",
 }
-
-
-@pytest.fixture(scope="module")
-def one(tmp_path_factory, ultrafeedback_dir) -> Path:
-    return single(tmp_path_factory.mktemp("single"), ultrafeedback_dir)
 
 
 @pytest.mark.slow
