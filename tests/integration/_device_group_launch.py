@@ -6,7 +6,8 @@ gloo whose device is the CPU; everything after that (accelerate's FSDP2 wrapping
 variables or its DeepSpeed engine from the ``ACCELERATE_DEEPSPEED_*`` ones, the Trainer's checkpoints,
 popalign's target and final save) runs unchanged.
 
-``POPALIGN_TEST_CRASH_AT_STEP=N`` stops the run during optimiser step N, as a killed process would.
+Arguments are ``popalign train``'s ``key=value`` overrides, or ``sft`` followed by ``popalign sft``'s.
+``POPALIGN_TEST_CRASH_AT_STEP=N`` stops a train run during optimiser step N, as a killed process would.
 """
 
 from __future__ import annotations
@@ -42,10 +43,15 @@ def main() -> int:
     PartialState._prepare_backend = _backend
     PartialState.set_device = _device
     from popalign.config import load_config
-    from popalign.train.config import TrainConfig
+    from popalign.train.config import SFTConfig, TrainConfig
     from popalign.train.run import run_train
+    from popalign.train.sft import run_sft
 
-    cfg = load_config(TrainConfig, None, sys.argv[1:])
+    args = sys.argv[1:]
+    if args and args[0] == "sft":
+        run_sft(load_config(SFTConfig, None, args[1:]))
+        return 0
+    cfg = load_config(TrainConfig, None, args)
     crash = os.environ.get("POPALIGN_TEST_CRASH_AT_STEP")
     run_train(cfg, callbacks=[_Crash(int(crash))] if crash else None)
     return 0

@@ -5,14 +5,23 @@ the shipped ``fsdp.yaml`` settings that matter here (FSDP2, one group per decode
 checkpoints) and ``dpo-pop-random`` with a fast-moving target, so the sharded Polyak target, its update
 and its gathered checkpoint all take part. Compared with the single-process run: the per-step metrics and
 the final weights, for full fine-tuning (straight, and killed then resumed from a sharded checkpoint) and
-for LoRA (the adapter merged on save).
+for LoRA (the adapter merged on save); and `popalign sft` under FSDP2.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration._group_runs import LORA, assert_same_run, killed_and_resumed, single, two
+from tests.integration._group_runs import (
+    LORA,
+    PER_PROCESS,
+    assert_same_run,
+    killed_and_resumed,
+    launch_ok,
+    single,
+    two,
+)
+from tests.integration.test_distributed import GLOBAL_BATCH, STEPS, _logged_steps
 
 FSDP = {
     "ACCELERATE_USE_FSDP": "true",
@@ -41,3 +50,41 @@ def test_fsdp2_run_killed_and_resumed_equals_one_process(tmp_path, one, ultrafee
 def test_fsdp2_lora_equals_one_process(tmp_path, ultrafeedback_dir):
     reference = single(tmp_path / "single", ultrafeedback_dir, *LORA)
     assert_same_run(reference, two(tmp_path / "fsdp", ultrafeedback_dir, FSDP, *LORA))
+
+
+@pytest.mark.slow
+def test_fsdp2_sft_equals_one_process(tmp_path, ultrafeedback_dir):
+    from safetensors.torch import load_file
+
+    from popalign.config import load_config
+    from popalign.train.config import SFTConfig
+    from popalign.train.sft import run_sft
+
+    # The loss is a mean over response tokens; with two processes it must still be the global batch's.
+    common = [
+        "model.name_or_path=random:tiny-llama",
+        f"data.path={ultrafeedback_dir}",
+        "data.limit=32",
+        "tokenize.max_length=96",
+        "tokenize.max_prompt_length=48",
+        f"training.max_steps={STEPS}",
+        "training.gradient_accumulation_steps=1",
+        "training.optim=sgd",
+        "training.learning_rate=0.5",
+        "training.max_grad_norm=0",
+        "training.warmup_ratio=0",
+        "training.logging_steps=1",
+        "training.report_to=none",
+        "training.progress=false",
+    ]
+    one, other = tmp_path / "one", tmp_path / "two"
+    batch = "training.per_device_train_batch_size"
+    run_sft(load_config(SFTConfig, None, [*common, f"output_dir={one}", f"{batch}={GLOBAL_BATCH}"]))
+    launch_ok(["sft", *common, f"output_dir={other}", f"{batch}={PER_PROCESS}"], FSDP)
+    a, b = _logged_steps(one), _logged_steps(other)
+    assert len(a) == len(b) == STEPS
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-5)
+    w1, w2 = load_file(one / "model.safetensors"), load_file(other / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
