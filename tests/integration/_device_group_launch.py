@@ -57,5 +57,13 @@ def main() -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    # Skip interpreter teardown: gloo's threads sometimes abort the process there ("terminate called
+    # without an active exception") after all work is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

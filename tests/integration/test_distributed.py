@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -78,6 +79,14 @@ def _overrides(data: Path, out: Path, cache: Path, per_device: int) -> list[str]
     ]
 
 
+def killed_by_signal(done: subprocess.CompletedProcess) -> bool:
+    # torchrun reports a worker that died by a signal with a negative exit code. Now and then gloo aborts a
+    # process in interpreter teardown ("terminate called without an active exception") after all its work
+    # is written: that is the machine, not the training, and earns one fresh try. A Python error (exit
+    # code 1) or a wrong result fails at once.
+    return done.returncode != 0 and "(exitcode: -" in done.stderr
+
+
 def _launch_two(overrides: list[str], *, use_cpu: bool = True) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -104,7 +113,12 @@ def _launch_two(overrides: list[str], *, use_cpu: bool = True) -> subprocess.Com
         "train",
         *overrides,
     ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if killed_by_signal(done):
+        out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+        shutil.rmtree(out, ignore_errors=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return done
 
 
 def _logged_steps(run: Path) -> list[dict]:

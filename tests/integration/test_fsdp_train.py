@@ -5,7 +5,7 @@ the shipped ``fsdp.yaml`` settings that matter here (FSDP2, one group per decode
 checkpoints) and ``dpo-pop-random`` with a fast-moving target, so the sharded Polyak target, its update
 and its gathered checkpoint all take part. Compared with the single-process run: the per-step metrics and
 the final weights, for full fine-tuning (straight, and killed then resumed from a sharded checkpoint) and
-for LoRA (the adapter merged on save); and `popalign sft` under FSDP2.
+for LoRA (the adapter merged on save), and for a PoP reward model; and `popalign sft` under FSDP2.
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ def test_fsdp2_lora_equals_one_process(tmp_path, ultrafeedback_dir):
 
 
 @pytest.mark.slow
+def test_fsdp2_reward_model_equals_one_process(tmp_path, ultrafeedback_dir):
+    # objective=reward-model with PoP: the target is a sharded copy of a sequence-classification model.
+    reward_model = ("objective=reward-model", "method=pop-random")
+    reference = single(tmp_path / "single", ultrafeedback_dir, *reward_model)
+    assert_same_run(reference, two(tmp_path / "fsdp", ultrafeedback_dir, FSDP, *reward_model))
+
+
+@pytest.mark.slow
 def test_fsdp2_sft_equals_one_process(tmp_path, ultrafeedback_dir):
     from safetensors.torch import load_file
 
@@ -80,7 +88,7 @@ def test_fsdp2_sft_equals_one_process(tmp_path, ultrafeedback_dir):
     one, other = tmp_path / "one", tmp_path / "two"
     batch = "training.per_device_train_batch_size"
     run_sft(load_config(SFTConfig, None, [*common, f"output_dir={one}", f"{batch}={GLOBAL_BATCH}"]))
-    launch_ok(["sft", *common, f"output_dir={other}", f"{batch}={PER_PROCESS}"], FSDP)
+    launch_ok(["sft", *common, f"output_dir={other}", f"{batch}={PER_PROCESS}"], FSDP, other)
     a, b = _logged_steps(one), _logged_steps(other)
     assert len(a) == len(b) == STEPS
     for x, y in zip(a, b, strict=True):

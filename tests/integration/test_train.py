@@ -193,6 +193,18 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, method, lor
     assert_same_weights(weights(straight["model"]), weights(resumed["model"]))
 
 
+def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys):
+    # The Trainer would resume from the last checkpoint and take one step past max_steps.
+    cfg = config(tmp_path, "method=dpo-pop-iter", "training.max_steps=2", "training.save_steps=1")
+    first = run_train(cfg)
+    before = weights(first["model"])
+    again = run_train(cfg)
+    assert "finished already" in capsys.readouterr().out
+    assert again["metrics"] == first["metrics"]
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert_same_weights(before, weights(again["model"]), atol=0)
+
+
 def test_resuming_from_a_checkpoint_without_its_target_is_refused(tmp_path):
     cfg = config(tmp_path, "method=dpo-pop-iter", "training.max_steps=2", "training.save_steps=2")
     run_train(cfg)

@@ -86,6 +86,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         apply_lora,
         build_model_and_tokenizer,
         finish_run,
+        finished_run,
         start_run,
         training_arguments,
     )
@@ -93,6 +94,9 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
 
     method = get_method(cfg.method, cfg.objective)
     cfg = resolve_method(cfg, method)
+    done = finished_run(cfg)
+    if done is not None:
+        return done
     out, resume, table, report = start_run(cfg)
     if method.needs_gt_margin and not table.has_scores:
         raise PopalignError(f"{cfg.data.path}: method {method.name} needs scores (ground-truth margins)")

@@ -166,12 +166,41 @@ def start_run(cfg: Any) -> tuple[Path, str | None, Any, Any]:
     return out, resume, table, report
 
 
+def finished_run(cfg: Any) -> dict[str, Any] | None:
+    """With ``resume=auto``, the summary of a run that already finished in ``cfg.output_dir``, else None.
+
+    ``train_results.json`` is written last, after the final model. Resuming a finished run from its last
+    checkpoint would make the Trainer take one step past ``max_steps`` and overwrite the final model, so a
+    finished run is left as it is.
+    """
+    out = Path(cfg.output_dir)
+    results = out / "train_results.json"
+    if cfg.resume != "auto" or not results.is_file():
+        return None
+    import json
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{out}: this run has finished already (train_results.json); nothing to do. "
+            "Set resume=never to train it again, or output_dir to a new folder."
+        )
+    metrics = json.loads(results.read_text())
+    return {
+        "output_dir": str(out),
+        "model": str(out),
+        "metrics": metrics,
+        "resumed_from": None,
+        "finished": True,
+    }
+
+
 def finish_run(trainer: Any, tokenizer: Any, out: Path, how: str, resume: str | None) -> dict[str, Any]:
-    """Train (resuming if asked), write transformers' result files and the final model; a summary."""
+    """Train (resuming if asked), write the final model and transformers' result files; a summary."""
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     from popalign.train.save import save_final_model
 
     final = save_final_model(trainer, tokenizer, out, how)
+    # Last: its presence marks a finished run (see finished_run).
+    trainer.save_metrics("train", result.metrics)
     return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}

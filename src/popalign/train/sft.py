@@ -54,10 +54,14 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
         apply_lora,
         build_model_and_tokenizer,
         finish_run,
+        finished_run,
         start_run,
         training_arguments,
     )
 
+    done = finished_run(cfg)
+    if done is not None:
+        return done
     out, resume, table, _ = start_run(cfg)
     model, tokenizer = build_model_and_tokenizer(cfg.model, texts=_training_texts(table))
     model = apply_lora(model, cfg.lora)
