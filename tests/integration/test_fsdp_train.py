@@ -21,7 +21,7 @@ from tests.integration._group_runs import (
     single,
     two,
 )
-from tests.integration.test_distributed import GLOBAL_BATCH, STEPS, _logged_steps
+from tests.integration.test_distributed import GLOBAL_BATCH, OVERRIDES, STEPS, _logged_steps
 
 FSDP = {
     "ACCELERATE_USE_FSDP": "true",
@@ -69,22 +69,9 @@ def test_fsdp2_sft_equals_one_process(tmp_path, ultrafeedback_dir):
     from popalign.train.sft import run_sft
 
     # The loss is a mean over response tokens; with two processes it must still be the global batch's.
-    common = [
-        "model.name_or_path=random:tiny-llama",
-        f"data.path={ultrafeedback_dir}",
-        "data.limit=32",
-        "tokenize.max_length=96",
-        "tokenize.max_prompt_length=48",
-        f"training.max_steps={STEPS}",
-        "training.gradient_accumulation_steps=1",
-        "training.optim=sgd",
-        "training.learning_rate=0.5",
-        "training.max_grad_norm=0",
-        "training.warmup_ratio=0",
-        "training.logging_steps=1",
-        "training.report_to=none",
-        "training.progress=false",
-    ]
+    # The preference runs' settings, less those SFT does not have.
+    train_only = ("method=", "target.", "training.save_steps=")
+    common = [o for o in OVERRIDES if not o.startswith(train_only)] + [f"data.path={ultrafeedback_dir}"]
     one, other = tmp_path / "one", tmp_path / "two"
     batch = "training.per_device_train_batch_size"
     run_sft(load_config(SFTConfig, None, [*common, f"output_dir={one}", f"{batch}={GLOBAL_BATCH}"]))
