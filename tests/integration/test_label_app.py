@@ -243,3 +243,14 @@ def test_when_the_target_is_met_the_page_says_so(app_env):
         as_text=True
     )
     assert len(exported.splitlines()) == 6
+
+
+def test_errors_are_json_under_the_api_and_pages_elsewhere(app_env):
+    app, _, tokens = app_env
+    client = app.test_client()
+    api = client.get("/api/no-such-thing", headers=bearer(tokens["alice"]))
+    assert api.status_code == 404 and api.get_json() == {"error": "not found"}
+    page = client.get("/no-such-page")
+    assert page.status_code == 404 and "There is no such page." in page.get_data(as_text=True)
+    wrong = client.delete("/login")
+    assert wrong.status_code == 405 and "does not accept that request" in wrong.get_data(as_text=True)

@@ -166,29 +166,28 @@ def _register_admin(app: Any, ctx: LabelContext) -> None:
         return export_response(ctx, fmt, request.args.get("all") == "1")
 
 
+# status: (the API's error text, the page's title, the page's text)
+_ERRORS = {
+    400: ("bad request", "Bad request", "The request could not be read."),
+    404: ("not found", "Not found", "There is no such page."),
+    405: ("method not allowed", "Not allowed", "This page does not accept that request."),
+    413: ("request too large", "Too large", "The request is too large."),
+}
+
+
 def _register_errors(app: Any) -> None:
+    """JSON errors under ``/api/``, readable pages elsewhere."""
     from flask import request
 
-    @app.errorhandler(400)
-    def bad_request(_exc: Any) -> Any:
-        if request.path.startswith("/api/"):
-            return {"error": "bad request"}, 400
-        return message_page("Bad request", "The request could not be read.", 400)
+    def handler(status: int) -> Any:
+        api_text, title, text = _ERRORS[status]
 
-    @app.errorhandler(404)
-    def not_found(_exc: Any) -> Any:
-        if request.path.startswith("/api/"):
-            return {"error": "not found"}, 404
-        return message_page("Not found", "There is no such page.", 404)
+        def handle(_exc: Any) -> Any:
+            if request.path.startswith("/api/"):
+                return {"error": api_text}, status
+            return message_page(title, text, status)
 
-    @app.errorhandler(405)
-    def not_allowed(_exc: Any) -> Any:
-        if request.path.startswith("/api/"):
-            return {"error": "method not allowed"}, 405
-        return message_page("Not allowed", "This page does not accept that request.", 405)
+        return handle
 
-    @app.errorhandler(413)
-    def too_large(_exc: Any) -> Any:
-        if request.path.startswith("/api/"):
-            return {"error": "request too large"}, 413
-        return message_page("Too large", "The request is too large.", 413)
+    for status in _ERRORS:
+        app.register_error_handler(status, handler(status))
