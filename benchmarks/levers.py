@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.train_step import ROOT, machine
-    from popalign.io import atomic_write_json
+    from benchmarks.train_step import machine, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:<36} {fields}")
             elif isinstance(m, dict):
                 print(f"  {name:<36} FAILED {m['error']}")
-    out = args.json or ROOT / "runs" / "bench" / "levers.json"
-    atomic_write_json(out, report)
-    print(f"wrote {out}")
+    write_report(report, args.json, "levers")
     return 0
 
 

@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from benchmarks.train_step import ROOT, machine
-    from popalign.io import atomic_write_json
+    from benchmarks.train_step import machine, write_report
 
     report: dict[str, Any] = {"machine": machine()}
     report["hit_rates"] = hit_rates(args.n, args.k, args.batch, args.epochs)
@@ -180,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['refresh_steps']:>6} {r['train_loss']:>10.4f} {r['mean_margin_used']:>7.4f}"
                 f" {r['hit_rate']:>8.1%} {r['test_accuracy']:>8.3f} {r['test_spearman']:>8.3f}"
             )
-    out = args.json or ROOT / "runs" / "bench" / "margin_cache.json"
-    atomic_write_json(out, report)
-    print(f"wrote {out}")
+    write_report(report, args.json, "margin_cache")
     return 0
 
 

@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from benchmarks.train_step import ROOT, machine, run_config
-    from popalign.io import atomic_write_json
+    from benchmarks.train_step import machine, run_config, write_report
 
     rows: dict[str, dict[str, Any]] = {}
     for label, fields in VARIANTS.items():
@@ -92,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label:<36} {row['peak_rss_mib']:>12.0f} {row['vs_dpo']:>7.3f} {extra:>9.0f}"
                 f" {row['copies']:>6.2f}"
             )
-    out = args.json or ROOT / "runs" / "bench" / "memory.json"
-    atomic_write_json(out, {"machine": machine(), "model_copy_mib": copy_mib, "rows": rows})
-    print(f"wrote {out}")
+    write_report({"machine": machine(), "model_copy_mib": copy_mib, "rows": rows}, args.json, "memory")
     return 0
 
 

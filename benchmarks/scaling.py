@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from benchmarks.train_step import ROOT, machine, run_config
-    from popalign.io import atomic_write_json
+    from benchmarks.train_step import machine, run_config, write_report
 
     rows: list[dict[str, Any]] = []
     for label, shape in points():
@@ -68,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['point']:<22} {r['impl']:<9} {r['tokens_per_step']:>11} {r['step_s']:>7.3f}"
             f" {r['cpu_s']:>7.3f} {r['tokens_per_s']:>7.0f} {r['peak_rss_mib']:>12.0f}"
         )
-    out = args.json or ROOT / "runs" / "bench" / "scaling.json"
-    atomic_write_json(out, report)
-    print(f"wrote {out}")
+    write_report(report, args.json, "scaling")
     return 0
 
 

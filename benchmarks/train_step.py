@@ -25,6 +25,16 @@ from popalign.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def write_report(report: dict, path: str | Path | None, name: str) -> Path:
+    """Write ``report`` as JSON to ``path`` (default ``runs/bench/NAME.json``) atomically and say where."""
+    out = Path(path or ROOT / "runs" / "bench" / f"{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, report)
+    print(f"wrote {out}")
+    return out
+
+
 # name -> (RunSpec fields, what the row is). The order is the table's.
 CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
     "trl-dpo": ({"impl": "trl"}, "TRL DPOTrainer, vanilla DPO, precomputed reference"),
@@ -325,10 +335,7 @@ def run(args: argparse.Namespace, *, annotate=None, deadline: float | None = Non
                 f"{fig['median_s']:.3f} s, {fig['pairs']:,} pairs, peak RSS {fig['peak_rss_mib']:.0f} MiB"
             )
     print(f"load average at start {info.get('load_average')}, at end {info['load_average_end']}")
-    out = Path(args.json or ROOT / "runs" / "bench" / f"{args.preset}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, report)
-    print(f"wrote {out}")
+    write_report(report, args.json, args.preset)
     return report
 
 
