@@ -14,19 +14,44 @@ from popalign.eval.stats import (
     estimate,
     median,
     pearson,
-    rankdata,
+    pearson_rows,
     spearman,
+    spearman_rows,
     win_rate,
 )
 
 
-def test_rankdata_averages_ties_like_scipy():
-    x = np.array([3.0, 1.0, 2.0, 2.0, 5.0, 1.0, 2.0])
+def _hand_pearson(x, y):
+    dx, dy = x - x.mean(), y - y.mean()
+    return float((dx @ dy) / math.sqrt(float(dx @ dx) * float(dy @ dy)))
+
+
+def _hand_ranks(x):
+    # Mean 1-based rank of each value among equal ones, by counting: below + (equal + 1) / 2.
+    return np.array([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_correlations_equal_the_textbook_formulas_to_1e12(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 17, size=200) / 2.0  # many ties
+    predicted = 0.3 * truth + rng.normal(size=200)
+    assert pearson(predicted, truth) == pytest.approx(_hand_pearson(predicted, truth), abs=1e-12)
+    ranks = _hand_pearson(_hand_ranks(predicted), _hand_ranks(truth))
+    assert spearman(predicted, truth) == pytest.approx(ranks, abs=1e-12)
     # By hand: the 1s take ranks 1,2 -> 1.5; the 2s take 3,4,5 -> 4; then 3 -> 6, 5 -> 7.
-    assert rankdata(x).tolist() == [6.0, 1.5, 4.0, 4.0, 7.0, 1.5, 4.0]
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 10, size=300).astype(float)
-    np.testing.assert_array_equal(rankdata(y), sps.rankdata(y))
+    assert _hand_ranks(np.array([3.0, 1.0, 2.0, 2.0, 5.0, 1.0, 2.0])).tolist() == [6, 1.5, 4, 4, 7, 1.5, 4]
+
+
+def test_row_correlations_equal_one_at_a_time_and_mark_constant_rows():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(6, 40)), rng.integers(0, 5, size=(6, 40)).astype(float)
+    x[2] = 1.0
+    by_row = pearson_rows(x, y)
+    assert math.isnan(by_row[2])
+    for r in (0, 1, 3, 4, 5):
+        assert by_row[r] == pytest.approx(_hand_pearson(x[r], y[r]), abs=1e-12)
+        assert spearman_rows(x, y)[r] == pytest.approx(sps.spearmanr(x[r], y[r]).statistic, abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

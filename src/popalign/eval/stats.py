@@ -1,6 +1,6 @@
 """Statistics every evaluation shares: correlations, win rates and seeded bootstrap intervals.
 
-Pure numpy (arrays in, numbers out) so each figure can be checked by hand and against scipy. Intervals are
+Arrays in, numbers out; correlations are scipy's (``scipy.stats.pearsonr``, ``rankdata``). Intervals are
 percentile bootstrap intervals: resample the examples with replacement ``n_resamples`` times, recompute the
 statistic, and take the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles.
 """
@@ -66,36 +66,48 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x`` (shape ``(n,)``), tied values sharing the mean of their ranks."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    # Start of each run of equal values, in sorted order.
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    mean_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
+def _correlation_defined(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Rows of ``(..., n)`` arrays where a correlation exists: two or more items, neither side constant."""
+    if x.shape[-1] < 2:
+        return np.zeros(x.shape[:-1], dtype=bool)
+    return (np.ptp(x, axis=-1) > 0) & (np.ptp(y, axis=-1) > 0)
+
+
+def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair of two ``(R, n)`` arrays (``scipy.stats.pearsonr``): ``(R,)``.
+
+    ``nan`` where a row is constant or ``n < 2`` (scipy would warn there, once per row).
+    """
+    from scipy.stats import pearsonr
+
+    x, y = np.atleast_2d(np.asarray(x, dtype=np.float64)), np.atleast_2d(np.asarray(y, dtype=np.float64))
+    out = np.full(x.shape[0], np.nan)
+    ok = _correlation_defined(x, y)
+    if ok.any():
+        out[ok] = np.clip(pearsonr(x[ok], y[ok], axis=1).statistic, -1.0, 1.0)
+    return out
+
+
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row pair: Pearson of the tie-averaged ranks (``scipy.stats.rankdata``)."""
+    from scipy.stats import rankdata
+
+    x, y = np.atleast_2d(np.asarray(x, dtype=np.float64)), np.atleast_2d(np.asarray(y, dtype=np.float64))
+    return pearson_rows(rankdata(x, axis=1), rankdata(y, axis=1))
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two ``(n,)`` arrays; ``nan`` when either is constant or ``n < 2``."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if len(x) < 2:
-        return float("nan")
-    dx, dy = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    if denom == 0.0:
-        return float("nan")
-    return float(np.clip((dx @ dy) / denom, -1.0, 1.0))
+    return float(pearson_rows(x, y)[0])
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation: Pearson correlation of the (tie-averaged) ranks."""
-    return pearson(rankdata(x), rankdata(y))
+    """Spearman rank correlation (ties share their mean rank), as ``scipy.stats.spearmanr``."""
+    return float(spearman_rows(x, y)[0])
+
+
+# Statistics that take a batch of resamples at once: ``(R, n)`` arrays in, ``(R,)`` out.
+ROWS: dict[Callable[..., float], Callable[..., np.ndarray]] = {pearson: pearson_rows, spearman: spearman_rows}
 
 
 def win_rate(advantages: np.ndarray) -> float:
@@ -122,7 +134,8 @@ def bootstrap_ci(
 
     The arrays (each ``(n,)``) are resampled jointly: one set of row indices per resample, so paired data
     (predicted and true margins) stay paired. Resamples where the statistic is undefined (``nan``, e.g. a
-    constant resample for a correlation) are left out. Same seed, same interval.
+    constant resample for a correlation) are left out. Same seed, same interval. Statistics in :data:`ROWS`
+    are computed on all resamples in one call.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
@@ -132,11 +145,12 @@ def bootstrap_ci(
         raise ValueError("bootstrap_ci: the arrays differ in length")
     if n == 0 or n_resamples < 1:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples, dtype=np.float64)
-    for b in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
-        values[b] = statistic(*(a[idx] for a in arrays))
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    rows = ROWS.get(statistic)
+    if rows is not None:
+        values = rows(*(a[draws] for a in arrays))
+    else:
+        values = np.array([statistic(*(a[idx] for a in arrays)) for idx in draws], dtype=np.float64)
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
