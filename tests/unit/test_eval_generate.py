@@ -37,17 +37,81 @@ def test_sampling_is_reproducible_and_order_preserving(model_and_tokenizer):
     spec = GenerateSpec(max_new_tokens=6, temperature=1.0, seed=3, batch_size=2)
     torch.manual_seed(123)
     before = torch.rand(1)
-    first = generate_responses(model, tokenizer, PROMPTS, spec, progress=False)
+    first = generate_responses(model, tokenizer, PROMPTS, spec, progress=False).outputs
     assert len(first) == 3 and all(isinstance(o, str) for o in first)
-    assert generate_responses(model, tokenizer, PROMPTS, spec, progress=False) == first
+    assert generate_responses(model, tokenizer, PROMPTS, spec, progress=False).outputs == first
     # The caller's random state is left as it was.
     torch.manual_seed(123)
     assert torch.equal(torch.rand(1), before)
     # Greedy decoding of one prompt alone gives what it gave in a padded batch: padding does not leak.
     greedy = GenerateSpec(max_new_tokens=6, temperature=0.0, batch_size=3)
-    batched = generate_responses(model, tokenizer, PROMPTS, greedy, progress=False)
-    alone = [generate_responses(model, tokenizer, [p], greedy, progress=False)[0] for p in PROMPTS]
+    batched = generate_responses(model, tokenizer, PROMPTS, greedy, progress=False).outputs
+    alone = [generate_responses(model, tokenizer, [p], greedy, progress=False).outputs[0] for p in PROMPTS]
     assert batched == alone
+
+
+def _perturbed(model, scale=0.3, seed=1):
+    import copy
+
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return other.eval()
+
+
+def test_kl_of_a_policy_against_itself_is_zero(model_and_tokenizer):
+    import copy
+
+    model, tokenizer = model_and_tokenizer
+    spec = GenerateSpec(max_new_tokens=8, temperature=0.7, seed=0, batch_size=2)
+    samples = generate_responses(
+        model, tokenizer, PROMPTS, spec, progress=False, reference=copy.deepcopy(model)
+    )
+    assert samples.kl is not None and samples.kl.shape == (3,)
+    assert (samples.kl == 0).all()
+    assert generate_responses(model, tokenizer, PROMPTS, spec, progress=False).kl is None
+    greedy = GenerateSpec(max_new_tokens=4, temperature=0.0)
+    assert generate_responses(model, tokenizer, PROMPTS, greedy, progress=False, reference=model).kl is None
+
+
+def test_kl_matches_a_token_by_token_computation(model_and_tokenizer, monkeypatch):
+    """Each prompt alone, unpadded, one forward per generated token: sum of log pi_T - log pi_ref,T."""
+    from popalign.data.tokenize import render_prompt
+
+    model, tokenizer = model_and_tokenizer
+    reference = _perturbed(model)
+    temperature = 0.8
+    spec = GenerateSpec(max_new_tokens=7, temperature=temperature, seed=5, batch_size=2)
+    drawn = {}
+    real_generate = type(model).generate
+
+    def recording_generate(self, input_ids, attention_mask, **kw):
+        out = real_generate(self, input_ids=input_ids, attention_mask=attention_mask, **kw)
+        for row in range(len(input_ids)):
+            prompt = input_ids[row][attention_mask[row].bool()].tolist()
+            drawn[tuple(prompt)] = out[row, input_ids.shape[1] :].tolist()
+        return out
+
+    monkeypatch.setattr(type(model), "generate", recording_generate)
+    samples = generate_responses(model, tokenizer, PROMPTS, spec, progress=False, reference=reference)
+    monkeypatch.undo()
+    eos = tokenizer.eos_token_id
+    for i, text in enumerate(PROMPTS):
+        prompt = tokenizer(render_prompt(text, tokenizer, True), add_special_tokens=False)["input_ids"]
+        reply = drawn[tuple(prompt)]
+        total = 0.0
+        for t, token in enumerate(reply):
+            prefix = torch.tensor([prompt + reply[:t]])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(prefix).logits[0, -1].double() / temperature, -1)[token]
+                lr = torch.log_softmax(reference(prefix).logits[0, -1].double() / temperature, -1)[token]
+            total += float(lp - lr)
+            if token == eos:
+                break
+        assert samples.kl[i] == pytest.approx(total, abs=1e-4)
+    assert samples.kl.mean() > 0  # a perturbed reference is measurably far
 
 
 def test_model_outputs_round_trip(tmp_path):
@@ -66,6 +130,8 @@ def test_model_outputs_round_trip(tmp_path):
         {"instruction": "second", "output": "b", "generator": "dpo", "id": "2"},
     ]
     assert read_model_outputs(tmp_path) == records  # a run folder finds eval/model_outputs.json
+    write_model_outputs(tmp_path / "kl.json", ["1", "2"], prompts, ["a", "b"], "dpo", kl=[0.5, -0.25])
+    assert [r["kl"] for r in read_model_outputs(tmp_path / "kl.json")] == [0.5, -0.25]
     assert outputs_file(tmp_path / "eval") == tmp_path / "eval" / "model_outputs.json"
     assert instruction_text("plain") == "plain"
 

@@ -44,7 +44,10 @@ GEN_EPILOG = """examples:
   popalign eval generate runs/dpo-pop --data alpaca_eval.json --temperature 0 --out runs/alpaca/dpo-pop
 
 --data is a preference dataset (its prompts are used) or a file of {"instruction": ...} rows. Writes
-model_outputs.json in AlpacaEval's layout (instruction, output, generator; plus id) and generate.json.
+model_outputs.json in AlpacaEval's layout (instruction, output, generator; plus id and kl) and generate.json.
+Sampled replies also get an estimate of KL(pi || pi_ref) against the reference (--reference, else the run's
+initial model): per prompt the sum over the reply's tokens of log pi - log pi_ref at the sampling
+temperature, averaged over prompts, with a bootstrap interval (docs/evaluation.md).
 """
 
 JUDGE_EPILOG = """examples:
@@ -114,6 +117,13 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
     )
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    g.add_argument(
+        "--reference",
+        metavar="PATH",
+        help="reference model of the KL estimate (default: the run's initial model from its config.yaml)",
+    )
+    g.add_argument("--no-kl", action="store_true", help="skip the KL(pi || pi_ref) estimate")
+    _bootstrap_args(g)
     _output_args(g)
     g.set_defaults(func=run_generate)
 
@@ -308,10 +318,21 @@ def run_generate(args: argparse.Namespace) -> int:
         names=args.name,
         dtype=args.dtype,
         device=args.device,
+        reference=args.reference,
+        kl=not args.no_kl,
+        boot=_boot(args),
         progress=not args.no_progress,
     )
+    from popalign.eval.stats import Estimate
+
     for rec in results:
-        print(f"{rec['generator']}: {rec['data']['prompts']} replies -> {rec['out']}")
+        kl = rec["kl"]
+        shown = (
+            f"KL to {kl['reference']} {Estimate.from_dict(kl).format()} nats"
+            if kl.get("value") is not None
+            else f"no KL estimate: {kl['reason']}"
+        )
+        print(f"{rec['generator']}: {rec['data']['prompts']} replies -> {rec['out']}; {shown}")
     return 0
 
 

@@ -1,7 +1,18 @@
 """Sampling replies from policies on test prompts, written in AlpacaEval's ``model_outputs.json`` layout.
 
 ``model_outputs.json`` is a JSON list of ``{"instruction", "output", "generator"}`` records (plus ``id``,
-which lets popalign pair two models' replies to the same prompt), so the same file can go to external judges.
+which lets popalign pair two models' replies to the same prompt, and ``kl``), so the same file can go to
+external judges.
+
+**KL estimate.** With a reference model, each reply also gets ``kl = sum_t log pi_T(y_t | x, y_<t) -
+log pi_ref,T(y_t | x, y_<t)`` over its generated tokens (up to and including the end-of-sequence token),
+where ``pi_T`` is the distribution the replies are drawn from, ``softmax(logits / temperature)``, and
+``pi_ref,T`` the reference at the same temperature. Averaged over prompts this is the plain Monte Carlo
+("k1") estimator of ``KL(pi_T || pi_ref,T)`` over whole replies: unbiased, because the replies are samples
+of ``pi_T`` itself; a single reply's value can be negative, the mean cannot be in expectation. It is exact
+for ``top_p = 1`` (the default; top-k filtering is switched off so that nothing else truncates the sampling
+distribution) and equals ``KL(pi || pi_ref)`` at temperature 1. Greedy decoding draws no samples, so it has
+no KL estimate.
 """
 
 from __future__ import annotations
@@ -9,13 +20,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from popalign.data.schema import Prompt
 from popalign.errors import DataError, PopalignError
 from popalign.io import atomic_write_json
 
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import Tensor
+
 OUTPUTS_FILE = "model_outputs.json"
+KL_ESTIMATOR = (
+    "mean over prompts of sum over generated tokens of log pi_T - log pi_ref,T on replies sampled from pi_T "
+    "(temperature T, top_p 1): unbiased for KL(pi_T || pi_ref,T) in nats"
+)
 
 
 @dataclass
@@ -77,14 +96,28 @@ def load_prompts(
     return list(table.ids), list(table.prompts)
 
 
+@dataclass
+class Samples:
+    """Sampled replies in prompt order and, with a reference model, each reply's KL term ``(N,)`` (nats)."""
+
+    outputs: list[str]
+    kl: np.ndarray | None = None
+
+
 def generate_responses(
-    model: Any, tokenizer: Any, prompts: list[Prompt], spec: GenerateSpec, progress: bool = True
-) -> list[str]:
-    """One sampled reply per prompt, in prompt order.
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    spec: GenerateSpec,
+    progress: bool = True,
+    reference: Any = None,
+) -> Samples:
+    """One sampled reply per prompt, in prompt order; with ``reference``, the KL estimate of each reply.
 
     Prompts are rendered with :func:`~popalign.data.tokenize.render_prompt` (the chat template, as in
     training), left-padded in batches of similar length, and only the new tokens are decoded. Batch ``b`` is
     sampled under seed ``spec.seed + b`` with the caller's RNG left untouched, so a rerun gives the same text.
+    The KL terms (see the module doc) are computed on the sampled token ids, not on re-tokenised text.
     """
     import numpy as np
     import torch
@@ -105,8 +138,11 @@ def generate_responses(
     sample = spec.temperature > 0
     options: dict[str, Any] = {"do_sample": sample, "max_new_tokens": spec.max_new_tokens}
     if sample:
-        options.update(temperature=spec.temperature, top_p=spec.top_p)
+        # top_k=0: no top-k filter from the model's generation config, so the replies are drawn from
+        # softmax(logits / T) (truncated only by top_p) and the KL estimate is of that distribution.
+        options.update(temperature=spec.temperature, top_p=spec.top_p, top_k=0)
     outputs: list[str] = [""] * len(prompts)
+    kl = np.zeros(len(prompts)) if reference is not None and sample else None
     model.eval()
     starts = range(0, len(order), spec.batch_size)
     for b, start in enumerate(tqdm(starts, desc="generating", disable=not progress, leave=False)):
@@ -117,28 +153,72 @@ def generate_responses(
         for row, i in enumerate(part):
             ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(spec.seed + b)
             new = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+                input_ids=ids,
+                attention_mask=mask,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
                 **options,
             )[:, width:]
         for row, i in enumerate(part):
             outputs[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
-    return outputs
+        if kl is not None:
+            valid = reply_mask(new, tokenizer.eos_token_id)
+            terms = sampled_logps(model, ids, mask, new, valid, spec.temperature)
+            terms -= sampled_logps(reference, ids, mask, new, valid, spec.temperature)
+            kl[part] = terms.cpu().numpy()
+    return Samples(outputs, kl)
+
+
+def reply_mask(new: Tensor, eos_token_id: int | None) -> Tensor:
+    """``(B, T)`` True for the generated tokens of each reply: up to and including its first end token."""
+    import torch
+
+    if eos_token_id is None:
+        return torch.ones_like(new, dtype=torch.bool)
+    ended = (new == eos_token_id).long()
+    return (ended.cumsum(dim=1) - ended) == 0
+
+
+def sampled_logps(model: Any, ids: Tensor, mask: Tensor, new: Tensor, valid: Tensor, temperature: float):
+    """``(B,)`` float32 ``sum_t log softmax(logits_t / temperature)[new_t]`` over the ``valid`` reply tokens.
+
+    ``ids``/``mask``: the left-padded prompts ``(B, W)``; ``new``: the sampled tokens ``(B, T)``. One forward
+    over prompt + reply, with positions counted from each row's first real token as in generation.
+    """
+    import torch
+
+    from popalign.modeling.logps import masked_token_logps
+
+    full = torch.cat([ids, new], dim=1)
+    attention = torch.cat([mask, valid.to(mask.dtype)], dim=1)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=full, attention_mask=attention, position_ids=positions).logits
+    width = ids.shape[1]
+    logits = logits[:, width - 1 : -1].float() / temperature
+    return masked_token_logps(logits, new, valid).sum(dim=1)
 
 
 def write_model_outputs(
-    path: str | Path, ids: list[str], prompts: list[Prompt], outputs: list[str], generator: str
+    path: str | Path,
+    ids: list[str],
+    prompts: list[Prompt],
+    outputs: list[str],
+    generator: str,
+    kl: np.ndarray | None = None,
 ) -> None:
-    """Write AlpacaEval's ``model_outputs.json`` (atomically)."""
+    """Write AlpacaEval's ``model_outputs.json`` (atomically); ``kl``: each reply's KL term, when known."""
     records = [
         {"instruction": instruction_text(p), "output": o, "generator": generator, "id": i}
         for i, p, o in zip(ids, prompts, outputs, strict=True)
     ]
+    if kl is not None:
+        for rec, value in zip(records, kl, strict=True):
+            rec["kl"] = float(value)
     atomic_write_json(path, records)
 
 

@@ -229,6 +229,21 @@ def run_rewardbench(
     return results
 
 
+def _kl_reference(model_dir: str, reference: str | None, kl: bool, spec: Any, policy, dtype: str):
+    """``(reference model, its name)`` for the KL estimate, or ``(None, why there is none)``."""
+    from popalign.eval.scoring import load_reference_model, read_run_config
+
+    if not kl:
+        return None, "not asked (--no-kl)"
+    if spec.temperature == 0:
+        return None, "greedy decoding draws no samples"
+    run_config = read_run_config(model_dir)
+    name = reference or (run_config.get("model") or {}).get("name_or_path")
+    if not name:
+        return None, "no reference: the folder has no config.yaml naming one; pass --reference PATH"
+    return load_reference_model(str(name), policy, run_config, dtype), str(name)
+
+
 def run_generate(
     models: list[str],
     data: str,
@@ -241,15 +256,31 @@ def run_generate(
     names: list[str] | None = None,
     dtype: str = "auto",
     device: str = "auto",
+    reference: str | None = None,
+    kl: bool = True,
+    boot: BootstrapOptions | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Sample replies of each model to the test prompts; write ``model_outputs.json`` (AlpacaEval layout)."""
-    from popalign.eval.generate import GenerateSpec, generate_responses, load_prompts, write_model_outputs
+    """Sample replies of each model to the test prompts; write ``model_outputs.json`` (AlpacaEval layout).
+
+    With ``kl`` (the default) each reply's KL term against the reference (``reference``, else the run's
+    initial model) goes into ``model_outputs.json`` and their mean, with its bootstrap interval, into
+    ``generate.json`` (estimator: :mod:`popalign.eval.generate`).
+    """
+    from popalign.eval.generate import (
+        KL_ESTIMATOR,
+        GenerateSpec,
+        generate_responses,
+        load_prompts,
+        write_model_outputs,
+    )
     from popalign.eval.scoring import pick_device
+    from popalign.eval.stats import estimate
     from popalign.modeling.load import load_causal_lm, load_tokenizer
 
     spec = spec or GenerateSpec()
     spec.validate()
+    boot = boot or BootstrapOptions()
     if not models:
         raise PopalignError("give at least one model folder to generate from")
     targets = plan_targets(models, out, names)
@@ -258,11 +289,12 @@ def run_generate(
     for t in targets:
         tokenizer = load_tokenizer(t.model)
         model = load_causal_lm(t.model, dtype=dtype).to(pick_device(device))
-        outputs = generate_responses(model, tokenizer, prompts, spec, progress=progress)
-        del model
+        ref_model, ref_name = _kl_reference(t.model, reference, kl, spec, model, dtype)
+        samples = generate_responses(model, tokenizer, prompts, spec, progress=progress, reference=ref_model)
+        del model, ref_model
         _release()
         t.out.mkdir(parents=True, exist_ok=True)
-        write_model_outputs(t.out / "model_outputs.json", ids, prompts, outputs, t.name)
+        write_model_outputs(t.out / "model_outputs.json", ids, prompts, samples.outputs, t.name, samples.kl)
         record = {
             "kind": "generate",
             "generator": t.name,
@@ -270,8 +302,15 @@ def run_generate(
             "out": str(t.out / "model_outputs.json"),
             "data": {"path": data, "split": split, "prompts": len(prompts)},
             "settings": asdict(spec),
-            "mean_output_chars": float(np.mean([len(o) for o in outputs])) if outputs else 0.0,
+            "mean_output_chars": float(np.mean([len(o) for o in samples.outputs]))
+            if samples.outputs
+            else 0.0,
         }
+        if samples.kl is not None:
+            est = estimate(np.mean, samples.kl, **asdict(boot)).to_dict()
+            record["kl"] = {**est, "reference": ref_name, "estimator": KL_ESTIMATOR}
+        else:
+            record["kl"] = {"value": None, "reason": ref_name}
         atomic_write_json(t.out / rep.FILES["generate"], record)
         rep.write_run_markdown(t.out)
         results.append(record)

@@ -4,7 +4,7 @@ An evaluation folder (``popalign eval ... --out``, default ``<model_dir>/eval``)
 
 - ``discriminative.json`` + ``discriminative_predictions.jsonl`` (id, predicted and ground-truth margin)
 - ``rewardbench.json`` + ``rewardbench_predictions.jsonl``
-- ``model_outputs.json`` (AlpacaEval layout) + ``generate.json`` (settings)
+- ``model_outputs.json`` (AlpacaEval layout) + ``generate.json`` (settings, KL to the reference)
 - ``judge.json`` + ``judgements.jsonl`` (per-prompt scores and advantages)
 - ``eval.md`` (this run's tables) and PNG plots.
 
@@ -175,6 +175,30 @@ def judge_table(runs: list[RunResults]) -> Table | None:
     return (headers, rows) if rows else None
 
 
+def generate_table(runs: list[RunResults]) -> Table | None:
+    """Sampled replies: how many, their length, and the KL estimate to the reference (nats, 95% interval)."""
+    rows = []
+    for run in runs:
+        res = run.results.get("generate")
+        if not res:
+            continue
+        kl = res.get("kl") or {}
+        shown = _est(kl) if kl.get("value") is not None else f"- ({kl.get('reason', 'not computed')})"
+        settings = res.get("settings", {})
+        rows.append(
+            [
+                run.name,
+                str(res["data"]["prompts"]),
+                f"{settings.get('temperature', '-')}",
+                f"{res.get('mean_output_chars', 0):.0f}",
+                shown,
+                str(kl.get("reference", "-")),
+            ]
+        )
+    headers = ["Run", "Prompts", "Temperature", "Mean reply chars", "KL(pi || pi_ref)", "Reference"]
+    return (headers, rows) if rows else None
+
+
 def markdown_table(table: Table) -> str:
     headers, rows = table
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -195,6 +219,8 @@ NOTES = {
     "of exactly 0 counts half. Brackets: bootstrap 95% intervals.",
     "RewardBench": "Section scores weight subset accuracies by RewardBench's example counts; Overall is "
     "the mean of the four sections; All rows is the plain accuracy over every row (see docs/evaluation.md).",
+    "Generations": "KL: mean over prompts of the summed log-ratio log pi_T - log pi_ref,T of each sampled "
+    "reply's tokens at the sampling temperature T (unbiased for KL(pi_T || pi_ref,T); docs/evaluation.md).",
     "Judged generations": "Advantage = judge score of the run's reply minus the baseline's, per prompt; ties "
     "count half a win. Brackets: bootstrap 95% intervals.",
 }
@@ -205,6 +231,7 @@ def _sections(runs: list[RunResults], detail: bool) -> list[tuple[str, Table]]:
     for title, table in (
         ("Discriminative (test preferences)", discriminative_table(runs)),
         ("RewardBench", rewardbench_table(runs)),
+        ("Generations", generate_table(runs)),
         ("Judged generations", judge_table(runs)),
     ):
         if table:

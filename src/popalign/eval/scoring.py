@@ -121,6 +121,13 @@ def _random_reference(policy: torch.nn.Module, run_config: dict[str, Any]) -> to
     return reference.to(dtype=policy.dtype, device=policy.device).eval()
 
 
+def load_reference_model(name: str, policy: torch.nn.Module, run_config: dict[str, Any], dtype: str = "auto"):
+    """The reference ``name`` (from :func:`resolve_reference`) in eval mode, on the policy's device."""
+    if name.startswith(RANDOM_PREFIX):
+        return _random_reference(policy, run_config)
+    return _load_policy(name, dtype, policy.device)
+
+
 class PolicyScorer:
     """Implicit rewards of a DPO policy against its reference (Eq. 3), batched over completion tokens."""
 
@@ -296,9 +303,6 @@ def load_scorer(
     tokenizer = load_tokenizer(model)
     policy = _load_policy(model, dtype, dev)
     ref_name = resolve_reference(reference, run_config)
-    if ref_name.startswith(RANDOM_PREFIX):
-        ref_model = _random_reference(policy, run_config)
-    else:
-        ref_model = _load_policy(ref_name, dtype, dev)
+    ref_model = load_reference_model(ref_name, policy, run_config, dtype)
     info.update(reference=ref_name, beta=resolve_beta(beta, run_config))
     return PolicyScorer(policy, ref_model, tokenizer, info["beta"], spec, batch_size), info
