@@ -77,7 +77,7 @@ def test_report_numbers_match_the_per_run_json(straight):
 def test_verdicts_follow_the_rule(straight):
     out, _ = straight
     results = json.loads((out / "report" / "results.json").read_text())
-    verdicts = {v["id"]: v for v in results["verdicts"]}
+    verdicts = {v["id"]: v for v in results["verdicts"] if v["group"] != "frontier"}
     assert {v["verdict"] for v in verdicts.values()} <= {"reproduced", "not reproduced", "inconclusive"}
     for v in verdicts.values():
         value, low, high = v["difference"]
@@ -93,6 +93,37 @@ def test_verdicts_follow_the_rule(straight):
     assert acc["against"] == max(rivals, key=rivals.get)
 
 
+def test_every_run_has_a_training_curve_from_the_sft_model(straight):
+    out, _ = straight
+    results = json.loads((out / "report" / "results.json").read_text())
+    frontier = results["frontier"]
+    for name, points in frontier["curves"].items():
+        done = json.loads((out / "runs" / name / "seed-0" / "done.json").read_text())
+        assert [p["step"] for p in points] == [0, *done["curve_steps"]]
+        assert done["curve_steps"][-1] == done["steps"]
+        assert points[0]["kl"][0] == 0.0  # step 0 is the SFT model, its own reference
+        # The last point is the final model: its KL is the one its own evaluation reports.
+        final = eval_json(out, name, "generate")["kl"]
+        assert points[-1]["kl"][0] == pytest.approx(final["value"], abs=1e-12)
+        assert final["reference"] == str(out / "sft")
+        # Snapshot weights are gone once evaluated; their evaluations stay.
+        curve = out / "runs" / name / "seed-0" / "curve"
+        assert not list(curve.glob("*/*.safetensors"))
+        assert all(
+            (curve / f"step-{s:06d}" / "eval" / "judge.json").is_file() for s in done["curve_steps"][:-1]
+        )
+    labels = [b["label"] for b in frontier["budgets"]]
+    assert labels[0] == "vanilla DPO's final KL"
+    kl_verdicts = [v for v in results["verdicts"] if v["group"] == "frontier"]
+    assert {v["budget"] for v in kl_verdicts} == set(labels)
+    assert {v["verdict"] for v in kl_verdicts} <= {
+        "reproduced",
+        "not reproduced",
+        "inconclusive",
+        "outside range",
+    }
+
+
 def test_report_pages_have_every_section(straight):
     out, outcome = straight
     md = (out / "report" / "report.md").read_text()
@@ -103,13 +134,15 @@ def test_report_pages_have_every_section(straight):
         "Table 3 analogue",
         "Figure 2 analogue",
         "Margin distributions",
+        "The reward-KL frontier",
+        "Training curves in numbers",
         "Machine",
     ):
         assert f"## {heading}" in md
-    assert "UltraFeedback sample train" in md
+    assert "UltraFeedback sample train" in md and "What this run supports, comparison by comparison" in md
     html = (out / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "src='http" not in html
-    for png in ("cumulative_accuracy.png", "advantages.png", "margins.png"):
+    assert html.count("data:image/png;base64,") == 4 and "src='http" not in html
+    for png in ("cumulative_accuracy.png", "advantages.png", "margins.png", "frontier.png"):
         assert (out / "report" / png).is_file() and f"({png})" in md
     # The report draws every figure itself; the runs' evaluations write none.
     assert not [p for p in out.rglob("*.png") if "report" not in p.relative_to(out).parts]
@@ -215,3 +248,111 @@ def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, ultrafe
     assert trained["resumed_from"].endswith("checkpoint-2")
     state = json.loads((folder / "trainer_state.json").read_text())
     assert state["global_step"] == trained["steps"]
+
+
+def test_tuning_picks_each_setting_on_validation_prompts_only(tmp_path, ultrafeedback_dir):
+    import shutil
+
+    from popalign.testbed.plan import Layout, plan_runs
+    from popalign.testbed.tuning import select_settings
+
+    cfg = tiny(
+        tmp_path,
+        ultrafeedback_dir,
+        "methods=[dpo,dpo-pop-random]",
+        "controls=[]",
+        "task.validation_prompts=24",
+        "tuning.learning_rate_factors=[0.5,1,4]",
+        "curve.points=2",
+    )
+    outcome = reproduce(cfg)
+    assert "dpo-pop-random_lr4/seed-0" in outcome["ran"] and "dpo_lr0p5/seed-0" in outcome["ran"]
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    selection = results["tuning"]
+    assert set(selection) == {"dpo", "dpo-pop-random"}
+    for s in selection.values():
+        assert {g["lr_factor"] for g in s["grid"].values()} == {0.5, 1.0, 4.0}
+        for kind in ("generative", "discriminative"):
+            best = max(g[kind] for g in s["grid"].values())
+            assert s["grid"][s[kind]][kind] == best
+    tuned = [v for v in results["verdicts"] if v["group"] == "tuned"]
+    assert tuned and all(v["id"].endswith("@tuned") for v in tuned)
+    assert "## Tuned per method" in (tmp_path / "report" / "report.md").read_text()
+    # Poison everything of the test split (its file, every evaluation on it): the choice stays the same.
+    (tmp_path / "data" / "test.jsonl").write_text("not a preference\n")
+    for folder in [
+        *tmp_path.glob("runs/*/seed-*/eval"),
+        *tmp_path.glob("runs/*/seed-*/curve"),
+        tmp_path / "origin",
+    ]:
+        shutil.rmtree(folder)
+    assert select_settings(cfg, Layout(tmp_path), plan_runs(cfg)) == selection
+
+
+def test_tuning_needs_validation_prompts(tmp_path, ultrafeedback_dir):
+    from popalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="validation"):
+        tiny(tmp_path, ultrafeedback_dir, "tuning.learning_rate_factors=[0.5,1]")
+
+
+def test_real_data_track_judges_the_discriminative_claims_only(tmp_path, ultrafeedback_dir):
+    """The real-model track's code path on real UltraFeedback rows, with a small pretrained stand-in."""
+    from popalign.modeling.tiny import tiny_causal_lm
+    from popalign.modeling.tokenizer import build_local_tokenizer
+
+    model_dir = tmp_path / "pretrained"
+    tokenizer = build_local_tokenizer()
+    tiny_causal_lm(tokenizer, seed=0, hidden_size=16, num_hidden_layers=1).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    cfg = load_config(
+        ReproduceConfig,
+        None,
+        [
+            "seeds=[0]",
+            f"output_dir={tmp_path / 'out'}",
+            f"data={ultrafeedback_dir}",
+            "train_rows=16",
+            "test_rows=12",
+            f"model.name_or_path={model_dir}",
+            "model.lora=true",
+            "model.lora_r=4",
+            "methods=[dpo,dpo-margin,dpo-pop-iter]",
+            "controls=[]",
+            "preference.batch_size=8",
+            "preference.save_steps=1000",
+            "max_length=96",
+            "max_prompt_length=48",
+            "bootstrap=50",
+            "compare_data=",
+            "progress=false",
+        ],
+    )
+    outcome = reproduce(cfg)
+    out = tmp_path / "out"
+    assert outcome["ran"] == ["dpo/seed-0", "dpo-margin/seed-0", "dpo-pop-iter/seed-0"]
+    assert not (out / "sft").exists() and not (out / "data").exists()  # no SFT stage, no task data
+    run = out / "runs" / "dpo-pop-iter" / "seed-0"
+    assert not (run / "eval" / "model_outputs.json").exists()  # no reward to judge replies with
+    disc = json.loads((run / "eval" / "discriminative.json").read_text())
+    assert disc["data"]["rows"] == 12
+    config = (run / "config.yaml").read_text()
+    assert "enabled: true" in config and f"name_or_path: {model_dir}" in config
+    results = json.loads((out / "report" / "results.json").read_text())
+    verdicts = {v["id"]: v["verdict"] for v in results["verdicts"]}
+    for generative in ("winrate-best", "madv-best", "random-beats-dpo", "random-gen-over-iter"):
+        assert verdicts[generative] == "not run"
+    assert verdicts["margin1-acc"] in ("reproduced", "not reproduced", "inconclusive")
+    md = (out / "report" / "report.md").read_text()
+    assert "Table 1 analogue" in md and "Table 3 analogue" not in md and "real preferences" in md
+
+
+def test_real_data_cannot_be_tuned(tmp_path):
+    from popalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tuning"):
+        load_config(
+            ReproduceConfig,
+            None,
+            ["data=somewhere", "task.validation_prompts=10", "tuning.learning_rate_factors=[1,2]"],
+        )

@@ -99,3 +99,21 @@ def test_default_margins_resemble_ultrafeedback(tmp_path, ultrafeedback_dir):
     assert abs(ours.mean() - real.mean()) < 0.3
     assert abs((ours == 0).mean() - (real == 0).mean()) < 0.05
     assert np.abs(np.percentile(ours, [25, 50, 75]) - np.percentile(real, [25, 50, 75])).max() <= 0.5
+
+
+def test_a_validation_split_leaves_train_and_test_as_they_were(small, tmp_path):
+    from dataclasses import replace
+
+    spec = replace(SMALL, validation_prompts=40)
+    record = make_dataset(spec, tmp_path)
+    assert record["splits"] == {"train": 300, "test": 60, "validation": 40}
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_bytes() == (small / name).read_bytes()
+    prompts = {split: {r["prompt"] for r in read_split(tmp_path, split)} for split in ("train", "test")}
+    held_out = {r["prompt"] for r in read_split(tmp_path, "validation")}
+    assert len(held_out) == 40 and not held_out & (prompts["train"] | prompts["test"])
+    table, _ = load_preferences(str(tmp_path), split="validation", tie_policy="keep")
+    assert len(table) == 40 and table.has_scores
+    # Data made before the split existed keeps its fingerprint; a validation split changes it.
+    assert spec.fingerprint() != SMALL.fingerprint()
+    assert replace(SMALL, validation_prompts=0).fingerprint() == SMALL.fingerprint()

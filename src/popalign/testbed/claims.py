@@ -21,12 +21,13 @@ tolerance ``+-delta``, *not reproduced* when it excludes 0 without lying within 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from popalign.testbed.results import RunResult, margin_split, metric, metric_batch
+from popalign.testbed.results import GENERATIVE, RunResult, margin_split, metric, metric_batch
 from popalign.testbed.settings import BASELINE, NOMARGIN, PAPER_METHODS, STEPS_MATCHED
 
 Kind = Literal["best", "worst", "better", "above", "equivalent"]
@@ -42,6 +43,7 @@ METRIC_NAMES = {
     "win_rate": "win rate vs vanilla DPO",
     "median_advantage": "median advantage vs vanilla DPO",
     "mean_reward": "mean r* of replies",
+    "reward_at_kl": "mean r* at matched KL",
 }
 
 
@@ -135,6 +137,46 @@ def _paired(a: list[RunResult], b: list[RunResult] | None) -> tuple[list[RunResu
     return [r for r in a if r.seed in seeds], [r for r in b if r.seed in seeds]
 
 
+def bootstrap_stat(
+    a: list[RunResult],
+    b: list[RunResult] | None,
+    per_run: Callable[[RunResult, np.ndarray], np.ndarray],
+    *,
+    constant: float = 0.0,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    min_defined: float = 0.0,
+) -> tuple[float, float, float]:
+    """``(value, low, high)`` of ``mean_seeds(a) - mean_seeds(b)`` (or ``- constant`` when ``b`` is None).
+
+    ``per_run(run, idx)`` is the figure of one run on each row of item draws ``idx`` ``(R, n)``: ``(R,)``.
+    Seeds and test items are resampled together (see the module doc); ``a`` and ``b`` are paired by seed.
+    Resamples where the figure is undefined are left out; when fewer than ``min_defined`` of them remain
+    the interval is undefined (nan), since the rest would describe a selected subset.
+    """
+    a, b = _paired(a, b)
+    n_items, n_seeds = len(a[0].truth), len(a)
+
+    def per_seed(idx: np.ndarray) -> np.ndarray:
+        """The difference on each row of item draws ``idx`` (R, n), for each seed: (n_seeds, R)."""
+        d = np.stack([per_run(r, idx) for r in a])
+        return d - (constant if b is None else np.stack([per_run(r, idx) for r in b]))
+
+    value = float(per_seed(np.arange(n_items)[None, :])[:, 0].mean())
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0, n_items, size=(n_resamples, n_items))
+    seeds = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    # Resample r averages the differences of its drawn seeds, each on the same drawn items.
+    draws = per_seed(items)[seeds, np.arange(n_resamples)[:, None]].mean(axis=1)
+    defined = ~np.isnan(draws)
+    draws = draws[defined]
+    if not len(draws) or defined.mean() < min_defined:
+        return value, float("nan"), float("nan")
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return value, float(low), float(high)
+
+
 def bootstrap_difference(
     a: list[RunResult],
     b: list[RunResult] | None,
@@ -144,32 +186,16 @@ def bootstrap_difference(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """``(value, low, high)`` of ``mean_seeds(a) - mean_seeds(b)`` (or ``- constant`` when ``b`` is None).
-
-    Seeds and test items are resampled together (see the module doc); ``a`` and ``b`` are paired by seed.
-    Resamples where the figure is undefined are left out.
-    """
-    a, b = _paired(a, b)
-    split = margin_split(a[0].truth)
-    n_items, n_seeds = len(a[0].truth), len(a)
-
-    def per_seed(idx: np.ndarray) -> np.ndarray:
-        """The difference on each row of item draws ``idx`` (R, n), for each seed: (n_seeds, R)."""
-        d = np.stack([metric_batch(r, name, idx, split) for r in a])
-        return d - (constant if b is None else np.stack([metric_batch(r, name, idx, split) for r in b]))
-
-    value = float(per_seed(np.arange(n_items)[None, :])[:, 0].mean())
-    rng = np.random.default_rng(seed)
-    items = rng.integers(0, n_items, size=(n_resamples, n_items))
-    seeds = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
-    # Resample r averages the differences of its drawn seeds, each on the same drawn items.
-    draws = per_seed(items)[seeds, np.arange(n_resamples)[:, None]].mean(axis=1)
-    draws = draws[~np.isnan(draws)]
-    if not len(draws):
-        return value, float("nan"), float("nan")
-    alpha = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(draws, [alpha, 1 - alpha])
-    return value, float(low), float(high)
+    """:func:`bootstrap_stat` of the figure ``name`` (:func:`~popalign.testbed.results.metric_batch`)."""
+    split = margin_split(_paired(a, b)[0][0].truth)
+    return bootstrap_stat(
+        a,
+        b,
+        lambda r, idx: metric_batch(r, name, idx, split),
+        constant=constant,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
 
 
 def bootstrap_value(runs: list[RunResult], name: str, *, n_resamples: int = 1000, seed: int = 0):
@@ -177,7 +203,7 @@ def bootstrap_value(runs: list[RunResult], name: str, *, n_resamples: int = 1000
     return bootstrap_difference(runs, None, name, n_resamples=n_resamples, seed=seed)
 
 
-def _direction_verdict(low: float, high: float) -> str:
+def direction_verdict(low: float, high: float) -> str:
     if low > 0:
         return REPRODUCED
     if high < 0:
@@ -191,6 +217,8 @@ def judge_claim(
     """Measure ``claim`` on ``results`` (run name -> finished seeds) and apply the verdict rule."""
     if claim.subject not in results or (claim.other and claim.other not in results):
         return Verdict(claim, NOT_RUN)
+    if claim.metric in GENERATIVE and any(r.rewards is None for runs in results.values() for r in runs):
+        return Verdict(claim, NOT_RUN)  # replies were not judged (no ground-truth reward)
     subject = results[claim.subject]
     boot = {"n_resamples": n_resamples, "seed": seed}
     if claim.kind in ("best", "worst"):
@@ -203,20 +231,20 @@ def judge_claim(
         means = {m: seed_mean(results[m], claim.metric) for m in pool}
         rival = max(pool, key=lambda m: sign * means[m])
         value, low, high = bootstrap_difference(subject, results[rival], claim.metric, **boot)
-        verdict = _direction_verdict(*sorted((sign * low, sign * high)))
+        verdict = direction_verdict(*sorted((sign * low, sign * high)))
         return Verdict(
             claim, verdict, seed_mean(subject, claim.metric), rival, means[rival], value, low, high
         )
     if claim.kind == "above":
         value, low, high = bootstrap_difference(subject, None, claim.metric, constant=claim.threshold, **boot)
         return Verdict(
-            claim, _direction_verdict(low, high), value + claim.threshold, f"{claim.threshold:g}",
+            claim, direction_verdict(low, high), value + claim.threshold, f"{claim.threshold:g}",
             claim.threshold, value, low, high,
         )  # fmt: skip
     other = results[claim.other]
     value, low, high = bootstrap_difference(subject, other, claim.metric, **boot)
     if claim.kind == "better":
-        verdict = _direction_verdict(low, high)
+        verdict = direction_verdict(low, high)
     elif -claim.tolerance <= low and high <= claim.tolerance:
         verdict = REPRODUCED
     else:

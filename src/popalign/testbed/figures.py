@@ -95,3 +95,26 @@ def plot_sweep(
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, y=1.04)
     return _save(fig, path)
+
+
+def plot_frontier(curves: list[dict[str, Any]], budgets: list[tuple[str, float]], path: Path) -> Path:
+    """r* against KL(pi || pi_ref), one line per method through its checkpoints (mean over seeds).
+
+    ``curves``: ``{"name", "kl": (P,), "reward": [(value, low, high)] * P}``; vertical bars are the r*
+    intervals; dotted vertical lines mark the KL ``budgets`` of the matched-KL table.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for c in curves:
+        v = np.array([p[0] for p in c["reward"]])
+        err = np.array([[p[0] - p[1] for p in c["reward"]], [p[2] - p[0] for p in c["reward"]]])
+        ax.errorbar(c["kl"], v, yerr=np.nan_to_num(err), marker="o", ms=3.5, capsize=2, label=c["name"])
+    for label, value in budgets:
+        ax.axvline(value, color="grey", ls=":", lw=1)
+        ax.annotate(label, (value, ax.get_ylim()[0]), rotation=90, fontsize=7, va="bottom", ha="right")
+    ax.set_xlabel("KL(pi || pi_SFT) of sampled replies (nats per reply)")
+    ax.set_ylabel("mean r* of replies to the test prompts")
+    ax.set_title("Reward-KL frontier: each point a checkpoint, step 0 = the SFT model")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -34,6 +34,11 @@ class TaskSpec:
 
     train_prompts: int = help_field(2000, help="Training preferences (one per prompt, as in UltraFeedback).")
     test_prompts: int = help_field(500, help="Test preferences; their prompts never occur in training.")
+    validation_prompts: int = help_field(
+        0,
+        help="Validation preferences for tuning (validation.jsonl; 0: none), drawn like the training ones, "
+        "disjoint from train and test, from their own random stream so train and test stay as they are.",
+    )
     candidates: int = help_field(4, help="Behaviour-policy responses per prompt (UltraFeedback has 4).")
     noise: float = help_field(0.5, help="Annotator noise: standard deviation of the Gaussian added to r*.")
     score_step: float = help_field(
@@ -57,11 +62,16 @@ class TaskSpec:
             raise ConfigError("task.noise must be >= 0 and task.score_step > 0")
         if self.quality_a <= 0 or self.quality_b <= 0 or self.quality_spread < 0:
             raise ConfigError("task.quality_a and task.quality_b must be positive, task.quality_spread >= 0")
-        if self.train_prompts + self.test_prompts > max_prompts():
+        if self.validation_prompts < 0:
+            raise ConfigError("task.validation_prompts must be >= 0")
+        if self.train_prompts + self.test_prompts + self.validation_prompts > max_prompts():
             raise ConfigError(f"the task has {max_prompts()} distinct prompts; ask for fewer")
 
     def fingerprint(self) -> str:
-        text = json.dumps({"format": DATA_FORMAT, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if not self.validation_prompts:  # data made before the validation split existed stays valid
+            del fields["validation_prompts"]
+        text = json.dumps({"format": DATA_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -71,10 +81,12 @@ def max_prompts() -> int:
     return sum(per_topic) * len(STYLES)
 
 
-def draw_prompts(n: int, rng: np.random.Generator) -> list[TaskPrompt]:
-    """``n`` distinct prompts, topics and styles uniform, keywords distinct within a prompt."""
+def draw_prompts(
+    n: int, rng: np.random.Generator, exclude: set[TaskPrompt] | None = None
+) -> list[TaskPrompt]:
+    """``n`` distinct prompts not in ``exclude``, topics and styles uniform, keywords distinct in a prompt."""
     topics, styles = sorted(TOPICS), sorted(STYLES)
-    seen: set[TaskPrompt] = set()
+    seen: set[TaskPrompt] = set(exclude or ())
     out: list[TaskPrompt] = []
     while len(out) < n:
         topic = topics[rng.integers(len(topics))]
@@ -175,7 +187,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def make_dataset(spec: TaskSpec, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``train.jsonl``, ``test.jsonl`` and ``task.json`` into ``out_dir``; returns the task record.
+    """Write ``train.jsonl``, ``test.jsonl`` (``validation.jsonl``) and ``task.json`` into ``out_dir``.
+
+    Returns the task record.
 
     Deterministic in ``spec``: the same settings write the same bytes. Test prompts never occur in training.
     """
@@ -188,12 +202,19 @@ def make_dataset(spec: TaskSpec, out_dir: str | Path) -> dict[str, Any]:
     test = make_split(prompts[spec.train_prompts :], spec, rng, "test")
     _write_jsonl(out / "train.jsonl", train)
     _write_jsonl(out / "test.jsonl", test)
+    splits = {"train": len(train), "test": len(test)}
+    if spec.validation_prompts:
+        stream = np.random.default_rng([spec.seed, 1])
+        held_out = draw_prompts(spec.validation_prompts, stream, exclude=set(prompts))
+        validation = make_split(held_out, spec, stream, "validation")
+        _write_jsonl(out / "validation.jsonl", validation)
+        splits["validation"] = len(validation)
     record = {
         "format": DATA_FORMAT,
         "fingerprint": spec.fingerprint(),
         "spec": asdict(spec),
         "score_fn": "popalign.testbed.task:reward",
-        "splits": {"train": len(train), "test": len(test)},
+        "splits": splits,
     }
     atomic_write_json(out / "task.json", record)
     return record

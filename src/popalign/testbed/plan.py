@@ -7,7 +7,7 @@ from ``key=value`` overrides, so the testbed exercises exactly the code that tra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from popalign.testbed.settings import BASELINE, NOMARGIN, STEPS_MATCHED, ReproduceConfig
@@ -24,6 +24,8 @@ class RunSpec:
         k, noise: the PoP data multiplier and label noise (used by PoP samplers only).
         strategy: PoP sampling strategy for presets that do not fix one (the no-margin control).
         matched_steps: train for as many optimiser steps as DPO-PoP-random (the steps control).
+        lr_factor: multiple of ``preference.learning_rate`` (tuning runs, group ``tune``).
+        base: the run this one is a tuning variant of (its own name otherwise).
     """
 
     name: str
@@ -33,10 +35,19 @@ class RunSpec:
     noise: float
     strategy: str | None = None
     matched_steps: bool = False
+    lr_factor: float = 1.0
+    base: str = ""
 
     @property
     def uses_pop(self) -> bool:
-        return self.method.startswith("dpo-pop")
+        from popalign.methods import get_method
+
+        return get_method(self.method).sampler == "pop"
+
+    @property
+    def family(self) -> str:
+        """The run this one varies (itself unless it is a tuning variant)."""
+        return self.base or self.name
 
 
 def _number(x: float) -> str:
@@ -52,6 +63,13 @@ def plan_runs(cfg: ReproduceConfig) -> list[RunSpec]:
         runs.append(RunSpec(STEPS_MATCHED, "dpo", "control", k, noise, matched_steps=True))
     if NOMARGIN in cfg.controls:
         runs.append(RunSpec(NOMARGIN, NOMARGIN, "control", k, noise, strategy=cfg.pop.nomargin_strategy))
+    main = list(runs)
+    for f in cfg.tuning.learning_rate_factors:
+        if f != 1:
+            runs += [
+                replace(r, name=f"{r.name}_lr{_number(f)}", group="tune", lr_factor=f, base=r.name)
+                for r in main
+            ]
     for method in cfg.sweeps.methods:
         runs += [
             RunSpec(f"{method}_k{_number(v)}", method, "sweep-k", v, noise) for v in cfg.sweeps.k if v != k
@@ -66,13 +84,18 @@ def plan_runs(cfg: ReproduceConfig) -> list[RunSpec]:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where everything of one reproduction lives under ``output_dir``."""
+    """Where everything of one reproduction lives under ``output_dir`` (real data stays where it is)."""
 
     root: Path
+    source: Path | None = None
+
+    @classmethod
+    def of(cls, cfg: ReproduceConfig) -> Layout:
+        return cls(Path(cfg.output_dir), Path(cfg.data) if cfg.data else None)
 
     @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.source or self.root / "data"
 
     @property
     def sft(self) -> Path:
@@ -88,6 +111,10 @@ class Layout:
 
     def run(self, name: str, seed: int) -> Path:
         return self.root / "runs" / name / f"seed-{seed}"
+
+    def origin(self, seed: int) -> Path:
+        """Step 0 of every training curve of ``seed``: the SFT model's replies sampled with that seed."""
+        return self.root / "origin" / f"seed-{seed}"
 
 
 def pop_strategy(spec: RunSpec) -> str:
@@ -140,6 +167,17 @@ def _common(cfg: ReproduceConfig, data: Path) -> list[str]:
     ]
 
 
+def _model(cfg: ReproduceConfig) -> list[str]:
+    """The model of every preference run's settings besides its start (LoRA on a pretrained model)."""
+    m = cfg.model
+    out = [f"lora.enabled={str(m.lora).lower()}"]
+    if m.lora:
+        out += [f"lora.r={m.lora_r}", f"lora.alpha={2 * m.lora_r}"]
+    if cfg.train_rows:
+        out.append(f"data.limit={cfg.train_rows}")
+    return out
+
+
 def sft_overrides(cfg: ReproduceConfig, layout: Layout) -> list[str]:
     """``popalign sft`` settings: a tiny random Llama fine-tuned on the chosen responses."""
     m, s = cfg.model, cfg.sft
@@ -180,13 +218,15 @@ def train_overrides(
         f"pop.min_gap={cfg.pop.min_gap}",
         f"pop.noise={spec.noise}",
         f"pop.seed={seed}",
-        f"training.learning_rate={p.learning_rate}",
+        f"training.learning_rate={p.learning_rate * spec.lr_factor}",
         f"training.per_device_train_batch_size={p.batch_size}",
         f"training.num_train_epochs={p.epochs}",
         f"training.warmup_ratio={p.warmup_ratio}",
         f"training.weight_decay={p.weight_decay}",
         f"training.seed={seed}",
         f"training.save_steps={p.save_steps}",
+        *(_model(cfg) if cfg.model.name_or_path else []),
+        *cfg.train_settings,
     ]
     if spec.strategy:
         out.append(f"pop.strategy={spec.strategy}")

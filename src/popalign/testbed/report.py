@@ -21,7 +21,8 @@ import numpy as np
 from popalign.eval.report import markdown_table
 from popalign.io import atomic_write_json, atomic_write_text
 from popalign.testbed import claims as cl
-from popalign.testbed import figures
+from popalign.testbed import figures, sections, tuning
+from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
 from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all
 from popalign.testbed.settings import BASELINE, ReproduceConfig
@@ -123,30 +124,41 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
             "per_seed": {str(r.seed): {m: cl.metric(r, m) for m in names} for r in found},
             "seconds": sum(r.done["seconds"] for r in found),
         }
-    verdicts = cl.judge_claims(results, **boot)
+    verdicts = [_verdict_record(v) for v in cl.judge_claims(results, **boot)]
+    frontier = summarise_frontier(results, cfg.curve.budget_fractions, boot)
+    if frontier is not None:
+        verdicts += [_verdict_record(v, budget=b.label) for b, v in frontier.pop("verdicts")]
+    selection = tuning.select_settings(cfg, layout, runs) if tuning.enabled(cfg) else None
+    if selection:
+        tuned = tuning.judge_tuned(results, selection, boot)
+        verdicts += [_verdict_record(v, id_suffix="@tuned", group="tuned") for v in tuned]
     test = results[BASELINE][0].truth if BASELINE in results else np.array([])
     return {
         "settings": {"seeds": cfg.seeds, "task": vars(cfg.task), "bootstrap": cfg.bootstrap},
         "methods": methods,
-        "verdicts": [
-            {
-                "id": v.claim.id,
-                "claim": v.claim.text,
-                "source": v.claim.source,
-                "group": v.claim.group,
-                "metric": v.claim.metric,
-                "paper": v.claim.paper,
-                "subject": v.claim.subject,
-                "subject_value": v.subject_value,
-                "against": v.against,
-                "against_value": v.against_value,
-                "difference": [v.difference, v.low, v.high],
-                "verdict": v.verdict,
-            }
-            for v in verdicts
-        ],
+        "verdicts": verdicts,
+        "frontier": frontier,
+        "tuning": selection,
         "margin_split": float(np.median(test[test != 0])) if len(test) else None,
         "_results": results,
+    }
+
+
+def _verdict_record(v: cl.Verdict, id_suffix: str = "", group: str = "", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": v.claim.id + id_suffix,
+        "claim": v.claim.text,
+        "source": v.claim.source,
+        "group": group or v.claim.group,
+        "metric": v.claim.metric,
+        "paper": v.claim.paper,
+        "subject": v.claim.subject,
+        "subject_value": v.subject_value,
+        "against": v.against,
+        "against_value": v.against_value,
+        "difference": [v.difference, v.low, v.high],
+        "verdict": v.verdict,
+        **extra,
     }
 
 
@@ -220,7 +232,11 @@ def _figure_blocks(summary: dict[str, Any], out: Path) -> list[Block]:
     if curves:
         path = plot_cumulative_accuracy(curves, out / "cumulative_accuracy.png", "All seeds pooled")
         blocks.append(("img", "Figure 2 analogue: lower and upper cumulative accuracy vs margin", path))
-    adv = [(n, np.concatenate([r.advantages for r in results[n]])) for n in main if n != BASELINE]
+    adv = [
+        (n, np.concatenate([r.advantages for r in results[n]]))
+        for n in main
+        if n != BASELINE and all(r.advantages is not None for r in results[n])
+    ]
     if adv:
         path = plot_advantages(adv, out / "advantages.png", "vanilla DPO")
         blocks.append(("img", "Per-prompt r* advantage over vanilla DPO (all seeds pooled)", path))
@@ -228,7 +244,7 @@ def _figure_blocks(summary: dict[str, Any], out: Path) -> list[Block]:
 
 
 def _margin_blocks(cfg: ReproduceConfig, layout: Layout, out: Path) -> tuple[list[Block], dict[str, Any]]:
-    named = [("testbed train", figures.load_margins(layout.data))]
+    named = [("testbed train" if cfg.generative else "train", figures.load_margins(layout.data))]
     uf = figures.load_margins(cfg.compare_data) if cfg.compare_data else None
     blocks: list[Block] = []
     if uf is None:
@@ -303,13 +319,27 @@ def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, floa
     t = cfg.task
     wall, compute = timing["wall_seconds"] / 60, timing["compute_seconds"] / 60
     seeds = ", ".join(map(str, cfg.seeds))
-    text = " ".join(
-        [
+    if cfg.data:
+        m = cfg.model
+        rows = f"{cfg.train_rows or 'all'} training and {cfg.test_rows or 'all'} test preferences"
+        what = [
+            f"The paper's methods on real preferences ({rows} of {cfg.data}) with the pretrained",
+            f"{m.name_or_path}{f' (LoRA rank {m.lora_r})' if m.lora else ''}, seeds {seeds}. Without a",
+            "ground-truth reward there is no generative evaluation: only the discriminative claims (Table 1)",
+            "are judged, against the data's own score margins.",
+        ]
+    else:
+        what = [
             "The paper's pipeline (SFT, then the six methods of Section 4.2 and two controls, then",
             f"discriminative and generative evaluation) on the testbed task: {t.train_prompts} training and",
             f"{t.test_prompts} test preferences, a tiny Llama ({cfg.model.layers} layers, hidden size",
             f"{cfg.model.hidden_size}), seeds {seeds}. Generations are judged by the ground-truth reward r*",
-            f"itself. Paper claims: {tally or 'none judged'}. Wall time of this invocation {wall:.1f} min;",
+            "itself.",
+        ]
+    text = " ".join(
+        [
+            *what,
+            f"Paper claims: {tally or 'none judged'}. Wall time of this invocation {wall:.1f} min;",
             f"compute time of all stages {compute:.1f} min (they differ when a run was resumed).",
         ]
     )
@@ -319,8 +349,11 @@ def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, floa
 def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], dict[str, Any]]:
     methods = summary["methods"]
     blocks: list[Block] = _intro(cfg, summary, timing)
+    budgets = (summary["frontier"] or {}).get("budgets", [])
+    tuned = bool(summary["tuning"])
+    blocks.append(("p", sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative)))
     blocks += [
-        ("h2", "The paper's claims"),
+        ("h2", "The paper's claims (paper protocol: the paper's settings for every method, one epoch)"),
         ("table", _verdict_table(summary["verdicts"], "paper")),
         ("p", RULE),
     ]
@@ -331,6 +364,10 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
               "DPO-PoP but trains the stronger preference without any margin (Eq. 3 on PoP pairs)."),
         ("table", _verdict_table(summary["verdicts"], "control")),
     ]  # fmt: skip
+    blocks += sections.frontier_blocks(summary["frontier"], summary["verdicts"], out)
+    if tuned:
+        blocks += sections.tuning_blocks(summary["tuning"], cfg.tuning.learning_rate_factors)
+        blocks.append(("table", _verdict_table(summary["verdicts"], "tuned")))
     disc = [("pearson", "Pearson", 1.0), ("spearman", "Spearman", 1.0), ("accuracy", "Accuracy", 1.0)]
     gen = [("median_advantage", "Median advantage", 1.0), ("win_rate", "Win rate %", 100.0),
            ("mean_reward", "Mean r* of replies", 1.0)]  # fmt: skip
@@ -341,13 +378,14 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     ]
     sft = layout.sft / "done.json"
     sft_reward = __import__("json").loads(sft.read_text())["mean_reward"] if sft.is_file() else float("nan")
-    blocks += [
-        ("h2", "Table 3 analogue: generative (r* judges replies to the test prompts)"),
-        ("table", _method_table(methods, groups, gen)),
-        ("p", f"Against vanilla DPO of the same seed; ties count half. For scale: the SFT model's replies "
-              f"score {_fmt(sft_reward, 2)} on average."),
-        ("h2", "Figure 2 analogue: where the accuracy comes from"),
-    ]  # fmt: skip
+    if cfg.generative:
+        blocks += [
+            ("h2", "Table 3 analogue: generative (r* judges replies to the test prompts)"),
+            ("table", _method_table(methods, groups, gen)),
+            ("p", f"Against vanilla DPO of the same seed; ties count half. For scale: the SFT model's "
+                  f"replies score {_fmt(sft_reward, 2)} on average."),
+        ]  # fmt: skip
+    blocks.append(("h2", "Figure 2 analogue: where the accuracy comes from"))
     blocks += _figure_blocks(summary, out)
     blocks.append(("h2", "Margin distributions: testbed vs UltraFeedback"))
     margin_blocks, margin_stats = _margin_blocks(cfg, layout, out)

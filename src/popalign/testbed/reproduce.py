@@ -25,6 +25,8 @@ from typing import Any
 from popalign.config import config_to_dict, load_config, save_config
 from popalign.errors import PopalignError
 from popalign.io import atomic_write_json
+from popalign.testbed import tuning
+from popalign.testbed.curves import curve_steps, evaluate_curve, evaluate_point, snapshot_callback
 from popalign.testbed.plan import Layout, RunSpec, plan_runs, run_steps, sft_overrides, train_overrides
 from popalign.testbed.settings import BASELINE, ReproduceConfig
 
@@ -35,6 +37,7 @@ STARTED = "started.json"
 LOG = "log.txt"
 
 RunHook = Callable[[RunSpec, int], None]
+PointEval = Callable[[Path, Path, str], None]
 
 
 # Where things are, and how they are displayed or parallelised, is not what they are: moving an output
@@ -115,10 +118,22 @@ def _step_bar(desc: str, enabled: bool):
     return StepBar()
 
 
+def load_preferences_or_fail(path: str, split: str, limit: int | None = None):
+    """The preferences of ``split`` (ties kept: they are ordered pairs with margin 0)."""
+    from popalign.data.load import load_preferences
+
+    with _quiet(None):
+        return load_preferences(path, split=split, tie_policy="keep", limit=limit)[0]
+
+
 def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     """The testbed's preference files (made once; a different task in the folder is an error)."""
     from popalign.testbed.make_data import make_dataset
 
+    if cfg.data:  # the real-model track reads its preferences where they are
+        for split in ("train", "test"):
+            load_preferences_or_fail(str(layout.data), split)
+        return {"source": cfg.data}
     marker = read_marker(layout.data / "task.json")
     if _check_marker(marker, cfg.task.fingerprint(), "the task data", layout.data):
         return marker
@@ -133,7 +148,6 @@ def _evaluate(
     cfg: ReproduceConfig, layout: Layout, model_dir: Path, name: str, seed: int, baseline: Path | None
 ) -> None:
     """Discriminative metrics, sampled replies and (against ``baseline``'s replies) the r* judgement."""
-    from popalign.eval.generate import GenerateSpec
     from popalign.eval.pipeline import (
         BootstrapOptions,
         ScoringOptions,
@@ -149,36 +163,91 @@ def _evaluate(
         [str(model_dir)],
         data,
         split="test",
+        limit=cfg.test_rows,
         out=str(out),
         names=[name],
-        scoring=ScoringOptions(batch_size=64, device="cpu"),
+        scoring=ScoringOptions(batch_size=64 if cfg.generative else 8, device="cpu"),
         boot=boot,
         progress=False,
         # The report draws its own figures from the per-run JSON; per-run PNGs would go unused.
         plots=False,
     )
-    g = cfg.generation
-    spec = GenerateSpec(
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        seed=seed,
-        batch_size=g.batch_size,
-        max_prompt_length=cfg.max_prompt_length,
-    )
+    if not cfg.generative:
+        return
     run_generate(
         [str(model_dir)],
         data,
-        spec=spec,
+        spec=_generate_spec(cfg, seed),
         split="test",
         out=str(out),
         names=[name],
         device="cpu",
+        boot=boot,
         progress=False,
     )
     if baseline is not None:
         run_judge(
             [str(out)], str(baseline), score_fn=SCORE_FN, out=str(out), boot=boot, progress=False, plots=False
         )
+
+
+def _evaluate_validation(cfg: ReproduceConfig, layout: Layout, model_dir: Path, name: str, seed: int) -> None:
+    """Accuracy and sampled replies on the validation split, for :mod:`popalign.testbed.tuning` alone."""
+    from popalign.eval.pipeline import BootstrapOptions, ScoringOptions, run_discriminative, run_generate
+
+    out = str(model_dir / tuning.VALIDATION_DIR)
+    boot = BootstrapOptions(n_resamples=cfg.bootstrap, seed=seed)
+    scoring = ScoringOptions(batch_size=64, device="cpu")
+    common = {"split": "validation", "out": out, "names": [name], "progress": False}
+    run_discriminative([str(model_dir)], str(layout.data), scoring=scoring, boot=boot, plots=False, **common)
+    run_generate(
+        [str(model_dir)], str(layout.data), spec=_generate_spec(cfg, seed), device="cpu", kl=False, **common
+    )
+
+
+def _generate_spec(cfg: ReproduceConfig, seed: int):
+    from popalign.eval.generate import GenerateSpec
+
+    g = cfg.generation
+    return GenerateSpec(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        seed=seed,
+        batch_size=g.batch_size,
+        max_prompt_length=cfg.max_prompt_length,
+    )
+
+
+def _point_evaluator(cfg: ReproduceConfig, layout: Layout, seed: int, reference: str) -> PointEval:
+    """``evaluate(model_dir, eval_dir, name)``: r* of sampled replies, KL to ``reference``, vs vanilla DPO."""
+    from popalign.eval.pipeline import BootstrapOptions
+
+    def evaluate(model_dir: Path, eval_dir: Path, name: str) -> None:
+        evaluate_point(
+            model_dir,
+            eval_dir,
+            name=name,
+            data=str(layout.data),
+            spec=_generate_spec(cfg, seed),
+            reference=reference,
+            baseline=layout.run(BASELINE, seed) / "eval",
+            score_fn=SCORE_FN,
+            boot=BootstrapOptions(n_resamples=cfg.bootstrap, seed=seed),
+        )
+
+    return evaluate
+
+
+def _evaluate_curve(
+    cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, steps: list[int], final: int, sft: str
+) -> None:
+    """Step 0 (the SFT model, shared by every run of ``seed``) and each snapshot of the run."""
+    evaluate = _point_evaluator(cfg, layout, seed, sft)
+    evaluate(Path(sft), layout.origin(seed) / "eval", "sft")
+    folder = layout.run(spec.name, seed)
+    evaluate_curve(
+        folder, steps, final, folder / "eval", lambda m, e, step: evaluate(m, e, f"{spec.name}@{step}")
+    )
 
 
 def _mean_reward(outputs_file: Path) -> float:
@@ -193,6 +262,8 @@ def ensure_sft(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     from popalign.train.config import SFTConfig
     from popalign.train.sft import run_sft
 
+    if cfg.model.name_or_path:  # a pretrained instruction model needs no SFT stage
+        return {"model": cfg.model.name_or_path, "mean_reward": float("nan"), "seconds": 0.0}
     overrides = sft_overrides(cfg, layout)
     sft_cfg = load_config(SFTConfig, None, [*overrides, f"training.progress={cfg.progress}"])
     fingerprint = settings_fingerprint(
@@ -236,8 +307,15 @@ def ensure_run(
     steps = run_steps(cfg, table, spec, seed)
     overrides = train_overrides(cfg, layout, spec, seed, steps, sft_model)
     train_cfg = load_config(TrainConfig, None, overrides)
+    # Tuning variants are compared at the end of their epoch only; their curves would go unused.
+    points = curve_steps(steps, cfg.curve.points) if spec.group != "tune" and cfg.generative else []
+    validate = tuning.enabled(cfg)
     fingerprint = settings_fingerprint(
-        overrides, generation=config_to_dict(cfg.generation), bootstrap=cfg.bootstrap
+        overrides,
+        generation=config_to_dict(cfg.generation),
+        bootstrap=cfg.bootstrap,
+        curve=points,
+        **({"validation": True} if validate else {}),
     )
     if _check_marker(read_marker(folder / DONE), fingerprint, f"run {spec.name} seed {seed}", folder):
         return False, read_marker(folder / DONE)
@@ -249,15 +327,19 @@ def ensure_run(
             _check_marker(read_marker(folder / STARTED), fingerprint, f"run {spec.name} seed {seed}", folder)
             atomic_write_json(folder / STARTED, {"fingerprint": fingerprint})
             bar = _step_bar(f"{spec.name} seed {seed}", cfg.progress)
-            summary = run_train(train_cfg, callbacks=[bar])
+            summary = run_train(train_cfg, callbacks=[bar, snapshot_callback(folder, points, steps)])
             _drop_checkpoints(folder)
             trained = {"fingerprint": fingerprint, "metrics": summary["metrics"], "steps": steps}
             trained["resumed_from"] = summary.get("resumed_from")
             atomic_write_json(folder / TRAINED, trained)
         baseline = None if spec.name == BASELINE else layout.run(BASELINE, seed) / "eval"
-        if baseline is not None and not (baseline / "model_outputs.json").is_file():
+        if baseline is not None and cfg.generative and not (baseline / "model_outputs.json").is_file():
             raise PopalignError(f"{baseline}: vanilla DPO's replies are missing; it must run first")
         _evaluate(cfg, layout, folder, spec.name, seed, baseline)
+        if points:
+            _evaluate_curve(cfg, layout, spec, seed, points, steps, sft_model)
+        if validate:
+            _evaluate_validation(cfg, layout, folder, spec.name, seed)
     record = {
         "fingerprint": fingerprint,
         "run": spec.name,
@@ -267,6 +349,7 @@ def ensure_run(
         "k": spec.k,
         "noise": spec.noise,
         "steps": trained["steps"],
+        "curve_steps": points,
         "train_loss": trained["metrics"].get("train_loss"),
         "seconds": time.time() - start,
     }
@@ -282,13 +365,12 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
     import torch
     from tqdm.auto import tqdm
 
-    from popalign.data.load import load_preferences
     from popalign.testbed.report import write_report
 
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    layout = Layout(Path(cfg.output_dir))
+    layout = Layout.of(cfg)
     layout.root.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(cfg)
     jobs = [(spec, seed) for seed in cfg.seeds for spec in runs]
@@ -302,8 +384,7 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
         bar.set_postfix_str("sft")
         sft = ensure_sft(cfg, layout)
         bar.update()
-        with _quiet(None):
-            table, _ = load_preferences(str(layout.data))
+        table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
         for spec, seed in jobs:
             bar.set_postfix_str(f"{spec.name} seed {seed}")
             now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])

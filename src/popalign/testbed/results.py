@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from popalign.eval.discriminative import correctness
+from popalign.eval.stats import pearson_rows, spearman_rows
+from popalign.testbed.curves import Curve, load_curve, point_dir
 from popalign.testbed.plan import Layout, RunSpec
 
 DISCRIMINATIVE = ("accuracy", "pearson", "spearman", "accuracy_low", "accuracy_high")
@@ -27,7 +28,9 @@ class RunResult:
     """One (run, seed): its test predictions and judged replies, aligned on the test preference ids.
 
     ``predicted``/``truth``: predicted and ground-truth margins ``(N,)``; ``advantages``: r* advantage over
-    vanilla DPO's reply per test prompt ``(N,)`` (None for vanilla DPO itself); ``rewards``: r* of each reply.
+    vanilla DPO's reply per test prompt ``(N,)`` (None for vanilla DPO itself); ``rewards``: r* of each reply
+    (None when replies were not judged: the real-model track);
+    ``curve``: the training curve (:mod:`popalign.testbed.curves`) when the run recorded one.
     """
 
     spec: RunSpec
@@ -36,10 +39,11 @@ class RunResult:
     ids: list[str]
     predicted: np.ndarray
     truth: np.ndarray
-    rewards: np.ndarray
+    rewards: np.ndarray | None
     advantages: np.ndarray | None
     discriminative: dict[str, Any]
     judge: dict[str, Any] | None
+    curve: Curve | None = None
     credit: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,23 +65,39 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
     ev = folder / "eval"
     rows = _jsonl(ev / "discriminative_predictions.jsonl")
     ids = [str(r["id"]) for r in rows]
-    outputs = {str(r["id"]): r for r in json.loads((ev / "model_outputs.json").read_text(encoding="utf-8"))}
+    generated = ev / "model_outputs.json"
+    outputs = (
+        {str(r["id"]): r for r in json.loads(generated.read_text(encoding="utf-8"))}
+        if generated.is_file()
+        else {}
+    )
     judge, advantages = None, None
     if (ev / "judge.json").is_file():
         judge = json.loads((ev / "judge.json").read_text(encoding="utf-8"))
         by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / "judgements.jsonl")}
         advantages = np.array([by_id[i] for i in ids], dtype=np.float64)
+    done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+    curve = None
+    if done.get("curve_steps"):
+        points = [(0, layout.origin(seed) / "eval")]
+        points += [
+            (s, ev if s == done["steps"] else point_dir(folder, s) / "eval") for s in done["curve_steps"]
+        ]
+        curve = load_curve(points, ids, reward)
     return RunResult(
         spec=spec,
         seed=seed,
-        done=json.loads((folder / "done.json").read_text(encoding="utf-8")),
+        done=done,
         ids=ids,
         predicted=np.array([r["predicted_margin"] for r in rows], dtype=np.float64),
         truth=np.array([r["gt_margin"] for r in rows], dtype=np.float64),
-        rewards=np.array([reward(outputs[i]["instruction"], outputs[i]["output"]) for i in ids]),
+        rewards=np.array([reward(outputs[i]["instruction"], outputs[i]["output"]) for i in ids])
+        if outputs
+        else None,
         advantages=advantages,
         discriminative=json.loads((ev / "discriminative.json").read_text(encoding="utf-8")),
         judge=judge,
+        curve=curve,
     )
 
 
@@ -107,10 +127,10 @@ def metric_batch(run: RunResult, name: str, idx: np.ndarray, split: float | None
         keep = run.truth <= split if name == "accuracy_low" else run.truth > split
         return _nanmean_rows(np.where(keep, run.credit, np.nan)[idx])
     if name in ("pearson", "spearman"):
-        x, y = run.predicted[idx], run.truth[idx]
-        if name == "spearman":
-            x, y = rankdata(x, axis=1), rankdata(y, axis=1)
-        return _pearson_rows(x, y)
+        rows = spearman_rows if name == "spearman" else pearson_rows
+        return rows(run.predicted[idx], run.truth[idx])
+    if name in GENERATIVE and run.rewards is None:
+        return np.full(len(idx), np.nan)
     if name == "mean_reward":
         return run.rewards[idx].mean(axis=1)
     if name in ("win_rate", "median_advantage"):
@@ -127,16 +147,6 @@ def _nanmean_rows(x: np.ndarray) -> np.ndarray:
     counts = (~np.isnan(x)).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, np.nansum(x, axis=1) / counts, np.nan)
-
-
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row pair (as :func:`popalign.eval.stats.pearson`: nan when constant)."""
-    dx = x - x.mean(axis=1, keepdims=True)
-    dy = y - y.mean(axis=1, keepdims=True)
-    denom = np.sqrt((dx * dx).sum(axis=1) * (dy * dy).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, (dx * dy).sum(axis=1) / denom, np.nan)
-    return np.clip(r, -1.0, 1.0)
 
 
 def load_all(layout: Layout, runs: list[RunSpec], seeds: list[int]) -> dict[str, list[RunResult]]:

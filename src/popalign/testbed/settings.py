@@ -29,6 +29,13 @@ class ModelSettings:
         1024, help="Upper bound of the byte-level BPE vocabulary trained on the training texts."
     )
     seed: int = help_field(0, help="Initialisation seed of the model (and of SFT's data order).")
+    name_or_path: str = help_field(
+        "",
+        help="A pretrained instruction model instead of the tiny random Llama (the real-model track, e.g. "
+        "smollm2-135m-instruct): no SFT stage, it is the initial policy and the reference.",
+    )
+    lora: bool = help_field(False, help="Train LoRA adapters (rank lora_r) instead of every weight.")
+    lora_r: int = help_field(16, help="LoRA rank when lora is on (alpha = 2 r).")
 
 
 @dataclass
@@ -79,6 +86,30 @@ class GenerationSettings:
 
 
 @dataclass
+class CurveSettings:
+    points: int = help_field(
+        6,
+        help="Checkpoints per run evaluated for the training curves and the reward-KL frontier, evenly "
+        "spaced and including the end (0: final models only, no frontier).",
+    )
+    budget_fractions: list[float] = help_field(
+        default_factory=lambda: [0.25, 0.5, 0.75],
+        help="KL budgets of the matched-KL table besides vanilla DPO's final KL, as fractions of the common "
+        "range (the smallest largest-KL of any run's curve), so they lie inside every curve.",
+    )
+
+
+@dataclass
+class TuningSettings:
+    learning_rate_factors: list[float] = help_field(
+        default_factory=list,
+        help="Fair tuning (off when empty): every method and control is also trained at these multiples of "
+        "preference.learning_rate, e.g. [0.5, 1, 2], and each method's setting is picked on the validation "
+        "prompts (task.validation_prompts), never on the test ones.",
+    )
+
+
+@dataclass
 class SweepSettings:
     k: list[float] = help_field(
         default_factory=list, help="Extra data multipliers for the PoP methods (Appendix E), e.g. [1, 4]."
@@ -112,7 +143,22 @@ class ReproduceConfig:
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)
     pop: PoPSettings = field(default_factory=PoPSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    curve: CurveSettings = field(default_factory=CurveSettings)
+    tuning: TuningSettings = field(default_factory=TuningSettings)
     sweeps: SweepSettings = field(default_factory=SweepSettings)
+    data: str = help_field(
+        "",
+        help="Real preferences (a folder with train and test splits and scores) instead of the testbed's "
+        "task: the real-model track. Without a ground-truth reward there is no generative evaluation, so "
+        "only discriminative claims are judged.",
+    )
+    train_rows: int | None = help_field(None, help="With data: the first N training preferences (null: all).")
+    test_rows: int | None = help_field(None, help="With data: the first N test preferences (null: all).")
+    train_settings: list[str] = help_field(
+        default_factory=list,
+        help="Extra popalign train key=value settings for every preference run, e.g. "
+        "[training.bf16=true, training.gradient_checkpointing=true] on a GPU.",
+    )
     max_length: int = help_field(64, help="Longest prompt + response in tokens (the task needs about 40).")
     max_prompt_length: int = help_field(32, help="Longest prompt in tokens.")
     bootstrap: int = help_field(1000, help="Bootstrap resamples of every interval and verdict.")
@@ -127,8 +173,15 @@ class ReproduceConfig:
     )
     progress: bool = help_field(True, help="Show progress bars.")
 
+    @property
+    def generative(self) -> bool:
+        """Whether replies are judged: only the testbed's task has a ground-truth reward to judge them."""
+        return not self.data
+
     def validate(self) -> None:
         self.task.validate()
+        if self.data and self.tuning.learning_rate_factors:
+            raise ConfigError("tuning needs the testbed's validation prompts; it does not run with data")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -145,5 +198,13 @@ class ReproduceConfig:
             raise ConfigError("pop.nomargin_strategy must be random or iterative")
         if any(k <= 0 for k in self.sweeps.k) or any(not 0 <= e <= 1 for e in self.sweeps.noise):
             raise ConfigError("sweeps.k must be positive and sweeps.noise in [0, 1]")
+        factors = self.tuning.learning_rate_factors
+        if factors and (self.task.validation_prompts < 2 or any(f <= 0 for f in factors)):
+            raise ConfigError(
+                "tuning.learning_rate_factors needs positive factors and task.validation_prompts >= 2: "
+                "settings are picked on validation prompts, never on the test ones"
+            )
+        if self.curve.points < 0 or any(not 0 < f <= 1 for f in self.curve.budget_fractions):
+            raise ConfigError("curve.points must be >= 0 and curve.budget_fractions in (0, 1]")
         if self.max_prompt_length >= self.max_length:
             raise ConfigError("max_prompt_length must be smaller than max_length")

@@ -1,0 +1,201 @@
+"""The reward-KL frontier: methods compared at the same distance from the reference, not the same epoch.
+
+A method that moves the policy further from the SFT model for the same data (more optimiser steps, larger
+pushes on strong preferences) can score worse at the end of its epoch for that reason alone when every step
+past some point degrades generations. The field's answer (Gao et al. 2022, "Scaling laws for reward model
+overoptimization"; Rafailov et al. 2024a for direct alignment) is to compare r* at a matched
+``KL(pi || pi_ref)``. Each run's curve (:mod:`popalign.testbed.curves`) gives mean KL and mean r* at each
+checkpoint; the r* a method reaches at a KL budget ``B`` is read off its curve by linear interpolation
+between the two checkpoints where the curve **first** reaches ``B`` in training order (the r* the method has
+when it has first spent that budget). A curve that never reaches ``B`` is *outside its range* there: nothing
+is extrapolated.
+
+**Budgets** are fixed by a rule on the KL values alone, never on any r*: vanilla DPO's final KL (each seed
+is compared at the final KL of vanilla DPO of the same seed), and the fractions ``curve.budget_fractions``
+of the common range (the smallest largest-KL over every run and seed), so those lie inside every curve.
+
+**Intervals** use the report's bootstrap (:func:`popalign.testbed.claims.bootstrap_stat`): each resample
+redraws seeds and test prompts, recomputes every checkpoint's mean KL and mean r* (and vanilla DPO's final
+KL, for that budget) on the drawn prompts, and interpolates again. Resamples where a curve misses the
+budget are left out; when more than :data:`MAX_UNDEFINED` of them miss, the interval is undefined and the
+verdict inconclusive (the budget sits at the edge of a curve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from popalign.testbed import claims as cl
+from popalign.testbed.results import RunResult
+from popalign.testbed.settings import BASELINE, NOMARGIN
+
+# Methods compared with vanilla DPO at matched KL, and the control question the margin answers.
+FRONTIER_CLAIMS: list[cl.Claim] = [
+    cl.Claim("kl-random", "At matched KL, DPO-PoP-random's replies score higher than vanilla DPO's",
+             "frontier", "better", "reward_at_kl", "dpo-pop-random", BASELINE, group="frontier"),
+    cl.Claim("kl-iter", "At matched KL, DPO-PoP-iter's replies score higher than vanilla DPO's",
+             "frontier", "better", "reward_at_kl", "dpo-pop-iter", BASELINE, group="frontier"),
+    cl.Claim("kl-gt", "At matched KL, DPO-margin-gt's replies score higher than vanilla DPO's",
+             "frontier", "better", "reward_at_kl", "dpo-margin-gt", BASELINE, group="frontier"),
+    cl.Claim("kl-sbt", "At matched KL, DPO-margin-gt-scaled's (SBT) replies score higher than vanilla DPO's",
+             "frontier", "better", "reward_at_kl", "dpo-sbt", BASELINE, group="frontier"),
+    cl.Claim("kl-nomargin", "At matched KL, PoP sampling without margin scores higher than vanilla DPO",
+             "frontier", "better", "reward_at_kl", NOMARGIN, BASELINE, group="frontier"),
+    cl.Claim("kl-margin", "The PoP margin matters at matched KL: DPO-PoP-random beats PoP sampling without "
+             "margin", "frontier", "better", "reward_at_kl", "dpo-pop-random", NOMARGIN, group="frontier"),
+]  # fmt: skip
+OUTSIDE = "outside range"
+MAX_UNDEFINED = 0.1
+
+
+def reaches(kl, budget):
+    """``kl >= budget``, up to rounding: a run's own final KL as its budget must count as reached."""
+    return kl >= budget - 1e-9 * (1.0 + np.abs(budget))
+
+
+def value_at_budget(kl: np.ndarray, value: np.ndarray, budget: float | np.ndarray) -> np.ndarray:
+    """``value`` where the curve first reaches KL ``budget`` (a number or ``(R,)``), per column of ``(P, R)``.
+
+    Rows are checkpoints in training order (row 0 the start). Between the last checkpoint below the budget
+    and the first at or above it, ``value`` is interpolated linearly in KL; ``nan`` where no checkpoint
+    reaches the budget (never extrapolated).
+    """
+    kl, value = np.atleast_2d(kl), np.atleast_2d(value)
+    reached = reaches(kl, budget)
+    first = reached.argmax(axis=0)
+    prev = np.maximum(first - 1, 0)
+    cols = np.arange(kl.shape[1])
+    k0, k1 = kl[prev, cols], kl[first, cols]
+    v0, v1 = value[prev, cols], value[first, cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.clip(np.where((first == 0) | (k1 == k0), 1.0, (budget - k0) / (k1 - k0)), 0.0, 1.0)
+    out = v0 + w * (v1 - v0)
+    return np.where(reached.any(axis=0), out, np.nan)
+
+
+@dataclass(eq=False)
+class Budget:
+    """A KL budget: a fixed ``value``, or per seed the final KL of vanilla DPO's run (``finals``)."""
+
+    label: str
+    value: float
+    finals: dict[int, RunResult] | None = None
+
+    def on(self, run: RunResult, idx: np.ndarray) -> np.ndarray:
+        """The budget for ``run`` on each row of prompt draws ``idx`` ``(R, n)``: ``(R,)``."""
+        if self.finals is None:
+            return np.full(len(idx), self.value)
+        return self.finals[run.seed].curve.kl[-1][idx].mean(axis=-1)
+
+
+def curve_means(run: RunResult) -> tuple[np.ndarray, np.ndarray]:
+    """Mean KL and mean r* of each checkpoint of ``run`` over all test prompts: ``(P,)`` each."""
+    return run.curve.kl.mean(axis=1), run.curve.reward.mean(axis=1)
+
+
+def reward_at_budget(run: RunResult, idx: np.ndarray, budget: Budget) -> np.ndarray:
+    """Mean r* of ``run`` at ``budget`` on each row of prompt draws ``idx`` ``(R, n)``: ``(R,)``."""
+    c = run.curve
+    return value_at_budget(c.kl[:, idx].mean(axis=-1), c.reward[:, idx].mean(axis=-1), budget.on(run, idx))
+
+
+def budgets(results: dict[str, list[RunResult]], fractions: list[float]) -> list[Budget]:
+    """The KL budgets of the comparison (see the module doc); none when no run has a curve."""
+    curves = [r for runs in results.values() for r in runs if r.curve is not None]
+    if not curves:
+        return []
+    out = []
+    base = results.get(BASELINE, [])
+    if base and all(r.curve is not None for r in base):
+        final = float(np.mean([curve_means(r)[0][-1] for r in base]))
+        out.append(Budget("vanilla DPO's final KL", final, {r.seed: r for r in base}))
+    common = min(float(curve_means(r)[0].max()) for r in curves)
+    out += [Budget(f"{f:.0%} of the common range", f * common) for f in fractions if common > 0]
+    return out
+
+
+def in_range(runs: list[RunResult], budget: Budget) -> bool:
+    """Whether every seed's curve reaches ``budget`` (on all test prompts)."""
+    every = np.arange(len(runs[0].truth))[None, :] if runs else None
+    return all(r.curve is not None and reaches(curve_means(r)[0].max(), budget.on(r, every)[0]) for r in runs)
+
+
+def at_budget(runs: list[RunResult], other: list[RunResult] | None, budget: Budget, boot: dict):
+    """``(value, low, high)`` of ``runs`` (minus ``other``) at ``budget``; nan when outside a range."""
+    if not in_range(runs, budget) or (other is not None and not in_range(other, budget)):
+        return float("nan"), float("nan"), float("nan")
+    return cl.bootstrap_stat(
+        runs, other, lambda r, idx: reward_at_budget(r, idx, budget), min_defined=1 - MAX_UNDEFINED, **boot
+    )
+
+
+def judge_matched(
+    claim: cl.Claim, results: dict[str, list[RunResult]], budget: Budget, boot: dict
+) -> cl.Verdict:
+    """The verdict of a matched-KL claim at ``budget``: *outside range* when a curve does not reach it."""
+    if claim.subject not in results or claim.other not in results:
+        return cl.Verdict(claim, cl.NOT_RUN)
+    subject, other = results[claim.subject], results[claim.other]
+    if any(r.curve is None for r in subject + other):
+        return cl.Verdict(claim, cl.NOT_RUN)
+    if not (in_range(subject, budget) and in_range(other, budget)):
+        return cl.Verdict(claim, OUTSIDE, against=claim.other)
+    value, low, high = at_budget(subject, other, budget, boot)
+    mine = at_budget(subject, None, budget, boot)[0]
+    theirs = at_budget(other, None, budget, boot)[0]
+    return cl.Verdict(claim, cl.direction_verdict(low, high), mine, claim.other, theirs, value, low, high)
+
+
+def _point_stat(field: str, p: int):
+    """The figure ``field`` of checkpoint ``p`` on prompt draws: mean KL / mean r* / win rate (ties half)."""
+
+    def per_run(run: RunResult, idx: np.ndarray) -> np.ndarray:
+        values = getattr(run.curve, field)[p]
+        if field == "advantage":
+            adv = values[idx]
+            return ((adv > 0).sum(axis=1) + 0.5 * (adv == 0).sum(axis=1)) / adv.shape[1]
+        return values[idx].mean(axis=-1)
+
+    return per_run
+
+
+def summarise_frontier(
+    results: dict[str, list[RunResult]], fractions: list[float], boot: dict
+) -> dict | None:
+    """Curves (per checkpoint: step, KL, r* and win rate with intervals), budgets, matched-KL verdicts."""
+    with_curves = {n: runs for n, runs in results.items() if all(r.curve is not None for r in runs)}
+    if BASELINE not in with_curves:
+        return None
+    curves = {}
+    for name, runs in with_curves.items():
+        points = len(runs[0].curve.steps)
+        if any(len(r.curve.steps) != points for r in runs):
+            continue  # seeds of different lengths cannot be averaged point by point
+        curves[name] = [
+            {
+                "step": float(np.mean([r.curve.steps[p] for r in runs])),
+                "kl": cl.bootstrap_stat(runs, None, _point_stat("kl", p), **boot),
+                "reward": cl.bootstrap_stat(runs, None, _point_stat("reward", p), **boot),
+                "win_rate": cl.bootstrap_stat(runs, None, _point_stat("advantage", p), **boot),
+            }
+            for p in range(points)
+        ]
+    chosen = budgets(with_curves, fractions)
+    table = {}
+    for name, runs in with_curves.items():
+        row = {}
+        for b in chosen:
+            value = at_budget(runs, None, b, boot)
+            diff = at_budget(runs, with_curves[BASELINE], b, boot) if name != BASELINE else None
+            row[b.label] = {"in_range": in_range(runs, b), "reward": value, "difference": diff}
+        row["max_kl"] = min(float(curve_means(r)[0].max()) for r in runs)
+        table[name] = row
+    verdicts = [(b, judge_matched(c, with_curves, b, boot)) for b in chosen for c in FRONTIER_CLAIMS]
+    return {
+        "budgets": [{"label": b.label, "value": b.value} for b in chosen],
+        "curves": curves,
+        "table": table,
+        "verdicts": verdicts,
+    }

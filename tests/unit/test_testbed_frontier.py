@@ -1,0 +1,127 @@
+"""The reward-KL frontier on hand-made curves: interpolation at a budget, ranges, budgets and verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from popalign.testbed import claims as cl
+from popalign.testbed import frontier as fr
+from popalign.testbed.curves import Curve, curve_steps
+from popalign.testbed.plan import RunSpec
+from popalign.testbed.results import RunResult
+
+N = 40
+
+
+def test_value_at_budget_interpolates_where_the_curve_first_reaches_it():
+    # Checkpoints in training order: KL 0, 1, 3, 2.5, 6 with r* 7, 8, 9, 5, 4.
+    kl = np.array([0.0, 1.0, 3.0, 2.5, 6.0])[:, None]
+    r = np.array([7.0, 8.0, 9.0, 5.0, 4.0])[:, None]
+    # By hand: 2.0 lies between KL 1 (r* 8) and KL 3 (r* 9): 8 + (2 - 1) / (3 - 1) * (9 - 8) = 8.5; the later
+    # return to KL 2.5 (r* 5) is not used, the curve had already spent that budget.
+    assert fr.value_at_budget(kl, r, 2.0)[0] == pytest.approx(8.5)
+    assert fr.value_at_budget(kl, r, 1.0)[0] == pytest.approx(8.0)  # exactly on a checkpoint
+    assert fr.value_at_budget(kl, r, 0.0)[0] == pytest.approx(7.0)  # the start
+    # 4.5 lies between KL 2.5 (the previous checkpoint, r* 5) and KL 6 (r* 4): 5 - 2 / 3.5.
+    assert fr.value_at_budget(kl, r, 4.5)[0] == pytest.approx(5 - 2 / 3.5)
+    # Beyond the last checkpoint: never extrapolated.
+    assert np.isnan(fr.value_at_budget(kl, r, 6.5)[0])
+
+
+def test_value_at_budget_per_column_and_per_column_budgets():
+    kl = np.array([[0.0, 0.0], [2.0, 1.0], [4.0, 2.0]])
+    r = np.array([[1.0, 1.0], [3.0, 2.0], [5.0, 3.0]])
+    np.testing.assert_allclose(fr.value_at_budget(kl, r, 1.0), [2.0, 2.0])
+    out = fr.value_at_budget(kl, r, np.array([3.0, 3.0]))
+    assert out[0] == pytest.approx(4.0) and np.isnan(out[1])
+
+
+def _run(name: str, seed: int, kl_means, reward_means, spread: float = 0.3) -> RunResult:
+    rng = np.random.default_rng(seed * 7 + len(name))
+    noise = rng.normal(0.0, spread, size=(len(kl_means), N))
+    noise -= noise.mean(axis=1, keepdims=True)  # per-checkpoint means exactly as given
+    kl = np.asarray(kl_means, dtype=float)[:, None] + noise * (np.asarray(kl_means)[:, None] > 0)
+    reward = np.asarray(reward_means, dtype=float)[:, None] + noise
+    curve = Curve(np.arange(len(kl_means)), kl, reward, np.zeros_like(kl))
+    return RunResult(
+        spec=RunSpec(name, name, "paper", 2.0, 0.0),
+        seed=seed,
+        done={"steps": len(kl_means) - 1, "seconds": 0.0},
+        ids=[str(i) for i in range(N)],
+        predicted=np.zeros(N),
+        truth=np.ones(N),
+        rewards=reward[-1],
+        advantages=None,
+        discriminative={},
+        judge=None,
+        curve=curve,
+    )
+
+
+def _results(shift: float) -> dict[str, list[RunResult]]:
+    """Vanilla DPO ends at KL 2; DPO-PoP-random goes to KL 6, ``shift`` r* above DPO at equal KL."""
+    dpo = [_run("dpo", s, [0, 1, 2], [7, 8, 8.5]) for s in (0, 1)]
+    pop = [_run("dpo-pop-random", s, [0, 2, 4, 6], [7, 8.5 + shift, 7, 6]) for s in (0, 1)]
+    short = [_run("dpo-pop-nomargin", s, [0, 0.5, 1.0], [7, 7.5, 8]) for s in (0, 1)]
+    return {"dpo": dpo, "dpo-pop-random": pop, "dpo-pop-nomargin": short}
+
+
+BOOT = {"n_resamples": 300, "seed": 0}
+
+
+def test_budgets_follow_the_rule_on_kl_alone():
+    b = fr.budgets(_results(0.5), [0.25, 0.5])
+    assert [x.label for x in b] == [
+        "vanilla DPO's final KL",
+        "25% of the common range",
+        "50% of the common range",
+    ]
+    assert b[0].value == pytest.approx(2.0)
+    # The common range is the smallest largest-KL of any curve: the no-margin control's 1.0.
+    assert [x.value for x in b[1:]] == pytest.approx([0.25, 0.5])
+
+
+def test_matched_kl_verdicts_and_a_budget_outside_a_curve():
+    results = _results(0.5)
+    final, quarter, half = fr.budgets(results, [0.25, 0.5])
+    claim = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-random")
+    v = fr.judge_matched(claim, results, final, BOOT)
+    # At KL 2 (DPO's final), DPO-PoP-random scores 8.5 + 0.5 against DPO's 8.5.
+    assert v.subject_value == pytest.approx(9.0) and v.against_value == pytest.approx(8.5)
+    assert v.difference == pytest.approx(0.5) and v.verdict == cl.REPRODUCED
+    assert v.low <= 0.5 <= v.high
+    worse = fr.judge_matched(claim, _results(-0.5), final, BOOT)
+    assert worse.verdict == cl.NOT_REPRODUCED
+    # The no-margin control never reaches KL 2: reported as outside its range, never extrapolated.
+    nomargin = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-nomargin")
+    outside = fr.judge_matched(nomargin, results, final, BOOT)
+    assert outside.verdict == fr.OUTSIDE and np.isnan(outside.difference)
+    assert np.isnan(fr.at_budget(results["dpo-pop-nomargin"], None, final, BOOT)).all()
+    # Inside every curve, by hand: at KL 0.5 DPO scores 7 + 0.5 * (8 - 7) = 7.5, the no-margin control 7.5;
+    # at KL 0.25 DPO-PoP-random scores 7 + (0.25 / 2) * (9 - 7) = 7.25.
+    inside = fr.judge_matched(nomargin, results, half, BOOT)
+    assert inside.subject_value == pytest.approx(7.5) and inside.against_value == pytest.approx(7.5)
+    assert fr.judge_matched(claim, results, quarter, BOOT).subject_value == pytest.approx(7.25)
+
+
+def test_a_missing_method_is_not_run():
+    results = _results(0.5)
+    del results["dpo-pop-random"]
+    claim = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-random")
+    assert fr.judge_matched(claim, results, fr.budgets(results, [])[0], BOOT).verdict == cl.NOT_RUN
+
+
+def test_summary_holds_curves_table_and_verdicts():
+    s = fr.summarise_frontier(_results(0.5), [0.5], BOOT)
+    assert [b["label"] for b in s["budgets"]] == ["vanilla DPO's final KL", "50% of the common range"]
+    assert [p["kl"][0] for p in s["curves"]["dpo"]] == pytest.approx([0.0, 1.0, 2.0])
+    assert s["table"]["dpo-pop-nomargin"]["vanilla DPO's final KL"]["in_range"] is False
+    assert s["table"]["dpo-pop-random"]["max_kl"] == pytest.approx(6.0)
+    assert len(s["verdicts"]) == 2 * len(fr.FRONTIER_CLAIMS)
+
+
+def test_curve_steps_are_evenly_spaced_and_end_at_the_last_step():
+    assert curve_steps(125, 6) == [21, 42, 62, 83, 104, 125]
+    assert curve_steps(4, 6) == [1, 2, 3, 4]
+    assert curve_steps(10, 0) == []
