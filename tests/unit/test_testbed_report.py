@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from popalign.testbed import figures
-from popalign.testbed.report import _finite, _interval, render_html, render_markdown
+from popalign.testbed.report import _finite, render_html, render_markdown
+from popalign.testbed.sections import interval as _interval
 
 
 def test_margin_summary_by_hand():

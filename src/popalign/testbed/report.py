@@ -25,6 +25,7 @@ from popalign.testbed import figures, sections, tuning
 from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
 from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all
+from popalign.testbed.sections import fmt, interval
 from popalign.testbed.settings import BASELINE, ReproduceConfig
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", (headers, rows)) | ("img", caption, path)
@@ -88,19 +89,6 @@ def machine_note(m: dict[str, Any], timing: dict[str, float], cfg: ReproduceConf
             "",
         ]
     )
-
-
-def _fmt(x: float, digits: int = 3, scale: float = 1.0) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x * scale:.{digits}f}"
-
-
-def _interval(v: tuple[float, float, float], digits: int = 3, scale: float = 1.0) -> str:
-    value, low, high = v
-    if not math.isfinite(value):
-        return "-"
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return _fmt(value, digits, scale)
-    return f"{_fmt(value, digits, scale)} [{_fmt(low, digits, scale)}, {_fmt(high, digits, scale)}]"
 
 
 def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict[str, Any]:
@@ -171,15 +159,15 @@ def _verdict_table(verdicts: list[dict[str, Any]], group: str) -> tuple[list[str
         measured = "-"
         if math.isfinite(v["subject_value"]):
             name = cl.METRIC_NAMES[v["metric"]]
-            measured = f"{name}: {v['subject']} {_fmt(v['subject_value'])} vs {v['against']} "
-            measured += _fmt(v["against_value"])
+            measured = f"{name}: {v['subject']} {fmt(v['subject_value'])} vs {v['against']} "
+            measured += fmt(v["against_value"])
         rows.append(
             [
                 v["claim"],
                 v["source"],
                 v["paper"] or "-",
                 measured,
-                _interval(tuple(v["difference"])),
+                interval(tuple(v["difference"])),
                 v["verdict"],
             ]
         )
@@ -193,7 +181,7 @@ def _method_table(methods: dict[str, Any], groups: tuple[str, ...], columns: lis
         if m["group"] not in groups:
             continue
         cells = [
-            _interval(tuple(m["metrics"][key]), 3 if scale == 1 else 1, scale) for key, _, scale in columns
+            interval(tuple(m["metrics"][key]), 3 if scale == 1 else 1, scale) for key, _, scale in columns
         ]
         steps = sorted(set(m["steps"]))
         rows.append([name, str(len(m["seeds"])), "/".join(map(str, steps)), *cells])
@@ -204,7 +192,7 @@ def _per_seed_table(methods: dict[str, Any]):
     keys = ["accuracy", "pearson", "spearman", "win_rate", "median_advantage", "mean_reward"]
     headers = ["Run", "Seed", *keys]
     rows = [
-        [name, seed, *[_fmt(vals[k], 4) for k in keys]]
+        [name, seed, *[fmt(vals[k], 4) for k in keys]]
         for name, m in methods.items()
         for seed, vals in m["per_seed"].items()
     ]
@@ -224,8 +212,8 @@ def _figure_blocks(summary: dict[str, Any], out: Path) -> list[Block]:
     split = summary["margin_split"]
     headers = ["Run", f"accuracy, margin <= {split:g}", f"accuracy, margin > {split:g}"]
     rows = [
-        [n, _interval(tuple(summary["methods"][n]["metrics"]["accuracy_low"])),
-         _interval(tuple(summary["methods"][n]["metrics"]["accuracy_high"]))]
+        [n, interval(tuple(summary["methods"][n]["metrics"]["accuracy_low"])),
+         interval(tuple(summary["methods"][n]["metrics"]["accuracy_high"]))]
         for n in main
     ]  # fmt: skip
     blocks.append(("table", (headers, rows)))
@@ -255,7 +243,7 @@ def _margin_blocks(cfg: ReproduceConfig, layout: Layout, out: Path) -> tuple[lis
     stats = {label: figures.margin_summary(m) for label, m in named}
     keys = ["n", "mean", "sd", "ties", "q25", "median", "q75", "ge3"]
     headers = ["Data", "n", "mean", "sd", "tie share", "q25", "median", "q75", "share >= 3"]
-    rows = [[label, *[str(s[k]) if k == "n" else _fmt(s[k], 2) for k in keys]] for label, s in stats.items()]
+    rows = [[label, *[str(s[k]) if k == "n" else fmt(s[k], 2) for k in keys]] for label, s in stats.items()]
     blocks.insert(0, ("table", (headers, rows)))
     path = figures.plot_margin_histograms(named, out / "margins.png")
     blocks.append(("img", "Margin distributions (density)", path))
@@ -282,7 +270,7 @@ def _sweep_blocks(summary: dict[str, Any], cfg: ReproduceConfig, out: Path) -> l
             [
                 r["method"],
                 f"{r[x_key]:g}",
-                *[_interval(tuple(r[c]), 3 if s == 1 else 1, s) for c, _, s in columns],
+                *[interval(tuple(r[c]), 3 if s == 1 else 1, s) for c, _, s in columns],
             ]
             for r in rows
         ]
@@ -383,7 +371,7 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
             ("h2", "Table 3 analogue: generative (r* judges replies to the test prompts)"),
             ("table", _method_table(methods, groups, gen)),
             ("p", f"Against vanilla DPO of the same seed; ties count half. For scale: the SFT model's "
-                  f"replies score {_fmt(sft_reward, 2)} on average."),
+                  f"replies score {fmt(sft_reward, 2)} on average."),
         ]  # fmt: skip
     blocks.append(("h2", "Figure 2 analogue: where the accuracy comes from"))
     blocks += _figure_blocks(summary, out)
