@@ -159,11 +159,20 @@ def start_run(cfg: Any) -> tuple[Path, str | None, Any, Any]:
     seed_everything(cfg.training.seed)
     resume = resolve_resume(cfg.resume, out)
     table, report = load_preferences(cfg.data)
-    # Every process loads the same data; one report is enough. The launcher's RANK decides: creating
-    # accelerate's state here would fix it before TrainingArguments can choose the CPU backend.
+    announce(report.summary())
     if int(os.environ.get("RANK", "0")) == 0:
-        print(report.summary())
+        from popalign.data.overlap import record_training_rows
+
+        record_training_rows(table, out)  # so that eval can warn about evaluating on training rows
     return out, resume, table, report
+
+
+def announce(message: str | None) -> None:
+    """Print what a user must see, once per run (not once per process)."""
+    # The launcher's RANK decides: creating accelerate's state here would fix it before
+    # TrainingArguments can choose the CPU backend.
+    if message and int(os.environ.get("RANK", "0")) == 0:
+        print(message, flush=True)
 
 
 def finished_run(cfg: Any) -> dict[str, Any] | None:
