@@ -216,6 +216,7 @@ def run_discriminative(
             plot_margin_scatter(t.extra["predicted"], truth, t.out / rep.SCATTER_PNG, t.name)
     for t in targets:
         rep.write_run_markdown(t.out)
+        _refresh_card(t.out)
     return results
 
 
@@ -261,6 +262,7 @@ def run_rewardbench(
         }
         atomic_write_json(t.out / rep.FILES["rewardbench"], record)
         rep.write_run_markdown(t.out)
+        _refresh_card(t.out)
         results.append(record)
     return results
 
@@ -321,8 +323,18 @@ def run_generate(
         }
         atomic_write_json(t.out / rep.FILES["generate"], record)
         rep.write_run_markdown(t.out)
+        _refresh_card(t.out)
         results.append(record)
     return results
+
+
+def _refresh_card(eval_dir: Path) -> None:
+    """Rewrite the model card of the run folder above ``eval_dir`` so it shows the new results."""
+    from popalign.hub.card import CARD, write_model_card
+
+    run = Path(eval_dir).parent
+    if Path(eval_dir).name == rep.EVAL_DIR and (run / CARD).is_file() and (run / "config.yaml").is_file():
+        write_model_card(run)
 
 
 def _prompt_table(spec: Any):
@@ -424,5 +436,6 @@ def run_judge(
         if plots:
             plot_advantages([(generator, scores - base_scores)], folder / rep.ADVANTAGES_PNG, base_name)
         rep.write_run_markdown(folder)
+        _refresh_card(folder)
         results.append(record)
     return results

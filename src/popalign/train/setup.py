@@ -212,4 +212,8 @@ def finish_run(trainer: Any, tokenizer: Any, out: Path, how: str, resume: str | 
     final = save_final_model(trainer, tokenizer, out, how)
     # Last: its presence marks a finished run (see finished_run).
     trainer.save_metrics("train", result.metrics)
+    if trainer.args.should_save:
+        from popalign.hub.card import write_model_card
+
+        write_model_card(out)  # rewritten by eval; regenerable with `popalign push RUN --card-only`
     return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}
