@@ -7,7 +7,7 @@ import argparse
 EPILOG = """examples:
   popalign push runs/dpo-pop --repo you/llama-dpo-pop --dry-run     # list what would be uploaded
   popalign push runs/dpo-pop --repo you/llama-dpo-pop --private
-  popalign push runs/dpo-pop --repo you/llama-dpo-pop --card-only   # (re)write README.md, upload nothing
+  popalign push runs/dpo-pop --card-only                            # (re)write README.md, upload nothing
 
 Uploads README.md (the model card: method, loss settings, data fingerprint, evaluation results), the
 weights or the LoRA adapter, the tokenizer and the configs; never checkpoints, logs or caches. Needs a
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="a finished run folder (train or sft)")
-    p.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the model repository on the Hub")
+    p.add_argument("--repo", metavar="OWNER/NAME", help="the model repository on the Hub")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded and stop")
     p.add_argument(
@@ -37,12 +37,15 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from popalign.errors import PopalignError
     from popalign.hub.card import write_model_card
     from popalign.hub.push import files_to_upload, push
 
     if args.card_only:
         print(f"wrote {write_model_card(args.run)}")
         return 0
+    if not args.repo:
+        raise PopalignError("--repo OWNER/NAME: say which Hub repository to upload to")
     files = files_to_upload(args.run)
     if args.dry_run:
         print(f"would upload {len(files)} files from {args.run} to {args.repo}:")

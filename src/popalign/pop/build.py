@@ -320,7 +320,7 @@ def shortfall_warning(meta: dict[str, Any], style: str = "flag") -> str | None:
     if not target or pairs >= (1 - SHORTFALL_WARN) * target:
         return None  # people's labels have no target
     short = meta["shortfall"].get("preferences_short")
-    who = f"; {short:,} preferences have fewer than k weaker ones" if short else ""
+    who = f"{short:,} preferences have fewer than k weaker ones, " if short else ""
     fill = (
         f", or {names['fill_shortfall']} to top up with random valid pairs"
         if meta["settings"]["strategy"] == "iterative" and not meta["settings"].get("fill_shortfall")
@@ -328,8 +328,8 @@ def shortfall_warning(meta: dict[str, Any], style: str = "flag") -> str | None:
     )
     return (
         f"warning: {pairs:,} PoP pairs, {100 * (1 - pairs / target):.0f}% short of the target "
-        f"k x N = {target:,} (only {counts['valid_pairs']:,} valid pairs at min_gap "
-        f"{meta['settings']['min_gap']:g}{who}); lower {names['min_gap']} or {names['k']}{fill}"
+        f"k x N = {target:,} ({who}{counts['valid_pairs']:,} valid pairs in all at min_gap "
+        f"{meta['settings']['min_gap']:g}); lower {names['min_gap']} or {names['k']}{fill}"
     )
 
 
