@@ -90,6 +90,7 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
     report_to = [r for r in spec.report_to if r != "none"] or "none"
+    _check_loggers(report_to)
     args = TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=spec.learning_rate,
@@ -120,6 +121,20 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
     )
     _check_processes_joined(args)
     return args
+
+
+def _check_loggers(report_to: list[str] | str) -> None:
+    """A logger whose package is missing is one clear error before training, not a traceback inside it."""
+    import importlib.util
+
+    from popalign.errors import PopalignError
+
+    for name in [] if report_to == "none" else report_to:
+        if name in ("wandb", "mlflow", "comet_ml") and importlib.util.find_spec(name) is None:
+            raise PopalignError(
+                f"training.report_to=[{name}] needs the {name} package: pip install {name} "
+                "(or leave it out of training.report_to)"
+            )
 
 
 def _check_processes_joined(args: Any) -> None:
