@@ -88,3 +88,29 @@ def test_eval_warns_loudly_when_it_evaluates_training_rows(tmp_path, monkeypatch
     assert "WARNING: runs/leak was trained on 60 of the 60 evaluated rows (100%)" in err
     disc = json.loads(Path("runs/leak/eval/discriminative.json").read_text())
     assert disc["data"]["training_overlap"]["rows"] == 60
+
+
+def test_train_prints_truncation_and_shortfall_and_stops_on_zero_pairs(tmp_path, capsys):
+    data = str(REPO / "tests/fixtures/data/graded_pairs.jsonl")
+    base = [
+        "--config",
+        str(REPO / "configs/tiny/dpo_pop.yaml"),
+        f"data.path={data}",
+        "--tie-policy",
+        "skip",
+        "data.limit=null",
+        "training.max_steps=1",
+        "training.progress=false",
+        f"reference.cache_dir={tmp_path / 'cache'}",
+    ]
+    argv = ["train", *base, f"output_dir={tmp_path / 'a'}", "tokenize.max_length=20"]
+    argv += ["tokenize.max_prompt_length=8", "pop.k=8", "pop.min_gap=4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"warning: \d+ of 60 pairs \(\d+%\) were truncated at tokenize.max_length=20", out)
+    assert "short of the target k x N = 480" in out and "lower pop.min_gap or pop.k" in out
+    assert "pop.fill_shortfall=true" in out and "--min-gap" not in out
+    assert main(["train", *base, f"output_dir={tmp_path / 'b'}", "pop.min_gap=100"]) == 2
+    err = capsys.readouterr().err
+    assert "no PoP pairs" in err and "lower pop.min_gap" in err
+    assert not (tmp_path / "b" / "pop_pairs.parquet").exists()
