@@ -58,10 +58,11 @@ def add_data_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] |
         if name == "limit":
             kwargs["type"] = int
         if name == "columns":
+            from popalign.data.validate import TARGETS
+
             kwargs["help"] = (
                 "column mapping TARGET=SOURCE,... (dotted SOURCE reaches nested fields), or a YAML file "
-                "with a columns: (or data: columns:) mapping; targets: id, prompt, chosen, rejected, "
-                "score_chosen, score_rejected, response_a, response_b, score_a, score_b"
+                f"with a columns: (or data: columns:) mapping; targets: {', '.join(TARGETS)}"
             )
         group.add_argument(flag, **kwargs)
 

@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "data",
         help=summary,
-        description="Inspect preference datasets.",
-        epilog="examples:\n  popalign data inspect ../shared/data/ultrafeedback-binarized-sample\n",
+        description="Inspect preference datasets, and cut them into train and test.",
+        epilog="examples:\n  popalign data inspect ../shared/data/ultrafeedback-binarized-sample\n"
+        "  popalign data split prefs.jsonl -o data/prefs --test-fraction 0.1\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

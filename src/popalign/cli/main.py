@@ -14,7 +14,7 @@ import sys
 
 # (module, one-line summary) in the order --help lists them.
 COMMANDS: list[tuple[str, str]] = [
-    ("data", "inspect preference datasets (counts, scores, margins, histogram)"),
+    ("data", "inspect preference datasets (counts, scores, margins, histogram); split train/test"),
     ("pop", "build preference-over-preference (PoP) datasets"),
     ("sft", "supervised fine-tuning on chosen responses"),
     ("train", "preference training: DPO, margin variants, DPO-PoP, reward models"),

@@ -92,7 +92,7 @@ def _evaluation(run_dir: Path) -> list[str]:
     disc = run.results.get("discriminative", {}).get("data", {})
     if disc:
         lines.append(
-            f"Test data: `{disc.get('source')}` ({disc.get('rows')} rows, fingerprint "
+            f"Test data: `{disc.get('path', disc.get('source'))}` ({disc.get('rows')} rows, fingerprint "
             f"`{disc.get('fingerprint')}`)."
         )
         overlap = disc.get("training_overlap")
@@ -127,11 +127,10 @@ def model_card(run_dir: str | Path) -> str:
         lines.append(f"- method: `{cfg['method']}` (see popalign's docs/losses.md)")
     lines += ["", "## Training data", ""]
     lines.append(
-        f"- source: `{rows.get('source', data.get('path'))}` (split `{data.get('split') or 'train'}`)"
+        # The path as the config gave it: the card is public, the resolved path is this machine's.
+        f"- source: `{data.get('path')}` (split `{data.get('split') or 'train'}`)"
     )
-    lines.append(
-        f"- preferences: {len(rows.get('rows', [])) or 'unknown'}, fingerprint `{rows.get('fingerprint')}`"
-    )
+    lines.append(f"- preferences: {len(rows.get('rows', [])):,}, fingerprint `{rows.get('fingerprint')}`")
     lines += ["", "## Settings", "", *_settings(cfg), ""]
     if results:
         lines += [
