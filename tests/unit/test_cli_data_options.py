@@ -181,7 +181,7 @@ ERROR_COMMANDS = [
 
 
 @pytest.mark.parametrize("path", ERROR_COMMANDS, ids=[" ".join(p) for p in ERROR_COMMANDS])
-def test_tie_and_missing_column_errors_suggest_options_the_command_has(path, tmp_path, capsys):
+def test_tie_column_and_split_errors_suggest_options_the_command_has(path, tmp_path, capsys):
     tie = _error([*_argv(path, GRADED, tmp_path), "--tie-policy", "error"], capsys)
     assert "graded_pairs.jsonl, row 6, field 'score_b'" in tie and "--tie-policy" in tie
     assert_advice_exists(tie, path)
@@ -190,6 +190,9 @@ def test_tie_and_missing_column_errors_suggest_options_the_command_has(path, tmp
     missing = _error(_argv(path, str(noprompt), tmp_path), capsys)
     assert "column 'prompt' not found" in missing and "--columns prompt=NAME" in missing
     assert_advice_exists(missing, path)
+    whole = _error([*_argv(path, GRADED, tmp_path), "--split", "test"], capsys)
+    assert "--split test: a single file has no splits" in whole and "popalign data split" in whole
+    assert_advice_exists(whole, path)
 
 
 def test_pop_build_advice_without_scores_and_without_pairs(tmp_path, capsys):
