@@ -312,7 +312,8 @@ class RowNormaliser:
             if where is not None:
                 raise self.error(
                     f"the prompt turns of {second} differ from those of {first} (first difference at "
-                    f"message {where}); both must continue the same conversation",
+                    f"message {where}); both must continue the same conversation (--skip-bad-rows skips "
+                    "and counts such rows)",
                     second,
                     "prompt mismatch",
                 )
