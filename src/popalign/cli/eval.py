@@ -153,17 +153,17 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-# Evaluation reads the test split of a folder and keeps ties (they are reported apart from accuracy).
-EVAL_DATA_DEFAULTS = {"split": "test", "tie_policy": "keep"}
-
-
 def _data_args(p: argparse.ArgumentParser) -> None:
+    from popalign.data.spec import EVAL_DEFAULTS
+
     p.add_argument("--data", required=True, metavar="DATA", help="file or folder of test data")
-    add_data_options(p, EVAL_DATA_DEFAULTS)
+    add_data_options(p, EVAL_DEFAULTS)
 
 
 def _data(args: argparse.Namespace):
-    return data_spec(args, args.data, tie_policy=EVAL_DATA_DEFAULTS["tie_policy"])
+    from popalign.data.spec import EVAL_DEFAULTS
+
+    return data_spec(args, args.data, tie_policy=EVAL_DEFAULTS["tie_policy"])
 
 
 def _scoring_args(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,9 @@ from typing import Literal
 from popalign.config import ConfigError, help_field
 from popalign.data.validate import check_column_targets
 
+# What evaluation reads unless told otherwise: a folder's test split, ties kept (reported apart).
+EVAL_DEFAULTS = {"split": "test", "tie_policy": "keep"}
+
 
 @dataclass
 class DataSpec:

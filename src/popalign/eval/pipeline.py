@@ -17,8 +17,6 @@ from popalign.errors import PopalignError
 from popalign.eval import report as rep
 from popalign.io import atomic_open, atomic_write_json
 
-EVAL_SPLIT = "test"
-
 
 @dataclass
 class ScoringOptions:
@@ -115,18 +113,21 @@ def eval_data(data: Any, split: str | None = None, columns: str | None = None, l
     Ties are kept (evaluation reports them apart from accuracy); an unset split reads a folder's ``test``.
     """
     from popalign.data.load import DataSpec, parse_column_map
+    from popalign.data.spec import EVAL_DEFAULTS
 
     if isinstance(data, DataSpec):
         return data
     cols = parse_column_map(columns) if columns else {}
-    return DataSpec(path=str(data), split=split, columns=cols, limit=limit or None, tie_policy="keep")
+    tie_policy = EVAL_DEFAULTS["tie_policy"]
+    return DataSpec(path=str(data), split=split, columns=cols, limit=limit or None, tie_policy=tie_policy)
 
 
 def load_eval_table(spec: Any):
     """``(table, report)`` of evaluation data (a folder's ``test`` split unless ``spec.split`` says)."""
     from popalign.data.load import load_preferences
+    from popalign.data.spec import EVAL_DEFAULTS
 
-    return load_preferences(spec, default_split=EVAL_SPLIT)
+    return load_preferences(spec, default_split=EVAL_DEFAULTS["split"])
 
 
 def _overlap(table, target: Target) -> dict[str, Any] | None:

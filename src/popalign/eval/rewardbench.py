@@ -97,7 +97,7 @@ def read_rewardbench(data: Any, limit: int | None = None) -> RewardBenchData:
     from popalign.data.formats import read_rows
     from popalign.data.load import DataSpec, load_preferences
 
-    spec = data if isinstance(data, DataSpec) else DataSpec(path=str(data), tie_policy="keep")
+    spec = data if isinstance(data, DataSpec) else DataSpec(path=str(data))
     if limit is not None:
         spec = dataclasses.replace(spec, limit=limit)
     table, _ = load_preferences(spec)
