@@ -7,7 +7,7 @@ uses 1: nearly indistinguishable pairs would not be labelled by an annotator). T
 * **iterative** — each preference is compared against ``k`` preferences weaker than it, drawn uniformly
   without replacement among its valid weaker candidates, so every preference is equally represented on
   the strong side. A preference with fewer than ``k`` candidates gets all of them; the shortfall is
-  reported.
+  reported, or with ``fill_shortfall`` topped up with uniformly random valid pairs.
 * **random** — uniformly random pairs of distinct preferences, labelled by their margins; a pair whose
   gap is below ``min_gap`` is rejected and redrawn, and no unordered pair is drawn twice. Stronger
   preferences have more valid partners, so they appear as strong more often.
