@@ -176,6 +176,23 @@ def _unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:
     return ConfigError(f"{source}: unknown key {key!r}.{hint} (see --help-config for every key)")
 
 
+def _is_mapping_type(tp: Any) -> bool:
+    return tp is dict or get_origin(tp) is dict
+
+
+def _set_value(values: dict[str, Any], valid: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Store one key; ``a.b.NAME=v`` sets entry ``NAME`` of the mapping field ``a.b`` (``data.columns.x``)."""
+    if key in valid:
+        values[key] = _coerce(value, valid[key], key, source)
+        return
+    parent, _, entry = key.rpartition(".")
+    if parent in valid and _is_mapping_type(valid[parent]) and entry:
+        merged = {**(values.get(parent) or {}), entry: _coerce(value, str, key, source)}
+        values[parent] = merged
+        return
+    raise _unknown_key_error(key, list(valid), source)
+
+
 def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     hints = _type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -214,14 +231,10 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of key: value")
         for key, value in _flatten(data).items():
-            if key not in valid:
-                raise _unknown_key_error(key, list(valid), str(path))
-            values[key] = _coerce(value, valid[key], key, str(path))
+            _set_value(values, valid, key, value, str(path))
     for item in overrides:
         key, value = _parse_override(item)
-        if key not in valid:
-            raise _unknown_key_error(key, list(valid), "command line")
-        values[key] = _coerce(value, valid[key], key, "command line")
+        _set_value(values, valid, key, value, "command line")
     obj = _build(cls, values)
     validate = getattr(obj, "validate", None)
     if callable(validate):

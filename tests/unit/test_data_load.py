@@ -270,7 +270,7 @@ def test_unordered_pairs_are_ordered_by_score_and_ties_follow_the_policy():
         load_preferences(path)
     assert_names(err, path, 3, "score_b")
     with pytest.raises(DataError, match="tie_policy"):  # skipping bad rows is not a tie decision
-        load_preferences(path, on_error="skip")
+        load_preferences(path, skip_bad_rows=True)
 
     table, report = load_preferences(path, tie_policy="skip")
     assert report.schema == "unordered-pair"
@@ -517,7 +517,7 @@ def test_skip_reports_counts_per_reason_and_examples():
     path = FIXTURES / "with_bad_rows.jsonl"
     with pytest.raises(DataError):
         load_preferences(path)
-    table, report = load_preferences(path, on_error="skip")
+    table, report = load_preferences(path, skip_bad_rows=True)
     assert table.ids == ["a", "f"]
     assert report.rows_read == 7 and report.rows_kept == 2 and report.rows_skipped == 5
     assert report.skipped == {
@@ -542,11 +542,11 @@ def test_skip_reports_counts_per_reason_and_examples():
 def test_every_row_bad_is_an_error_with_the_report(tmp_path):
     path = write_jsonl(tmp_path / "b.jsonl", [{**r, "prompt": ""} for r in RECORDS])
     with pytest.raises(DataError, match="no valid rows left(.|\n)*skipped 3: empty text"):
-        load_preferences(path, on_error="skip")
+        load_preferences(path, skip_bad_rows=True)
 
 
 def test_limit_keeps_the_first_valid_rows_and_says_so():
-    table, report = load_preferences(FIXTURES / "with_bad_rows.jsonl", on_error="skip", limit=1)
+    table, report = load_preferences(FIXTURES / "with_bad_rows.jsonl", skip_bad_rows=True, limit=1)
     assert table.ids == ["a"] and report.rows_read == 2  # the unreadable line 5 was read with the file
     assert report.notes == ["limit: kept the first 1 valid rows; stopped before row 2"]
 
@@ -556,7 +556,7 @@ def test_options_are_validated():
         load_preferences(str(FIXTURES / "messages.jsonl"), colums="id=prompt_id")
     with pytest.raises(ConfigError, match="limit"):
         load_preferences(str(FIXTURES / "messages.jsonl"), limit=0)
-    assert "tie_policy" in describe_config(DataSpec) and "on_error" in describe_config(DataSpec)
+    assert "tie_policy" in describe_config(DataSpec) and "skip_bad_rows" in describe_config(DataSpec)
 
 
 # ---------------------------------------------------------------- saving

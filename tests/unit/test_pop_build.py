@@ -281,6 +281,7 @@ def test_table_without_scores_is_refused_and_meta_names_the_source():
         "min_gap": 1.0,
         "noise": 0.0,
         "seed": 2,
+        "fill_shortfall": False,
     }
     by_margin = pairs.meta["appearances"]["by_margin"]
     assert [r["margin_lo"] for r in by_margin] == [0.0, 0.5, 1.0, 2.0, 3.0, 3.5, 5.0]

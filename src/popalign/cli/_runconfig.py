@@ -23,7 +23,10 @@ def resolve(cls: type, args: argparse.Namespace):
     if args.help_config:
         print(describe_config(cls))
         return None
-    cfg = load_config(cls, args.config, args.overrides)
+    from popalign.cli._data_options import config_overrides
+
+    # Data flags (--columns, --tie-policy, ...) are data.* overrides, applied after key=value ones.
+    cfg = load_config(cls, args.config, [*args.overrides, *config_overrides(args)])
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return None
@@ -33,7 +36,9 @@ def resolve(cls: type, args: argparse.Namespace):
 def register_config_command(
     sub: argparse._SubParsersAction, name: str, summary: str, epilog: str, func
 ) -> None:
-    """A sub-command driven by a config dataclass: --config, key=value overrides, --help-config."""
+    """A sub-command driven by a config dataclass: --config, key=value, --help-config, the data flags."""
+    from popalign.cli._data_options import add_data_options
+
     p = sub.add_parser(
         name,
         help=summary,
@@ -42,6 +47,7 @@ def register_config_command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(p)
+    add_data_options(p)
     p.set_defaults(func=func)
 
 

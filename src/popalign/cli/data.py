@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from popalign.cli._data_options import add_data_options, data_spec
+
 INSPECT_EPILOG = """examples:
   popalign data inspect ../shared/data/ultrafeedback-binarized-sample
   popalign data inspect ../shared/data/ultrafeedback-binarized-sample --split test --plot margins.png
@@ -21,12 +23,22 @@ Accepted inputs: .jsonl .json .parquet .csv files, datasets.save_to_disk folders
 """
 
 
+SPLIT_EPILOG = """examples:
+  popalign data split prefs.jsonl -o data/prefs --test-fraction 0.1
+  popalign data split prefs.csv -o data/prefs --test-fraction 0.2 --by row --seed 3 --tie-policy skip
+
+Writes DIR/train.jsonl and DIR/test.jsonl in popalign's normalised layout (id, prompt, chosen, rejected,
+scores) and DIR/split.json (settings, sizes, fingerprints). Train on DIR, evaluate on DIR --split test.
+"""
+
+
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "data",
         help=summary,
-        description="Inspect preference datasets.",
-        epilog="examples:\n  popalign data inspect ../shared/data/ultrafeedback-binarized-sample\n",
+        description="Inspect preference datasets, and cut them into train and test.",
+        epilog="examples:\n  popalign data inspect ../shared/data/ultrafeedback-binarized-sample\n"
+        "  popalign data split prefs.jsonl -o data/prefs --test-fraction 0.1\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -38,35 +50,32 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     inspect.add_argument("path", help="file, folder, or hub:owner/name")
-    inspect.add_argument("--split", default="train", help="split of a folder or Hub dataset (default: train)")
-    inspect.add_argument(
-        "--columns",
-        default="",
-        metavar="MAP",
-        help="column mapping TARGET=SOURCE,... (dotted SOURCE reaches nested fields), "
-        "or a YAML file with a columns: (or data: columns:) mapping",
-    )
-    inspect.add_argument(
-        "--tie-policy",
-        choices=("error", "skip", "keep"),
-        default="error",
-        help="unordered pairs with equal scores (default: error)",
-    )
-    inspect.add_argument(
-        "--empty-replies",
-        choices=("keep", "error"),
-        default="keep",
-        help="empty chosen/rejected replies: keep and count them (default), or treat as bad rows",
-    )
-    inspect.add_argument(
-        "--skip-bad-rows", action="store_true", help="skip bad rows and report them by reason"
-    )
-    inspect.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="read only the first N valid rows"
-    )
+    add_data_options(inspect)
     inspect.add_argument("--plot", default=None, metavar="PNG", help="write a margin histogram image here")
     inspect.add_argument("--json", default=None, metavar="FILE", help="write the statistics as JSON here")
     inspect.set_defaults(func=run_inspect)
+
+    split = sub.add_parser(
+        "split",
+        help="cut a preference file into train.jsonl and test.jsonl, one prompt never on both sides",
+        description="Cut a preference dataset into train and test, grouped by prompt, reproducibly.",
+        epilog=SPLIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    split.add_argument("path", metavar="DATA", help="file, folder, or hub:owner/name")
+    split.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for train/test.jsonl")
+    split.add_argument(
+        "--test-fraction", type=float, default=0.1, help="share of rows for test (default: %(default)s)"
+    )
+    split.add_argument(
+        "--by",
+        choices=("prompt", "row"),
+        default="prompt",
+        help="keep each prompt's rows together (default), or split rows independently",
+    )
+    split.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    add_data_options(split)
+    split.set_defaults(func=run_split)
     parser.set_defaults(func=lambda args: _no_subcommand(parser))
 
 
@@ -75,52 +84,16 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _columns(text: str) -> dict[str, str]:
-    """``--columns``: either ``a=b,c=d`` or a YAML file holding ``columns:`` (or a bare mapping)."""
-    from pathlib import Path
-
-    from popalign.data.load import parse_column_map
-    from popalign.errors import PopalignError
-
-    if text.endswith((".yaml", ".yml")) and "=" not in text:
-        import yaml
-
-        from popalign.data.validate import check_column_targets
-
-        try:
-            data = yaml.safe_load(Path(text).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise PopalignError(f"--columns {text}: cannot read the YAML file: {exc}") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "columns" in data["data"]:
-            data = data["data"]  # a run config: data.columns
-        mapping = data.get("columns", data) if isinstance(data, dict) else None
-        if not isinstance(mapping, dict):
-            raise PopalignError(f"--columns {text}: expected a columns: mapping of target: source")
-        mapping = {str(k): str(v) for k, v in mapping.items()}
-        check_column_targets(mapping)
-        return mapping
-    return parse_column_map(text)
-
-
 def run_inspect(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
     from popalign.data.inspect import format_stats, plot_margin_histogram, preference_stats
-    from popalign.data.load import DataSpec, load_preferences
+    from popalign.data.load import load_preferences
     from popalign.errors import PopalignError
     from popalign.io import atomic_write_json
 
-    spec = DataSpec(
-        path=args.path,
-        split=args.split,
-        columns=_columns(args.columns),
-        tie_policy=args.tie_policy,
-        on_error="skip" if args.skip_bad_rows else "raise",
-        empty_replies=args.empty_replies,
-        limit=args.limit,
-    )
-    table, report = load_preferences(spec)
+    table, report = load_preferences(data_spec(args, args.path))
     stats = preference_stats(table)
     print(report.summary())
     print()
@@ -133,4 +106,15 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, {"report": dataclasses.asdict(report), "stats": stats})
         print(f"wrote {args.json}")
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from popalign.data.load import load_preferences
+    from popalign.data.split import format_split, split_table, write_split
+
+    table, report = load_preferences(data_spec(args, args.path))
+    print(report.summary())
+    info = write_split(table, split_table(table, args.test_fraction, args.by, args.seed), args.output)
+    print(format_split(info, args.output))
     return 0

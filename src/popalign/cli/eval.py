@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from popalign.cli._data_options import add_data_options, data_spec
+
 EPILOG = """examples:
   popalign eval discriminative runs/dpo-pop --data ../data --split test
   popalign eval rewardbench runs/dpo-pop --data rewardbench_filtered.jsonl
@@ -76,7 +78,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
     d.add_argument(
         "models", nargs="*", metavar="MODEL", help="model folder(s): DPO policies or reward models"
     )
-    _data_args(d, split=True)
+    _data_args(d)
     _scoring_args(d)
     _bootstrap_args(d)
     d.add_argument(
@@ -93,7 +95,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
     r.add_argument(
         "models", nargs="*", metavar="MODEL", help="model folder(s): DPO policies or reward models"
     )
-    _data_args(r, split=False)
+    _data_args(r)
     r.add_argument("--prior-sets", action="store_true", help="average Prior Sets into Overall at half weight")
     _scoring_args(r)
     _output_args(r)
@@ -103,7 +105,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
         eval_sub, "generate", "sample replies to test prompts (AlpacaEval model_outputs.json)", GEN_EPILOG
     )
     g.add_argument("models", nargs="+", metavar="MODEL", help="policy folder(s)")
-    _data_args(g, split=True)
+    _data_args(g)
     g.add_argument("--max-new-tokens", type=int, default=256, help="default: %(default)s")
     g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: %(default)s)")
     g.add_argument("--top-p", type=float, default=1.0, help="default: %(default)s")
@@ -161,14 +163,17 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _data_args(p: argparse.ArgumentParser, split: bool) -> None:
+def _data_args(p: argparse.ArgumentParser) -> None:
+    from popalign.data.spec import EVAL_DEFAULTS
+
     p.add_argument("--data", required=True, metavar="DATA", help="file or folder of test data")
-    if split:
-        p.add_argument("--split", default="test", help="split of a folder (default: %(default)s)")
-        p.add_argument(
-            "--columns", default=None, metavar="T=S,...", help="column mapping, e.g. prompt=question"
-        )
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows (quick runs)")
+    add_data_options(p, EVAL_DEFAULTS)
+
+
+def _data(args: argparse.Namespace):
+    from popalign.data.spec import EVAL_DEFAULTS
+
+    return data_spec(args, args.data, tie_policy=EVAL_DEFAULTS["tie_policy"])
 
 
 def _scoring_args(p: argparse.ArgumentParser) -> None:
@@ -247,10 +252,7 @@ def run_discriminative(args: argparse.Namespace) -> int:
     _check_models(args)
     results = run(
         args.models,
-        args.data,
-        split=args.split,
-        columns=args.columns,
-        limit=args.limit,
+        _data(args),
         out=args.out,
         names=args.name,
         compare=args.compare,
@@ -276,8 +278,7 @@ def run_rewardbench(args: argparse.Namespace) -> int:
     _check_models(args)
     results = run(
         args.models,
-        args.data,
-        limit=args.limit,
+        _data(args),
         include_prior=args.prior_sets,
         out=args.out,
         names=args.name,
@@ -309,11 +310,8 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     results = run(
         args.models,
-        args.data,
+        _data(args),
         spec=spec,
-        split=args.split,
-        columns=args.columns,
-        limit=args.limit,
         out=args.out,
         names=args.name,
         dtype=args.dtype,

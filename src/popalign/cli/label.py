@@ -10,6 +10,8 @@ import argparse
 import ipaddress
 import json
 
+from popalign.cli._data_options import add_data_options, data_spec
+
 EPILOG = """examples:
   popalign label serve --prefs ../data/train.jsonl --db labels.sqlite --strategy random -k 1
   popalign label add-annotator alice --db labels.sqlite            # prints alice's token
@@ -93,8 +95,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
     e.add_argument("-o", "--output", required=True, metavar="OUT", help="a .jsonl, .csv or .parquet file")
     e.add_argument("--all-pairs", action="store_true", help="iterative: also the pairs the candidate won")
     e.add_argument("--prefs", metavar="DATA", help="check the file against this preference dataset")
-    e.add_argument("--split", default=None, help="split to read from a --prefs folder (default: train)")
-    e.add_argument("--columns", default=None, metavar="T=S,...", help="column mapping for --prefs")
+    add_data_options(e)
     e.set_defaults(func=run_export)
 
     s = label_sub.add_parser(
@@ -118,8 +119,7 @@ def _register_serve(label_sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--prefs", required=True, metavar="DATA", help="the preference dataset to label")
-    s.add_argument("--split", default=None, help="split to read from a folder (default: train)")
-    s.add_argument("--columns", default=None, metavar="T=S,...", help="column mapping, e.g. id=uid")
+    add_data_options(s)
     _add_db(s)
     s.add_argument("--strategy", choices=("random", "iterative"), default=None, help="default: random")
     s.add_argument(
@@ -191,9 +191,7 @@ def run_serve(args: argparse.Namespace) -> int:
         lease_s=args.lease,
         seed=args.seed,
     )
-    ctx = build_context(
-        args.db, args.prefs, settings, split=args.split, columns=args.columns, threads=args.threads
-    )
+    ctx = build_context(args.db, data_spec(args, args.prefs), settings, threads=args.threads)
     proj = ctx.project
     server = make_server(create_app(ctx), args.host, args.port, args.threads)
     url = server_url(server)
@@ -243,8 +241,7 @@ def run_export(args: argparse.Namespace) -> int:
         from popalign.data.load import load_preferences
         from popalign.pop.labels import load_pop_labels
 
-        overrides = {k: v for k, v in (("split", args.split), ("columns", args.columns)) if v}
-        table, _ = load_preferences(args.prefs, **overrides)
+        table, _ = load_preferences(data_spec(args, args.prefs))
         pairs = load_pop_labels(args.output, table)
         print(f"checked against {args.prefs}: {len(pairs):,} PoP pairs load")
     return 0

@@ -14,13 +14,14 @@ import sys
 
 # (module, one-line summary) in the order --help lists them.
 COMMANDS: list[tuple[str, str]] = [
-    ("data", "inspect preference datasets (counts, scores, margins, histogram)"),
+    ("data", "inspect preference datasets (counts, scores, margins, histogram); split train/test"),
     ("pop", "build preference-over-preference (PoP) datasets"),
     ("sft", "supervised fine-tuning on chosen responses"),
     ("train", "preference training: DPO, margin variants, DPO-PoP, reward models"),
     ("model", "prepare models (e.g. convert the offline SmolLM2 GGUF to safetensors)"),
     ("eval", "evaluate models: discriminative metrics, RewardBench, generation, judged win rates"),
     ("report", "compare evaluated runs in one Markdown and one HTML page"),
+    ("push", "upload a trained model with its model card to the Hugging Face Hub"),
     ("reproduce", "the paper's experiments on the CPU testbed, with a report of which claims hold"),
     ("label", "collect PoP labels from people with a small web app"),
     ("demo", "the main job on its built-in default (what `make demo` runs)"),
@@ -54,7 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if (
+        extra
+        and isinstance(getattr(args, "overrides", None), list)
+        and not any(x.startswith("-") for x in extra)
+    ):
+        # key=value overrides after a flag (train --skip-bad-rows training.max_steps=5): argparse stops
+        # filling a "*" positional at the first flag, so the rest arrives here.
+        args.overrides.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

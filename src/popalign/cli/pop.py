@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from popalign.cli._data_options import add_data_options, data_spec
+
 DEFAULT_FILE = "pop_pairs.parquet"
 
 EPILOG = """examples:
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("data", metavar="DATA", help="preference file or folder (see popalign data --help)")
-    _add_data_arguments(b)
+    add_data_options(b)
     b.add_argument(
         "--strategy", choices=("iterative", "random"), default="iterative", help="default: %(default)s"
     )
@@ -69,6 +71,11 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
         "--noise", type=float, default=0.0, help="probability of flipping each label (default: %(default)g)"
     )
     b.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    b.add_argument(
+        "--fill-shortfall",
+        action="store_true",
+        help="iterative: top up with random valid pairs to reach k * N pairs (recorded in the sidecar)",
+    )
     _add_output_argument(b)
     b.set_defaults(func=run_build)
 
@@ -82,7 +89,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
     )
     i.add_argument("labels", metavar="LABELS", help="label file: .jsonl, .csv or .parquet")
     i.add_argument("--prefs", required=True, metavar="DATA", help="the preference dataset the ids refer to")
-    _add_data_arguments(i)
+    add_data_options(i)
     _add_output_argument(i)
     i.set_defaults(func=run_import_labels)
 
@@ -90,13 +97,6 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 0
-
-
-def _add_data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default=None, help="split to read from a folder (default: train)")
-    p.add_argument(
-        "--columns", default=None, metavar="T=S,...", help="column mapping, e.g. id=uid,score_chosen=meta.s1"
-    )
 
 
 def _add_output_argument(p: argparse.ArgumentParser) -> None:
@@ -117,31 +117,37 @@ def pair_file(out: str | Path) -> Path:
     return out / DEFAULT_FILE
 
 
-def _load_table(data: str, split: str | None, columns: str | None):
+def _load_table(args: argparse.Namespace, path: str):
     from popalign.data.load import load_preferences
 
-    overrides = {}
-    if split is not None:
-        overrides["split"] = split
-    if columns:
-        overrides["columns"] = columns
-    table, report = load_preferences(data, **overrides)
+    table, report = load_preferences(data_spec(args, path))
+    print(report.summary())
     return table, report
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from popalign.pop.build import PoPSpec, build_pop_for_table
+    from popalign.pop.build import PoPSpec, build_pop_for_table, check_pairs, shortfall_warning
     from popalign.pop.pairs import sidecar_path
     from popalign.pop.stats import format_summary
 
-    spec = PoPSpec(strategy=args.strategy, k=args.k, min_gap=args.min_gap, noise=args.noise, seed=args.seed)
+    spec = PoPSpec(
+        strategy=args.strategy,
+        k=args.k,
+        min_gap=args.min_gap,
+        noise=args.noise,
+        seed=args.seed,
+        fill_shortfall=args.fill_shortfall,
+    )
     spec.validate()  # before reading a large dataset
-    table, report = _load_table(args.data, args.split, args.columns)
-    print(f"preferences: {len(table):,} from {report.source}")
+    table, _ = _load_table(args, args.data)
     pairs = build_pop_for_table(table, spec)
+    print(format_summary(pairs.meta))
+    warning = shortfall_warning(pairs.meta)
+    if warning:
+        print(warning)
+    check_pairs(pairs, table.source)  # before writing: an empty pair file helps no one
     out = pair_file(args.output)
     pairs.save(out, table)
-    print(format_summary(pairs.meta))
     print(f"wrote {out} and {sidecar_path(out).name}")
     return 0
 
@@ -151,8 +157,7 @@ def run_import_labels(args: argparse.Namespace) -> int:
     from popalign.pop.pairs import sidecar_path
     from popalign.pop.stats import format_summary
 
-    table, report = _load_table(args.prefs, args.split, args.columns)
-    print(f"preferences: {len(table):,} from {report.source}")
+    table, _ = _load_table(args, args.prefs)
     pairs = load_pop_labels(args.labels, table)
     out = pair_file(args.output)
     pairs.save(out, table)

@@ -58,29 +58,42 @@ def looks_like_hub_id(path: str) -> bool:
     return bool(_HUB_ID.match(path)) and Path(path).suffix.lower() not in EXTENSIONS
 
 
-def read_rows(path: str, split: str = "train", skip_bad: bool = False) -> RawRows:
+def read_rows(
+    path: str, split: str | None = None, skip_bad: bool = False, default_split: str = "train"
+) -> RawRows:
     """Dispatch on what ``path`` is: a file, a folder, or (only when asked) a Hub dataset id.
 
-    The Hub is used for ``hub:owner/name`` and for a path that does not exist locally but looks like
-    ``owner/name``; nothing else ever reaches the network.
+    ``split`` picks a folder's ``<split>`` file or a dataset's split (``None``: ``default_split``). A single
+    file holds one split, so an explicit ``split`` there is an error unless the file is named after it
+    (``test.jsonl``) or is a JSON object with that key: evaluating every row of a file that also holds
+    training rows must never happen silently. The Hub is used for ``hub:owner/name`` and for a path that
+    does not exist locally but looks like ``owner/name``; nothing else ever reaches the network.
     """
     if not path:
         raise DataError("no data path given")
+    chosen_split = split or default_split
     if path.startswith(HUB_PREFIX):
-        return read_hub(path[len(HUB_PREFIX) :], split)
+        return read_hub(path[len(HUB_PREFIX) :], chosen_split)
     p = Path(path).expanduser()
     if p.is_dir():
-        return read_folder(p, split, skip_bad)
+        return read_folder(p, chosen_split, skip_bad)
     if p.is_file():
+        if split is not None and p.stem != split and p.suffix.lower() != ".json":
+            raise DataError(
+                f"--split {split}: a single file has no splits, so every row would be read; give the "
+                f"folder that holds {split}.jsonl, leave --split out, or cut the file in two with "
+                "`popalign data split`",
+                file=str(p),
+            )
         return read_file(p, skip_bad, split)
     if looks_like_hub_id(path):
-        return read_hub(path, split)
+        return read_hub(path, chosen_split)
     raise DataError(
         "no such file or folder (a Hugging Face Hub dataset is loaded only as hub:owner/name)", file=path
     )
 
 
-def read_file(path: Path, skip_bad: bool = False, split: str = "train") -> RawRows:
+def read_file(path: Path, skip_bad: bool = False, split: str | None = None) -> RawRows:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return read_jsonl(path, skip_bad)
@@ -134,8 +147,11 @@ def read_jsonl(path: Path, skip_bad: bool = False) -> RawRows:
     return RawRows(source, rows, numbers, bad)
 
 
-def read_json(path: Path, skip_bad: bool = False, split: str = "train") -> RawRows:
-    """A JSON list of objects, or an object holding that list under ``data`` (or under the split)."""
+def read_json(path: Path, skip_bad: bool = False, split: str | None = None) -> RawRows:
+    """A JSON list of objects, or an object holding that list under ``data`` (or under the split).
+
+    An explicit ``split`` must be a key of the object (or the file's name, ``test.json``).
+    """
     source = str(path)
     with _open_text(path) as fh:
         try:
@@ -143,14 +159,16 @@ def read_json(path: Path, skip_bad: bool = False, split: str = "train") -> RawRo
         except json.JSONDecodeError as exc:
             if exc.msg == "Extra data" and exc.lineno > 1:
                 # Many ``.json`` files in the wild are JSON lines; read them as such.
+                _check_split_of(path, split, None)
                 return read_jsonl(path, skip_bad)
             raise DataError(
                 f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", file=source
             ) from None
         except UnicodeDecodeError as exc:
             raise DataError(f"not UTF-8 text ({exc.reason})", file=source) from None
+    _check_split_of(path, split, obj)
     if isinstance(obj, dict):
-        for key in ("data", split):
+        for key in (split, "data") if split else ("data", "train"):
             if isinstance(obj.get(key), list):
                 obj = obj[key]
                 break
@@ -163,6 +181,18 @@ def read_json(path: Path, skip_bad: bool = False, split: str = "train") -> RawRo
     if not isinstance(obj, list):
         raise DataError(f"expected a list of objects, got {type(obj).__name__}", file=source)
     return _positional(source, obj)
+
+
+def _check_split_of(path: Path, split: str | None, obj: Any) -> None:
+    if split is None or path.stem == split or (isinstance(obj, dict) and isinstance(obj.get(split), list)):
+        return
+    held = [k for k, v in obj.items() if isinstance(v, list)] if isinstance(obj, dict) else []
+    raise DataError(
+        f"--split {split}: this file has no split {split!r} "
+        f"({'splits here: ' + ', '.join(held) if held else 'a single file holds one split'}); leave --split "
+        "out, or cut the file in two with `popalign data split`",
+        file=str(path),
+    )
 
 
 def read_parquet(path: Path) -> RawRows:

@@ -2,7 +2,7 @@
 
 ``load_preferences("data/train.jsonl")`` reads the file, detects its layout, maps columns, validates
 every row and returns the table with a :class:`LoadReport` of what was read, kept and skipped. Nothing
-is dropped silently: rows are skipped only when asked (``on_error="skip"``, ``tie_policy="skip"``)
+is dropped silently: rows are skipped only when asked (``skip_bad_rows=True``, ``tie_policy="skip"``)
 and every skip is counted in the report. See ``docs/data_formats.md`` for the accepted layouts.
 """
 
@@ -12,61 +12,19 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from popalign.config import ConfigError, help_field
+from popalign.config import ConfigError
 from popalign.data.formats import RowError, read_rows
 from popalign.data.schema import PreferenceTable
+from popalign.data.spec import DataSpec
 from popalign.data.validate import TARGETS, RowNormaliser, check_column_targets, detect_layout
 from popalign.errors import DataError, PopalignError
 from popalign.io import atomic_open, atomic_path
 
 MAX_EXAMPLES = 5
-
-
-@dataclass
-class DataSpec:
-    """Where the preferences are and how to read them; embeddable in run configs."""
-
-    path: str = help_field(
-        "",
-        help="file (.jsonl .json .parquet .csv), folder (save_to_disk, or holding <split>.jsonl), "
-        "or hub:owner/name",
-    )
-    split: str = help_field("train", help="split to read from a folder or a Hub dataset")
-    columns: dict[str, str] = help_field(
-        default_factory=dict,
-        help="target -> source column (dotted paths reach nested fields, e.g. score_chosen: meta.s1); "
-        "targets: id, prompt, chosen, rejected, score_chosen, score_rejected, response_a, response_b, "
-        "score_a, score_b",
-    )
-    tie_policy: Literal["error", "skip", "keep"] = help_field(
-        "error",
-        help="unordered pairs with equal scores: error, skip (counted), or keep (response_a as chosen)",
-    )
-    on_error: Literal["raise", "skip"] = help_field(
-        "raise", help="bad rows: raise at the first, or skip them and report counts per reason"
-    )
-    empty_replies: Literal["keep", "error"] = help_field(
-        "keep",
-        help="empty or whitespace chosen/rejected replies: keep (counted in the report; UltraFeedback has "
-        "a few, scored as real responses) or error (then on_error=skip skips them); empty prompts are always "
-        "an error",
-    )
-    limit: int | None = help_field(None, help="keep only the first N valid rows (quick runs); reported")
-
-    def validate(self) -> None:
-        check_column_targets(self.columns)
-        if self.tie_policy not in ("error", "skip", "keep"):
-            raise ConfigError(f"tie_policy must be error, skip or keep, got {self.tie_policy!r}")
-        if self.empty_replies not in ("keep", "error"):
-            raise ConfigError(f"empty_replies must be keep or error, got {self.empty_replies!r}")
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"on_error must be raise or skip, got {self.on_error!r}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be a positive number of rows, got {self.limit}")
 
 
 @dataclass
@@ -208,22 +166,25 @@ def _empty_reply_note(out: _Collector) -> list[str]:
     ]
 
 
-def load_preferences(spec: DataSpec | str | Path, **overrides: Any) -> tuple[PreferenceTable, LoadReport]:
+def load_preferences(
+    spec: DataSpec | str | Path, *, default_split: str = "train", **overrides: Any
+) -> tuple[PreferenceTable, LoadReport]:
     """Read, map and validate preferences; returns ``(table, report)``.
 
     ``spec`` is a :class:`DataSpec` or just a path; keyword ``overrides`` replace its fields
     (``columns`` may be given as ``"a=b,c=d"``). Raises :class:`DataError` naming file, row and field
-    at the first bad row, unless ``on_error="skip"``, which skips bad rows and counts them in the
-    report. Scores are ``None`` in the table when the source has none.
+    at the first bad row, unless ``skip_bad_rows=True``, which skips bad rows and counts them in the
+    report. Scores are ``None`` in the table when the source has none. ``default_split`` is the split of
+    a folder or Hub dataset read when ``spec.split`` is unset (evaluation reads ``test``).
     """
     spec = _resolve_spec(spec, overrides)
-    raw = read_rows(spec.path, spec.split, skip_bad=spec.on_error == "skip")
+    raw = read_rows(spec.path, spec.split, skip_bad=spec.skip_bad_rows, default_split=default_split)
     if not raw.rows:
         detail = f" ({len(raw.bad)} unreadable rows, e.g. {raw.bad[0]})" if raw.bad else ""
         raise DataError(f"no rows to read{detail}", file=raw.source)
     layout = detect_layout(raw.rows[0], spec.columns, raw.source, raw.row_numbers[0])
     normalise = RowNormaliser(layout, raw.source, spec.tie_policy, spec.empty_replies)
-    out = _Collector(skip=spec.on_error == "skip")
+    out = _Collector(skip=spec.skip_bad_rows)
     for err in raw.bad:
         out.bad(err)
     rows_read, ties_skipped, notes = len(raw.bad), 0, []
@@ -267,6 +228,7 @@ def load_preferences(spec: DataSpec | str | Path, **overrides: Any) -> tuple[Pre
         score_chosen=np.asarray(out.sc, dtype=np.float64) if layout.has_scores else None,
         score_rejected=np.asarray(out.sr, dtype=np.float64) if layout.has_scores else None,
         source=raw.source,
+        row_numbers=out.row_numbers,
     )
     return table, report
 

@@ -36,6 +36,8 @@ class PreferenceTable:
     score_chosen: np.ndarray | None = None
     score_rejected: np.ndarray | None = None
     source: str = "<memory>"
+    # The source row of each preference (as error messages number them), when it came from a file.
+    row_numbers: list[int] | None = field(default=None, repr=False, compare=False)
     _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +99,7 @@ class PreferenceTable:
             score_chosen=None if self.score_chosen is None else self.score_chosen[idx],
             score_rejected=None if self.score_rejected is None else self.score_rejected[idx],
             source=self.source,
+            row_numbers=None if self.row_numbers is None else [self.row_numbers[i] for i in idx],
         )
 
     def fingerprint(self) -> str:

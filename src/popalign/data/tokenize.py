@@ -113,6 +113,21 @@ def tokenize_preferences(table: PreferenceTable, tokenizer: Any, spec: TokenizeS
     return TokenizedPreferences(out_p, out_c, out_r, stats=stats, fingerprint=fp)
 
 
+TRUNCATION_WARN = 0.05
+
+
+def truncation_warning(stats: dict[str, Any]) -> str | None:
+    """A warning when more than 5% of the pairs were cut at ``tokenize.max_length``, else ``None``."""
+    rows, cut = stats["rows"], stats["truncated_rows"]
+    if not rows or cut <= TRUNCATION_WARN * rows:
+        return None
+    return (
+        f"warning: {cut:,} of {rows:,} pairs ({100 * cut / rows:.0f}%) were truncated at "
+        f"tokenize.max_length={stats['max_length']} (longest pair: {stats['longest_pair_tokens']} tokens); "
+        "the model learns from cut-off replies. Raise tokenize.max_length if memory allows."
+    )
+
+
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
     vocab = tokenizer.get_vocab()
     h = hashlib.sha256()

@@ -5,6 +5,9 @@ Three layouts are recognised from the first row (after the user's column mapping
 * ``plain`` -- ``prompt``, ``chosen``, ``rejected`` as text;
 * ``ultrafeedback-messages`` -- ``chosen``/``rejected`` as chat-message lists that end with the
   assistant's reply and (usually) start with the prompt turns;
+* ``implicit-prompt`` -- no prompt column; ``chosen``/``rejected`` are whole text transcripts with
+  ``Human:``/``Assistant:`` turns (Anthropic HH-RLHF; TRL's "implicit prompt"): the turns before the
+  final assistant turn are the prompt, the final assistant turns are the replies;
 * ``unordered-pair`` -- ``response_a``/``response_b`` with ``score_a``/``score_b``; the higher score
   becomes ``chosen`` and ties follow ``tie_policy``.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +45,31 @@ ORDERED_ONLY = ("chosen", "rejected", "score_chosen", "score_rejected")
 UNORDERED_ONLY = ("response_a", "response_b", "score_a", "score_b")
 
 _MISSING = object()
+
+# Scores beyond this are almost surely a unit or parsing mistake; their differences overflow statistics.
+MAX_ABS_SCORE = 1e6
+# A prompt at least this long that opens its reply is a mapping mistake (prompt=chosen); shorter ones
+# ("Hi") legitimately open replies.
+MIN_PROMPT_PREFIX = 16
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_transcript(text: str) -> list[dict[str, str]] | None:
+    """``"\n\nHuman: q\n\nAssistant: a"`` -> chat messages; ``None`` when the text has no such turns."""
+    marks = list(_TURN.finditer(text))
+    if not marks or text[: marks[0].start()].strip():
+        return None
+    turns = []
+    for mark, nxt in zip(marks, [*marks[1:], None], strict=True):
+        end = nxt.start() if nxt else len(text)
+        turns.append({"role": _ROLES[mark.group(1)], "content": text[mark.end() : end].strip()})
+    return turns
+
+
+def is_transcript(value: Any) -> bool:
+    turns = parse_transcript(value) if isinstance(value, str) else None
+    return bool(turns) and len(turns) >= 2 and turns[-1]["role"] == "assistant"
 
 
 def check_column_targets(columns: dict[str, str]) -> None:
@@ -118,9 +147,15 @@ def detect_layout(row: dict[str, Any], mapping: dict[str, str], source: str, row
     def missing(target: str, why: str = "") -> DataError:
         src = mapping.get(target, target)
         named = f"column {src!r} (mapped to {target})" if src != target else f"column {target!r}"
+        hint = ""
+        if target == "prompt":
+            hint = (
+                "; replies that hold the whole conversation need no prompt column: as text transcripts "
+                "with Human:/Assistant: turns, or as message lists (see docs/data_formats.md)"
+            )
         return DataError(
             f"{named} not found{why}; available columns: {', '.join(avail) or '(none)'} "
-            f"(map yours with --columns {target}=NAME, or columns: in YAML)",
+            f"(map yours with --columns {target}=NAME, or columns: in YAML{hint})",
             file=source,
             row=row_number,
             field=src,
@@ -141,10 +176,12 @@ def detect_layout(row: dict[str, Any], mapping: dict[str, str], source: str, row
 
     first_value = get_path(row, cols[first])
     prompt_src = mapping.get("prompt", "prompt")
+    implicit = is_transcript(first_value)
     if has(prompt_src):
         cols["prompt"] = prompt_src
-    elif "prompt" in mapping or not (isinstance(first_value, list) and len(first_value) > 1):
-        # Message lists that hold the prompt turns need no prompt column; everything else does.
+        implicit = False
+    elif "prompt" in mapping or not (isinstance(first_value, list) and len(first_value) > 1 or implicit):
+        # Conversations (message lists or transcripts) hold the prompt turns; everything else needs a prompt.
         raise missing("prompt")
 
     if "id" in mapping:
@@ -179,6 +216,8 @@ def detect_layout(row: dict[str, Any], mapping: dict[str, str], source: str, row
 
     if unordered:
         schema = "unordered-pair"
+    elif implicit:
+        schema = "implicit-prompt"
     elif isinstance(first_value, list):
         schema = "ultrafeedback-messages"
     else:
@@ -273,12 +312,16 @@ class RowNormaliser:
             if where is not None:
                 raise self.error(
                     f"the prompt turns of {second} differ from those of {first} (first difference at "
-                    f"message {where}); both must continue the same conversation",
+                    f"message {where}); both must continue the same conversation (--skip-bad-rows skips "
+                    "and counts such rows)",
                     second,
                     "prompt mismatch",
                 )
             return self._prompt_from_turns(turns_1, first), text_1, text_2
-        return self._prompt(raw), text_1, text_2
+        prompt = self._prompt(raw)
+        if isinstance(prompt, str):
+            self._check_not_in_reply(prompt, (text_1, text_2), (first, second))
+        return prompt, text_1, text_2
 
     def _text(self, value: Any, target: str, may_be_empty: bool = False) -> str:
         if value is _MISSING:
@@ -309,6 +352,8 @@ class RowNormaliser:
     def _response(self, raw: dict[str, Any], target: str) -> tuple[list[dict[str, str]] | None, str]:
         """A reply as ``(prompt turns or None, reply text)``; message lists must end with the assistant."""
         value = get_path(raw, self.cols[target])
+        if self.layout.schema == "implicit-prompt":
+            value = self._transcript(value, target)
         if not isinstance(value, list):
             return None, self._text(value, target, self.keep_empty)
         if not value:
@@ -321,6 +366,33 @@ class RowNormaliser:
                 "bad messages",
             )
         return turns[:-1], self._text(turns[-1]["content"], target, self.keep_empty)
+
+    def _transcript(self, value: Any, target: str) -> list[dict[str, str]]:
+        text = self._text(value, target)
+        turns = parse_transcript(text)
+        if not turns:
+            raise self.error(
+                "not a transcript: the implicit-prompt layout needs Human:/Assistant: turns "
+                "('\\n\\nHuman: ...\\n\\nAssistant: ...')",
+                target,
+                "bad transcript",
+            )
+        return turns
+
+    def _check_not_in_reply(self, prompt: str, replies: tuple[str, str], names: tuple[str, str]) -> None:
+        """A prompt that is its reply, or opens it, means the prompt was mapped to a reply column."""
+        p = prompt.strip()
+        for reply, name in zip(replies, names, strict=True):
+            r = reply.strip()
+            if r == p or (len(p) >= MIN_PROMPT_PREFIX and r.startswith(p)):
+                how = "equals" if r == p else "is the beginning of"
+                raise self.error(
+                    f"the prompt {how} the {name} reply, so the prompt column holds replies (is prompt "
+                    "mapped to a reply column?); when the replies hold the whole conversation, leave the "
+                    "prompt column out (implicit-prompt layout, docs/data_formats.md)",
+                    "prompt",
+                    "prompt in reply",
+                )
 
     def _prompt_from_turns(self, turns: list[dict[str, str]], target: str) -> str | list[dict[str, str]]:
         if not any(t["content"].strip() for t in turns):
@@ -351,4 +423,11 @@ class RowNormaliser:
             raise self.error(f"a score must be a number, got {value!r}", target, "bad score") from None
         if not math.isfinite(score):
             raise self.error(f"a score must be a finite number, got {value!r}", target, "bad score")
+        if abs(score) > MAX_ABS_SCORE:
+            raise self.error(
+                f"score {score:g} is outside the sane range |score| <= {MAX_ABS_SCORE:g} (a unit or parsing "
+                "mistake?); rescale the scores",
+                target,
+                "bad score",
+            )
         return score

@@ -107,11 +107,47 @@ def _data_record(table, report=None, **extra: Any) -> dict[str, Any]:
     return rec
 
 
+def eval_data(data: Any, split: str | None = None, columns: str | None = None, limit: int | None = None):
+    """The :class:`DataSpec` of evaluation data: ``data`` itself, or a path with the given options.
+
+    Ties are kept (evaluation reports them apart from accuracy); an unset split reads a folder's ``test``.
+    """
+    from popalign.data.load import DataSpec, parse_column_map
+    from popalign.data.spec import EVAL_DEFAULTS
+
+    if isinstance(data, DataSpec):
+        return data
+    cols = parse_column_map(columns) if columns else {}
+    tie_policy = EVAL_DEFAULTS["tie_policy"]
+    return DataSpec(path=str(data), split=split, columns=cols, limit=limit or None, tie_policy=tie_policy)
+
+
+def load_eval_table(spec: Any):
+    """``(table, report)`` of evaluation data (a folder's ``test`` split unless ``spec.split`` says)."""
+    from popalign.data.load import load_preferences
+    from popalign.data.spec import EVAL_DEFAULTS
+
+    return load_preferences(spec, default_split=EVAL_DEFAULTS["split"])
+
+
+def _overlap(table, target: Target) -> dict[str, Any] | None:
+    """Rows of ``table`` the target's run trained on, with a loud warning on screen when there are any."""
+    import sys
+
+    from popalign.data.overlap import overlap_warning, training_overlap
+
+    overlap = training_overlap(table, target.model)
+    warning = overlap_warning(overlap)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return overlap
+
+
 def run_discriminative(
     models: list[str],
-    data: str,
+    data: Any,
     *,
-    split: str = "test",
+    split: str | None = None,
     columns: str | None = None,
     limit: int | None = None,
     out: str | None = None,
@@ -124,25 +160,22 @@ def run_discriminative(
 ) -> list[dict[str, Any]]:
     """Predicted margins, accuracy and correlations of each model on test preferences (Section 4.3).
 
+    ``data`` is a :class:`DataSpec` or a path (then ``split``, ``columns`` and ``limit`` apply).
     ``plots=False`` skips the PNGs (callers that draw their own figures from the JSON, e.g. the testbed).
     """
-    from popalign.data.load import load_preferences
     from popalign.eval.discriminative import cumulative_accuracy, discriminative_metrics
     from popalign.eval.plots import plot_cumulative_accuracy, plot_margin_scatter
 
     scoring, boot = scoring or ScoringOptions(), boot or BootstrapOptions()
     targets = plan_targets(models, out, names)
-    overrides: dict[str, Any] = {"split": split, "tie_policy": "keep"}
-    if columns:
-        overrides["columns"] = columns
-    if limit:
-        overrides["limit"] = limit
-    table, load_report = load_preferences(data, **overrides)
+    spec = eval_data(data, split, columns, limit)
+    table, load_report = load_eval_table(spec)
     truth = table.margins if table.has_scores else None
     # Earlier evaluations to overlay are read first, so a wrong path fails before any scoring.
     others = [rep.load_run(c) for c in compare or []]
     results = []
     for t in targets:
+        overlap = _overlap(table, t)
         scorer, info = _scorer(t, scoring)
         chosen, rejected = scorer.rewards(table, progress=progress)
         del scorer
@@ -165,7 +198,9 @@ def run_discriminative(
             "kind": "discriminative",
             "name": t.name,
             "model": info,
-            "data": _data_record(table, load_report, path=data, split=split),
+            "data": _data_record(
+                table, load_report, path=spec.path, split=spec.split, training_overlap=overlap
+            ),
             "metrics": metrics,
         }
         if truth is not None:
@@ -182,12 +217,13 @@ def run_discriminative(
             plot_margin_scatter(t.extra["predicted"], truth, t.out / rep.SCATTER_PNG, t.name)
     for t in targets:
         rep.write_run_markdown(t.out)
+        _refresh_card(t.out)
     return results
 
 
 def run_rewardbench(
     models: list[str],
-    data: str,
+    data: Any,
     *,
     limit: int | None = None,
     include_prior: bool = False,
@@ -201,9 +237,11 @@ def run_rewardbench(
 
     scoring = scoring or ScoringOptions()
     targets = plan_targets(models, out, names)
-    bench = read_rewardbench(data, limit=limit)
+    spec = eval_data(data, limit=limit)
+    bench = read_rewardbench(spec)
     results = []
     for t in targets:
+        overlap = _overlap(bench.table, t)
         scorer, info = _scorer(t, scoring)
         chosen, rejected = scorer.rewards(bench.table, progress=progress)
         del scorer
@@ -220,11 +258,12 @@ def run_rewardbench(
             "kind": "rewardbench",
             "name": t.name,
             "model": info,
-            "data": _data_record(bench.table, path=data),
+            "data": _data_record(bench.table, path=spec.path, training_overlap=overlap),
             "scores": scores,
         }
         atomic_write_json(t.out / rep.FILES["rewardbench"], record)
         rep.write_run_markdown(t.out)
+        _refresh_card(t.out)
         results.append(record)
     return results
 
@@ -246,10 +285,10 @@ def _kl_reference(model_dir: str, reference: str | None, kl: bool, spec: Any, po
 
 def run_generate(
     models: list[str],
-    data: str,
+    data: Any,
     *,
     spec: Any = None,
-    split: str = "test",
+    split: str | None = None,
     columns: str | None = None,
     limit: int | None = None,
     out: str | None = None,
@@ -284,9 +323,15 @@ def run_generate(
     if not models:
         raise PopalignError("give at least one model folder to generate from")
     targets = plan_targets(models, out, names)
-    ids, prompts = load_prompts(data, split=split, columns=columns, limit=limit)
+    data_spec = eval_data(data, split, columns, limit)
+    table = _prompt_table(data_spec)
+    if table is None:  # a file of AlpacaEval instructions
+        ids, prompts = load_prompts(data_spec.path, limit=data_spec.limit)
+    else:
+        ids, prompts = list(table.ids), list(table.prompts)
     results = []
     for t in targets:
+        overlap = None if table is None else _overlap(table, t)
         tokenizer = load_tokenizer(t.model)
         model = load_causal_lm(t.model, dtype=dtype).to(pick_device(device))
         ref_model, ref_name = _kl_reference(t.model, reference, kl, spec, model, dtype)
@@ -300,7 +345,12 @@ def run_generate(
             "generator": t.name,
             "model": str(t.model),
             "out": str(t.out / "model_outputs.json"),
-            "data": {"path": data, "split": split, "prompts": len(prompts)},
+            "data": {
+                "path": data_spec.path,
+                "split": data_spec.split,
+                "prompts": len(prompts),
+                "training_overlap": overlap,
+            },
             "settings": asdict(spec),
             "mean_output_chars": float(np.mean([len(o) for o in samples.outputs]))
             if samples.outputs
@@ -313,8 +363,30 @@ def run_generate(
             record["kl"] = {"value": None, "reason": ref_name}
         atomic_write_json(t.out / rep.FILES["generate"], record)
         rep.write_run_markdown(t.out)
+        _refresh_card(t.out)
         results.append(record)
     return results
+
+
+def _refresh_card(eval_dir: Path) -> None:
+    """Rewrite the model card of the run folder above ``eval_dir`` so it shows the new results."""
+    from popalign.hub.card import CARD, write_model_card
+
+    run = Path(eval_dir).parent
+    if Path(eval_dir).name == rep.EVAL_DIR and (run / CARD).is_file() and (run / "config.yaml").is_file():
+        write_model_card(run)
+
+
+def _prompt_table(spec: Any):
+    """The preference table whose prompts are generated from, or ``None`` for an instruction file."""
+    from popalign.data.formats import read_rows
+
+    path = Path(spec.path)
+    if path.is_file() and not spec.columns:
+        raw = read_rows(str(path))
+        if raw.rows and "instruction" in raw.rows[0] and "chosen" not in raw.rows[0]:
+            return None
+    return load_eval_table(spec)[0]
 
 
 def load_judge(reward_model: str | None, score_fn: str | None, scoring: ScoringOptions):
@@ -404,5 +476,6 @@ def run_judge(
         if plots:
             plot_advantages([(generator, scores - base_scores)], folder / rep.ADVANTAGES_PNG, base_name)
         rep.write_run_markdown(folder)
+        _refresh_card(folder)
         results.append(record)
     return results

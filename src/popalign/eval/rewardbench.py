@@ -16,7 +16,6 @@ The scores follow RewardBench's own code (see docs/evaluation.md for the exact s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,7 +74,6 @@ SUBSET_MAPPING: dict[str, list[str]] = {
 SECTIONS = tuple(SUBSET_MAPPING)
 PRIOR_SETS = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
 PRIOR_SECTION = "Prior Sets"
-REQUIRED = ("prompt", "chosen", "rejected", "subset")
 
 
 @dataclass
@@ -86,54 +84,36 @@ class RewardBenchData:
     subsets: list[str]
 
 
-def _prompt(value: Any, source: str, row: int) -> Any:
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
-        return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in value]
-    raise DataError(
-        "must be a non-empty string or a list of chat messages", file=source, row=row, field="prompt"
-    )
+def read_rewardbench(data: Any, limit: int | None = None) -> RewardBenchData:
+    """Read a local RewardBench-format file (.jsonl, .json, .parquet, .csv), or a ``DataSpec`` of one.
 
-
-def read_rewardbench(path: str | Path, limit: int | None = None) -> RewardBenchData:
-    """Read a local RewardBench-format file (.jsonl, .json, .parquet, .csv).
-
-    Ids come from an ``id`` column when present, else the row number. Raises :class:`DataError` naming the
-    file, row and field of the first bad row.
+    Rows go through the preference loader (so ``--columns``, ``--skip-bad-rows`` and friends work as in
+    every other command), then each kept row's ``subset`` is read from its source row. Ids come from an
+    ``id`` column when present, else the row number. Raises :class:`DataError` naming the file, row and
+    field of the first bad row.
     """
-    from popalign.data.formats import read_rows
+    import dataclasses
 
-    raw = read_rows(str(path))
-    if raw.bad:
-        raise raw.bad[0]
-    if not raw.rows:
-        raise DataError("no rows to read", file=raw.source)
-    ids, prompts, chosen, rejected, subsets = [], [], [], [], []
-    for rec, number in zip(raw.rows, raw.row_numbers, strict=True):
-        if limit is not None and len(ids) >= limit:
-            break
-        for name in REQUIRED:
-            if name not in rec:
-                raise DataError(
-                    f"missing; a RewardBench file needs {', '.join(REQUIRED)}",
-                    file=raw.source,
-                    row=number,
-                    field=name,
-                )
-        for name in ("chosen", "rejected", "subset"):
-            if not isinstance(rec[name], str):
-                raise DataError("must be a string", file=raw.source, row=number, field=name)
-        if not rec["subset"].strip():
-            raise DataError("must name the subset", file=raw.source, row=number, field="subset")
-        prompts.append(_prompt(rec["prompt"], raw.source, number))
-        ids.append(str(rec["id"]) if rec.get("id") is not None else str(number - 1))
-        chosen.append(rec["chosen"])
-        rejected.append(rec["rejected"])
-        subsets.append(rec["subset"].strip())
-    if len(set(ids)) != len(ids):
-        raise DataError("ids are not unique", file=raw.source, field="id")
-    table = PreferenceTable(ids=ids, prompts=prompts, chosen=chosen, rejected=rejected, source=raw.source)
+    from popalign.data.formats import read_rows
+    from popalign.data.load import DataSpec, load_preferences
+
+    spec = data if isinstance(data, DataSpec) else DataSpec(path=str(data))
+    if limit is not None:
+        spec = dataclasses.replace(spec, limit=limit)
+    table, _ = load_preferences(spec)
+    raw = read_rows(spec.path, spec.split, skip_bad=True)
+    by_number = dict(zip(raw.row_numbers, raw.rows, strict=True))
+    subsets = []
+    for number in table.row_numbers or []:
+        subset = by_number[number].get("subset")
+        if not isinstance(subset, str) or not subset.strip():
+            raise DataError(
+                "must name the subset (a RewardBench file has prompt, chosen, rejected and subset)",
+                file=raw.source,
+                row=number,
+                field="subset",
+            )
+        subsets.append(subset.strip())
     return RewardBenchData(table, subsets)
 
 

@@ -7,7 +7,7 @@ uses 1: nearly indistinguishable pairs would not be labelled by an annotator). T
 * **iterative** — each preference is compared against ``k`` preferences weaker than it, drawn uniformly
   without replacement among its valid weaker candidates, so every preference is equally represented on
   the strong side. A preference with fewer than ``k`` candidates gets all of them; the shortfall is
-  reported.
+  reported, or with ``fill_shortfall`` topped up with uniformly random valid pairs.
 * **random** — uniformly random pairs of distinct preferences, labelled by their margins; a pair whose
   gap is below ``min_gap`` is rejected and redrawn, and no unordered pair is drawn twice. Stronger
   preferences have more valid partners, so they appear as strong more often.
@@ -63,6 +63,12 @@ class PoPSpec:
         0.0, help="label noise epsilon: flip each PoP label with this probability (Appendix F)"
     )
     seed: int = help_field(0, help="random seed; the same seed and data give the same pairs")
+    fill_shortfall: bool = help_field(
+        False,
+        help="iterative only: when some preferences have fewer than k weaker candidates, top up with "
+        "uniformly random valid pairs so that |D_PoP| = k |D_pref| (as Section 4.1 states for both "
+        "strategies) where enough valid pairs exist; the top-up is counted in the sidecar",
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot build a dataset."""
@@ -202,6 +208,29 @@ def _random(order: np.ndarray, count: np.ndarray, target: int, rng: np.random.Ge
     return strong[shuffle], weak[shuffle], shortfall
 
 
+def _fill(
+    order: np.ndarray, count: np.ndarray, strong: np.ndarray, weak: np.ndarray, missing: int, rng
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Top up ``(strong, weak)`` with ``missing`` valid pairs not yet present, uniform among the rest.
+
+    Pairs are numbered as in :func:`_random`. A uniform subset of ``E + missing`` numbers minus the ``E``
+    present ones is, by symmetry, a uniform subset of the absent ones; a random ``missing`` of them are kept.
+    """
+    cum = np.cumsum(count)
+    total = int(cum[-1]) if cum.size else 0
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    present = cum[strong] - count[strong] + rank[weak]
+    keys = _distinct_below(total, min(total, present.size + missing), rng)
+    keys = keys[~np.isin(keys, present)]
+    keys = keys[rng.permutation(keys.size)[:missing]]
+    extra_strong = np.searchsorted(cum, keys, side="right").astype(np.int64)
+    extra_weak = order[keys - (cum[extra_strong] - count[extra_strong])]
+    strong, weak = np.concatenate([strong, extra_strong]), np.concatenate([weak, extra_weak])
+    shuffle = rng.permutation(strong.size)
+    return strong[shuffle], weak[shuffle], int(keys.size)
+
+
 def build_pop(margins: np.ndarray, spec: PoPSpec) -> PoPPairs:
     """Build PoP pairs from ground-truth margins, shape ``(N,)``; pure (no I/O).
 
@@ -219,7 +248,12 @@ def build_pop(margins: np.ndarray, spec: PoPSpec) -> PoPPairs:
     if spec.strategy == "iterative":
         k = int(spec.k)
         target = k * n
-        strong, weak, shortfall = _iterative(order, count, k, np.random.default_rng(pair_seed))
+        rng = np.random.default_rng(pair_seed)
+        strong, weak, shortfall = _iterative(order, count, k, rng)
+        if spec.fill_shortfall and shortfall["pairs_missing"]:
+            strong, weak, filled = _fill(order, count, strong, weak, shortfall["pairs_missing"], rng)
+            shortfall["filled"] = filled
+            shortfall["pairs_missing"] -= filled
     else:
         target = int(round(spec.k * n))
         strong, weak, shortfall = _random(order, count, target, np.random.default_rng(pair_seed))
@@ -233,6 +267,7 @@ def build_pop(margins: np.ndarray, spec: PoPSpec) -> PoPPairs:
             "min_gap": spec.min_gap,
             "noise": spec.noise,
             "seed": spec.seed,
+            "fill_shortfall": spec.fill_shortfall,
         },
         "source": {"preferences": n},
         "counts": {
@@ -256,8 +291,8 @@ def build_pop_for_table(table: PreferenceTable, spec: PoPSpec) -> PoPPairs:
     if not table.has_scores:
         raise DataError(
             "has no scores (score_chosen/score_rejected), so PoP pairs cannot be built from margins; "
-            "map the score columns with --columns, or import PoP labels from people with "
-            "`popalign pop import-labels`",
+            "map the score columns with --columns score_chosen=NAME,score_rejected=NAME, or use PoP labels "
+            "from people (`popalign label`, then pop_labels=FILE in train)",
             file=table.source,
         )
     margins = _check_margins(table.margins, table.source)  # so a bad row is reported with its file
@@ -268,3 +303,45 @@ def build_pop_for_table(table: PreferenceTable, spec: PoPSpec) -> PoPPairs:
         "preferences": len(table),
     }
     return pairs
+
+
+# How each command spells the PoP options its advice names: flags (pop build) or run-config keys (train).
+_SPELLING = {
+    "flag": {"min_gap": "--min-gap", "fill_shortfall": "--fill-shortfall", "k": "-k"},
+    "key": {"min_gap": "pop.min_gap", "fill_shortfall": "pop.fill_shortfall=true", "k": "pop.k"},
+}
+SHORTFALL_WARN = 0.10
+
+
+def shortfall_warning(meta: dict[str, Any], style: str = "flag") -> str | None:
+    """A warning when the pairs fall more than 10% short of the target ``k * N``, else ``None``."""
+    counts, names = meta["counts"], _SPELLING[style]
+    target, pairs = counts.get("target"), counts["pairs"]
+    if not target or pairs >= (1 - SHORTFALL_WARN) * target:
+        return None  # people's labels have no target
+    short = meta["shortfall"].get("preferences_short")
+    who = f"{short:,} preferences have fewer than k weaker ones, " if short else ""
+    fill = (
+        f", or {names['fill_shortfall']} to top up with random valid pairs"
+        if meta["settings"]["strategy"] == "iterative" and not meta["settings"].get("fill_shortfall")
+        else ""
+    )
+    return (
+        f"warning: {pairs:,} PoP pairs, {100 * (1 - pairs / target):.0f}% short of the target "
+        f"k x N = {target:,} ({who}{counts['valid_pairs']:,} valid pairs in all at min_gap "
+        f"{meta['settings']['min_gap']:g}); lower {names['min_gap']} or {names['k']}{fill}"
+    )
+
+
+def check_pairs(pairs: PoPPairs, source: str, style: str = "flag") -> None:
+    """Zero PoP pairs is an error: nothing could be trained or saved usefully."""
+    if len(pairs):
+        return
+    gap = pairs.meta["settings"].get("min_gap")
+    if gap is None:
+        raise DataError("no PoP pairs: the label file gives none for these preferences", file=source)
+    raise DataError(
+        f"no PoP pairs: no two preferences differ in margin by at least min_gap {gap:g}; lower "
+        f"{_SPELLING[style]['min_gap']} (see the margin histogram of `popalign data inspect`)",
+        file=source,
+    )

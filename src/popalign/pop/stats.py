@@ -131,6 +131,8 @@ def format_summary(meta: dict[str, Any]) -> str:
         elif counts.get("valid_pairs") is not None:
             line += f"; the dataset has only {counts['valid_pairs']:,} valid pairs"
         lines.append(line)
+    if short and short.get("filled"):
+        lines.append(f"fill_shortfall: {short['filled']:,} random valid pairs added to reach the target")
     for side in ("strong", "weak"):
         s = app.get(side)
         if s:

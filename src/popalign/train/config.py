@@ -110,7 +110,9 @@ class TrainingSpec:
     save_steps: int = help_field(500, help="Save a checkpoint every N optimiser steps.")
     save_total_limit: int | None = help_field(2, help="Keep at most this many checkpoints.")
     report_to: list[str] = help_field(
-        default_factory=lambda: ["tensorboard"], help="Loggers: tensorboard, none."
+        default_factory=lambda: ["tensorboard"],
+        help="Loggers (transformers' names): tensorboard, wandb (needs `pip install wandb`; WANDB_PROJECT "
+        "names the project), none. E.g. training.report_to=[wandb].",
     )
     dataloader_num_workers: int = help_field(0, help="Data loader worker processes.")
     torch_threads: int | None = help_field(None, help="CPU threads for torch (None: torch's default).")

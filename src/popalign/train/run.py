@@ -46,17 +46,18 @@ def build_examples(cfg: TrainConfig, table, method, output_dir: Path) -> tuple[A
 
     if method.sampler == "preferences":
         return PairExamples(np.arange(len(table))), {"examples": len(table), "sampler": "preferences"}
-    from popalign.pop.build import build_pop_for_table
+    from popalign.pop.build import build_pop_for_table, check_pairs, shortfall_warning
     from popalign.pop.labels import load_pop_labels
+    from popalign.train.setup import announce
 
     if cfg.pop_labels:
         pairs = load_pop_labels(cfg.pop_labels, table)
     else:
         pairs = build_pop_for_table(table, cfg.pop)
+    announce(shortfall_warning(pairs.meta, style="key"))
+    check_pairs(pairs, table.source, style="key")
     pairs.save(output_dir / "pop_pairs.parquet", table)
     info = {"examples": len(pairs), "sampler": "pop", "pop": pairs.meta}
-    if len(pairs) == 0:
-        raise PopalignError("the PoP builder produced no pairs (is min_gap larger than every margin gap?)")
     return PairExamples(pairs.strong_idx, pairs.weak_idx), info
 
 
@@ -77,12 +78,13 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, tests).
     """
-    from popalign.data.tokenize import tokenize_preferences
+    from popalign.data.tokenize import tokenize_preferences, truncation_warning
     from popalign.methods import get_method
     from popalign.modeling.reference import cached_reference_logps
     from popalign.modeling.target import adapters_disabled
     from popalign.train.collate import PreferenceCollator
     from popalign.train.setup import (
+        announce,
         apply_lora,
         build_model_and_tokenizer,
         finish_run,
@@ -106,6 +108,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
     )
     model = apply_lora(model, cfg.lora, reward_model=reward_model)
     tokenized = tokenize_preferences(table, tokenizer, cfg.tokenize)
+    announce(truncation_warning(tokenized.stats))
     info: dict[str, Any] = {"data": vars(report), "tokenize": tokenized.stats, "method": vars(method)}
 
     ref_c = ref_r = None

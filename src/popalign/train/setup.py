@@ -90,6 +90,7 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
     report_to = [r for r in spec.report_to if r != "none"] or "none"
+    _check_loggers(report_to)
     args = TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=spec.learning_rate,
@@ -120,6 +121,20 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
     )
     _check_processes_joined(args)
     return args
+
+
+def _check_loggers(report_to: list[str] | str) -> None:
+    """A logger whose package is missing is one clear error before training, not a traceback inside it."""
+    import importlib.util
+
+    from popalign.errors import PopalignError
+
+    for name in [] if report_to == "none" else report_to:
+        if name in ("wandb", "mlflow", "comet_ml") and importlib.util.find_spec(name) is None:
+            raise PopalignError(
+                f"training.report_to=[{name}] needs the {name} package: pip install {name} "
+                "(or leave it out of training.report_to)"
+            )
 
 
 def _check_processes_joined(args: Any) -> None:
@@ -159,11 +174,20 @@ def start_run(cfg: Any) -> tuple[Path, str | None, Any, Any]:
     seed_everything(cfg.training.seed)
     resume = resolve_resume(cfg.resume, out)
     table, report = load_preferences(cfg.data)
-    # Every process loads the same data; one report is enough. The launcher's RANK decides: creating
-    # accelerate's state here would fix it before TrainingArguments can choose the CPU backend.
+    announce(report.summary())
     if int(os.environ.get("RANK", "0")) == 0:
-        print(report.summary())
+        from popalign.data.overlap import record_training_rows
+
+        record_training_rows(table, out)  # so that eval can warn about evaluating on training rows
     return out, resume, table, report
+
+
+def announce(message: str | None) -> None:
+    """Print what a user must see, once per run (not once per process)."""
+    # The launcher's RANK decides: creating accelerate's state here would fix it before
+    # TrainingArguments can choose the CPU backend.
+    if message and int(os.environ.get("RANK", "0")) == 0:
+        print(message, flush=True)
 
 
 def finished_run(cfg: Any) -> dict[str, Any] | None:
@@ -203,4 +227,8 @@ def finish_run(trainer: Any, tokenizer: Any, out: Path, how: str, resume: str | 
     final = save_final_model(trainer, tokenizer, out, how)
     # Last: its presence marks a finished run (see finished_run).
     trainer.save_metrics("train", result.metrics)
+    if trainer.args.should_save:
+        from popalign.hub.card import write_model_card
+
+        write_model_card(out)  # rewritten by eval; regenerable with `popalign push RUN --card-only`
     return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}

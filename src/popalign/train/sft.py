@@ -48,9 +48,10 @@ class SFTCollator:
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     from transformers import Trainer
 
-    from popalign.data.tokenize import tokenize_preferences
+    from popalign.data.tokenize import tokenize_preferences, truncation_warning
     from popalign.train.run import _training_texts
     from popalign.train.setup import (
+        announce,
         apply_lora,
         build_model_and_tokenizer,
         finish_run,
@@ -66,6 +67,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     model, tokenizer = build_model_and_tokenizer(cfg.model, texts=_training_texts(table))
     model = apply_lora(model, cfg.lora)
     tokenized = tokenize_preferences(table, tokenizer, cfg.tokenize)
+    announce(truncation_warning(tokenized.stats))
     responses = tokenized.chosen_ids if cfg.response == "chosen" else tokenized.rejected_ids
     trainer = Trainer(
         model=model,

@@ -1,0 +1,1 @@
+"""Taking a trained model out: its model card and the upload to the Hugging Face Hub."""
