@@ -98,7 +98,12 @@ def test_eval_and_report_end_to_end(runs, ultrafeedback_dir, capsys):
     assert cli(["eval", "generate", str(dpo), str(pop), *gen]) == 0
     outputs = json.loads((pop / "eval" / "model_outputs.json").read_text())
     assert len(outputs) == 5 and {o["generator"] for o in outputs} == {"pop"}
-    assert set(outputs[0]) == {"instruction", "output", "generator", "id"}
+    assert set(outputs[0]) == {"instruction", "output", "generator", "id", "kl"}
+    # The KL to the run's initial model (its config.yaml), per reply and as a mean with its interval.
+    kl = json.loads((pop / "eval" / "generate.json").read_text())["kl"]
+    assert kl["reference"] == str(root / "ref") and kl["n"] == 5
+    assert kl["value"] == pytest.approx(np.mean([o["kl"] for o in outputs]))
+    assert kl["ci_low"] <= kl["value"] <= kl["ci_high"]
 
     judge = ["--baseline", str(dpo), "--reward-model", str(rm), *quick]
     assert cli(["eval", "judge", str(pop), str(dpo), *judge]) == 0
@@ -114,7 +119,8 @@ def test_eval_and_report_end_to_end(runs, ultrafeedback_dir, capsys):
     assert cli(["report", str(dpo), str(pop), str(rm), "-o", str(report)]) == 0
     md = (report / "report.md").read_text()
     dpo_rows = [line for line in md.splitlines() if line.startswith("| dpo |")]
-    assert len(dpo_rows) == 3  # discriminative, RewardBench and judged tables
+    assert len(dpo_rows) == 4  # discriminative, RewardBench, generations (with the KL) and judged tables
+    assert "## Generations" in md and "KL(pi || pi_ref)" in md
     assert "| rm | bt |" in md
     assert "data:image/png;base64," in (report / "report.html").read_text()
 
