@@ -30,7 +30,7 @@ from popalign.data.tokenize import TokenizeSpec, render_prompt, tokenize_prefere
 from popalign.methods import get_method
 from popalign.modeling.reference import compute_reference_logps
 from popalign.train.collate import PairExamples, PreferenceCollator
-from popalign.train.config import ModelSpec
+from popalign.train.config import LossSpec, ModelSpec
 from popalign.train.setup import build_model_and_tokenizer
 from popalign.train.trainer import PreferenceTrainer
 
@@ -95,7 +95,7 @@ def popalign_step(setup, tmp_path) -> tuple[dict[str, torch.Tensor], dict[str, f
         train_dataset=PairExamples(np.arange(BATCH)),
         data_collator=collator,
         method=get_method("dpo"),
-        beta=BETA,
+        loss=LossSpec(beta=BETA),
     )
     batch = collator([{"strong": i, "weak": -1} for i in range(BATCH)])
     trainer.model.train()
