@@ -1,4 +1,4 @@
-"""popalign's DPO equals TRL's ``DPOTrainer`` on the same model, data and batch, for every loss form both have.
+"""popalign equals TRL's ``DPOTrainer`` on the same model, data and batch, for every loss form both have.
 
 Vanilla DPO is TRL's ``loss_type="sigmoid"``; popalign's ``ipo``, ``hinge`` and ``rdpo`` presets are TRL's
 ``"ipo"`` (length-normalised, as TRL 1.16 computes it), ``"hinge"`` and ``"robust"`` (with the same label

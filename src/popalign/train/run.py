@@ -70,9 +70,9 @@ def check_data(method, table) -> None:
         raise PopalignError(f"{table.source}: method {method.name} needs scores (ground-truth margins)")
 
 
-def _use_prefix_sharing(cfg: TrainConfig, model) -> bool:
+def _use_prefix_sharing(cfg: TrainConfig, model, reward_model: bool) -> bool:
     """``training.prefix_sharing`` where it applies: a policy whose attention takes custom masks."""
-    if not cfg.training.prefix_sharing or cfg.objective != "policy":
+    if not cfg.training.prefix_sharing or reward_model:
         return False
     from popalign.modeling.prefix_sharing import prefix_sharing_supported
 
@@ -108,7 +108,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         return done
     out, resume, table, report = start_run(cfg)
     check_data(method, table)
-    reward_model = cfg.objective == "reward-model"
+    reward_model = method.reward_model
     model, tokenizer = build_model_and_tokenizer(
         cfg.model, texts=_training_texts(table), reward_model=reward_model
     )
@@ -128,7 +128,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
                 progress=cfg.training.progress,
             )
     examples, info["examples"] = build_examples(cfg, table, method, out)
-    info["prefix_sharing"] = _use_prefix_sharing(cfg, model)
+    info["prefix_sharing"] = _use_prefix_sharing(cfg, model, reward_model)
     collator = PreferenceCollator(
         tokenized,
         tokenizer.pad_token_id,

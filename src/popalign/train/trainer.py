@@ -77,7 +77,7 @@ class PreferenceTrainer(Trainer):
         # Our loss is a per-example mean of one micro-batch; the Trainer divides it by the
         # accumulation steps, so batch 8 equals batch 4 x 2 accumulation steps.
         self.loss_is_scaled_for_ga = False
-        self.method, self.objective = method, method.objective
+        self.method = method
         self.loss = loss or LossSpec()
         self.target: PolyakTarget | None = None
         self.tau = (target or TargetSpec()).tau
@@ -96,7 +96,7 @@ class PreferenceTrainer(Trainer):
                     self.target.copy.to(self.args.device)
             self.add_callback(_PolyakUpdate(self))
         self.reference_model: torch.nn.Module | None = None
-        if live_reference and self.objective == "policy" and not _is_peft(self.model):
+        if live_reference and not method.reward_model and not _is_peft(self.model):
             if getattr(self, "is_fsdp_enabled", False):
                 raise PopalignError(
                     "a live reference model is not supported under FSDP with full fine-tuning; keep "
@@ -186,7 +186,7 @@ class PreferenceTrainer(Trainer):
 
     def _rewards(self, model, inputs, prefix: str, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards of chosen and rejected, ``(B,)`` each: implicit (policy) or explicit (reward model)."""
-        if self.objective == "reward-model":
+        if self.method.reward_model:
             scores = sequence_scores(model, inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"])
             half = scores.shape[0] // 2
             return scores[:half], scores[half:]
