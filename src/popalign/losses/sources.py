@@ -225,7 +225,7 @@ class OffsetMargin(MarginSource):
     """ODPO's offset ``alpha * log(score_chosen - score_rejected)`` (Amini et al. 2024, Sec. 3).
 
     The log needs a positive score difference: ties and reversed scores are refused when the data is
-    checked (``data.tie_policy=skip`` skips ties when loading, and counts them).
+    checked, naming the first such row, rather than dropped.
     """
 
     name = "odpo"
@@ -251,5 +251,5 @@ class OffsetMargin(MarginSource):
             raise ValueError(
                 f"{table.source}: margin source {self.name!r} needs score_chosen > score_rejected, but "
                 f"{len(bad)} rows do not (first: id {table.ids[bad[0]]!r}, margin {table.margins[bad[0]]}); "
-                "set data.tie_policy=skip to leave ties out"
+                "ODPO takes the log of the score margin, so leave ties out of the data"
             )
