@@ -121,7 +121,7 @@ def test_reward_model_methods_train(tmp_path, method):
 
 def test_reward_model_pop_with_live_margin(tmp_path):
     cfg = config(
-        tmp_path, "objective=reward-model", "method=pop", "loss.pop_margin_model=live", "training.max_steps=2"
+        tmp_path, "objective=reward-model", "method=pop", "loss.margin_source=live", "training.max_steps=2"
     )
     assert math.isfinite(run_train(cfg)["metrics"]["train_loss"])
 

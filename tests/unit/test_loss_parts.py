@@ -296,3 +296,31 @@ def test_no_method_or_source_name_is_compared_as_a_string_outside_the_registries
         if compare.search(line)
     ]
     assert not hits, hits
+
+
+# ---- the data's per-row margin column ----------------------------------------------------------------
+
+
+def test_margin_column_is_read_and_a_bad_value_names_file_row_and_field(tmp_path):
+    import json
+
+    from popalign.data.load import load_preferences
+    from popalign.errors import DataError
+
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": m} for m in (0.5, 2, "1.5")]
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table, _ = load_preferences(good)
+    assert table.margin.tolist() == [0.5, 2.0, 1.5]
+    assert table.select([2, 0]).margin.tolist() == [1.5, 0.5]
+    MARGIN_SOURCES["column"].check_table(table)  # accepted
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {**rows[0], "margin": "wide"}]))
+    with pytest.raises(DataError, match=r"bad.jsonl.*row 4.*'margin'.*finite number"):
+        load_preferences(bad)
+
+    without = table.select([0])
+    without.margin = None
+    with pytest.raises(ValueError, match="needs a per-row 'margin' column"):
+        MARGIN_SOURCES["column"].check_table(without)
