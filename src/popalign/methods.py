@@ -80,7 +80,7 @@ class Method:
         if self.source.needs_weak_pair and not self.uses_pop_pairs:
             raise PopalignError(
                 f"method {self.name!r}: margin source {self.margin!r} needs PoP pairs (a weak preference), "
-                "but the method samples plain preferences"
+                "but the method samples plain preferences (method=custom samples PoP pairs for it)"
             )
         if self.loss_form.reference_free and self.objective != "policy":
             raise PopalignError(f"method {self.name!r}: loss form {self.form!r} is for a policy only")

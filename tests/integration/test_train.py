@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -412,3 +413,30 @@ def test_reference_logps_are_cached(tmp_path):
 def test_unknown_key_is_refused_by_the_cli(capsys):
     assert cli_main(["train", "data.path=x", "trainig.max_steps=3"]) == 2
     assert "unknown key 'trainig.max_steps'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["method=dpo", "loss.margin_source=target"], "margin source 'target' needs PoP pairs"),
+        (["method=custom", "loss.form=sigmoids"], "unknown loss form 'sigmoids'; valid: sigmoid, ipo"),
+        (["method=rdpo", "loss.label_smoothing=0.5"], r"label_smoothing must lie in \[0, 0.5\)"),
+        (["objective=reward-model", "method=bt", "loss.form=simpo"], "is for a policy only"),
+    ],
+)
+def test_parts_that_do_not_fit_are_refused_by_the_cli(capsys, overrides, message):
+    assert cli_main(["train", "data.path=x", *overrides]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_train_help_lists_every_preset_and_the_parts_table(capsys):
+    from popalign.losses.forms import FORMS
+    from popalign.losses.sources import MARGIN_SOURCES
+    from popalign.methods import all_methods
+
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in [*all_methods("policy"), *all_methods("reward-model"), *FORMS, *MARGIN_SOURCES]:
+        assert re.search(rf"^\s*{re.escape(name)}\s", text, re.M), name
+    assert "forms x sources" in text and "Azar et al. 2024, Eq. 17" in text

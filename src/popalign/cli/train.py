@@ -44,4 +44,9 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_config_command("popalign.train.config:TrainConfig", "popalign.train.run:run_train", args)
+    code = run_config_command("popalign.train.config:TrainConfig", "popalign.train.run:run_train", args)
+    if args.help_config:
+        from popalign.methods import format_parts_table
+
+        print(f"\n{format_parts_table()}")
+    return code

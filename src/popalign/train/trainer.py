@@ -96,7 +96,8 @@ class PreferenceTrainer(Trainer):
                     self.target.copy.to(self.args.device)
             self.add_callback(_PolyakUpdate(self))
         self.reference_model: torch.nn.Module | None = None
-        if live_reference and not method.reward_model and not _is_peft(self.model):
+        needs_reference = not method.reward_model and not method.loss_form.reference_free
+        if live_reference and needs_reference and not _is_peft(self.model):
             if getattr(self, "is_fsdp_enabled", False):
                 raise PopalignError(
                     "a live reference model is not supported under FSDP with full fine-tuning; keep "
