@@ -140,17 +140,13 @@ def test_first_loss_is_log_two_when_policy_equals_reference(tmp_path):
         assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_batch_8_equals_batch_4_with_two_accumulation_steps(tmp_path):
-    # Plain SGD: Adam's first step is about lr * sign(gradient), which magnifies float rounding of
-    # near-zero gradients; SGD keeps the comparison about the gradients themselves.
-    common = (
-        "method=dpo-pop-random",
-        "training.max_steps=2",
-        "training.learning_rate=0.5",
-        "training.optim=sgd",
-        "training.max_grad_norm=0",
-        "data.limit=48",
-    )
+def batch_8_and_4_x_2(tmp_path, *common: str) -> tuple[dict, dict]:
+    """Final weights of two SGD runs of ``common``: batch 8, and batch 4 with 2 accumulation steps.
+
+    Plain SGD: Adam's first step is about lr * sign(gradient), which magnifies float rounding of
+    near-zero gradients; SGD keeps the comparison about the gradients themselves.
+    """
+    common = (*common, "training.max_steps=2", "training.optim=sgd", "training.max_grad_norm=0")
     a = config(tmp_path, *common, "training.per_device_train_batch_size=8", name="b8")
     b = config(
         tmp_path,
@@ -159,7 +155,12 @@ def test_batch_8_equals_batch_4_with_two_accumulation_steps(tmp_path):
         "training.gradient_accumulation_steps=2",
         name="b4x2",
     )
-    assert_same_weights(weights(run_train(a)["model"]), weights(run_train(b)["model"]), atol=2e-6)
+    return weights(run_train(a)["model"]), weights(run_train(b)["model"])
+
+
+def test_batch_8_equals_batch_4_with_two_accumulation_steps(tmp_path):
+    common = ("method=dpo-pop-random", "training.learning_rate=0.5", "data.limit=48")
+    assert_same_weights(*batch_8_and_4_x_2(tmp_path, *common), atol=2e-6)
 
 
 class _Crash(TrainerCallback):
@@ -187,14 +188,23 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, method, lor
         # a fast-moving target makes a recomputed margin differ visibly. With 4 preferences every weak one
         # comes back within the refresh window.
         common += (f"loss.margin_refresh_steps={refresh}", "target.tau=0.5", "data.limit=4")
+
+    def target_saved():
+        assert (tmp_path / "resumed" / "checkpoint-2" / "popalign_target.pt").exists()
+
+    assert_same_weights(*straight_and_resumed(tmp_path, *common, after_crash=target_saved))
+
+
+def straight_and_resumed(tmp_path, *common: str, after_crash=lambda: None) -> tuple[dict, dict]:
+    """Final weights of ``common`` run straight through, and killed after step 3 then resumed."""
     straight = run_train(config(tmp_path, *common, name="straight"))
     interrupted = config(tmp_path, *common, name="resumed")
     with pytest.raises(KeyboardInterrupt):
         run_train(interrupted, callbacks=[_Crash(step=3)])
-    assert (tmp_path / "resumed" / "checkpoint-2" / "popalign_target.pt").exists()
+    after_crash()
     resumed = run_train(interrupted)
     assert resumed["resumed_from"].endswith("checkpoint-2")
-    assert_same_weights(weights(straight["model"]), weights(resumed["model"]))
+    return weights(straight["model"]), weights(resumed["model"])
 
 
 # One preset of each loss form besides DPO's sigmoid (dpo-pop-random and dpo-pop-iter above), with a
@@ -216,23 +226,7 @@ def test_form_presets_cover_every_loss_form():
 
 @pytest.mark.parametrize("method", sorted(FORM_PRESETS))
 def test_batch_8_equals_4_x_2_for_every_loss_form(tmp_path, method):
-    common = (
-        f"method={method}",
-        *FORM_PRESETS[method],
-        "training.max_steps=2",
-        "training.optim=sgd",
-        "training.max_grad_norm=0",
-        "data.limit=32",
-    )
-    a = config(tmp_path, *common, "training.per_device_train_batch_size=8", name="b8")
-    b = config(
-        tmp_path,
-        *common,
-        "training.per_device_train_batch_size=4",
-        "training.gradient_accumulation_steps=2",
-        name="b4x2",
-    )
-    first, second = weights(run_train(a)["model"]), weights(run_train(b)["model"])
+    first, second = batch_8_and_4_x_2(tmp_path, f"method={method}", *FORM_PRESETS[method], "data.limit=32")
     assert_same_weights(first, second, atol=2e-6)
     moved = max((first[k] - weights_at_init(tmp_path, method)[k]).abs().max().item() for k in first)
     assert moved > 1e-4, "the steps did not move the weights, so the comparison shows nothing"
@@ -253,20 +247,8 @@ def weights_at_init(tmp_path, method) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method", sorted(FORM_PRESETS))
 def test_killed_and_resumed_run_is_identical_for_every_loss_form(tmp_path, method):
-    common = (
-        f"method={method}",
-        *FORM_PRESETS[method],
-        "training.max_steps=4",
-        "training.save_steps=2",
-        "data.limit=24",
-    )
-    straight = run_train(config(tmp_path, *common, name="straight"))
-    interrupted = config(tmp_path, *common, name="resumed")
-    with pytest.raises(KeyboardInterrupt):
-        run_train(interrupted, callbacks=[_Crash(step=3)])
-    resumed = run_train(interrupted)
-    assert resumed["resumed_from"].endswith("checkpoint-2")
-    assert_same_weights(weights(straight["model"]), weights(resumed["model"]))
+    common = (f"method={method}", *FORM_PRESETS[method], "training.max_steps=4", "training.save_steps=2")
+    assert_same_weights(*straight_and_resumed(tmp_path, *common, "data.limit=24"))
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys):
