@@ -195,14 +195,20 @@ _POLICY_PRESETS = [
 ]
 
 
-def _extension(name: str, form: str, margin: str, equation: str, description: str, **kw) -> Method:
-    sampler = "pop" if MARGIN_SOURCES[margin].needs_weak_pair else "preferences"
+def _sampler_for(margin: str) -> Sampler:
+    """PoP pairs exactly when the margin source needs a weak preference."""
+    return "pop" if MARGIN_SOURCES[margin].needs_weak_pair else "preferences"
+
+
+def _extension(
+    name: str, form: str, margin: str, equation: str, description: str, pop_strategy: str | None = None
+) -> Method:
     return Method(
         name=name,
-        sampler=kw.pop("sampler", sampler),
+        sampler=_sampler_for(margin),
         margin=margin,
-        weighting=kw.pop("weighting", "one"),
-        pop_strategy=kw.pop("pop_strategy", None),
+        weighting="one",
+        pop_strategy=pop_strategy,
         equation=equation,
         description=description,
         form=form,
@@ -323,7 +329,7 @@ def resolve_method(
             raise PopalignError(f"unknown margin source {source!r}; valid: {', '.join(MARGIN_SOURCES)}")
         return Method(
             name=CUSTOM,
-            sampler="pop" if MARGIN_SOURCES[source].needs_weak_pair else "preferences",
+            sampler=_sampler_for(source),
             margin=source,
             weighting="one",
             pop_strategy=None,
