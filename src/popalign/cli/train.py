@@ -14,6 +14,7 @@ EPILOG = """examples:
   popalign train --config configs/tiny/dpo.yaml method=custom loss.form=ipo loss.margin_source=live
   accelerate launch --config_file configs/accelerate/ddp.yaml -m popalign.cli.main train -c FILE
   popalign train --help-config          every setting, its default and what it does
+
 A run resumes from its newest complete checkpoint in output_dir (resume=never to start over).
 """
 
@@ -25,7 +26,7 @@ def epilog() -> str:
     return "\n".join(
         [
             EPILOG,
-            "methods (policy; name, loss form, margin source, equation):",
+            "methods (objective=policy, the default):",
             format_methods_table("policy"),
             "",
             "methods (objective=reward-model: an explicit reward head, Eq. 2, 4, 5):",
