@@ -69,7 +69,7 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
     from popalign.data.tokenize import TokenizedPreferences
     from popalign.methods import get_method
     from popalign.train.collate import PairExamples, PreferenceCollator
-    from popalign.train.config import LoraSpec
+    from popalign.train.config import LoraSpec, LossSpec, ReferenceSpec
     from popalign.train.setup import apply_lora, training_arguments
     from popalign.train.trainer import PreferenceTrainer
 
@@ -105,9 +105,6 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
         **collator_kw,
     )
     train_spec = _training_spec(spec)
-    trainer_kw = {}
-    if spec.margin_refresh_steps != 1:
-        trainer_kw["margin_refresh_steps"] = spec.margin_refresh_steps
     trainer_cls = _strong_first_trainer() if spec.weak_after_strong else PreferenceTrainer
     with tempfile.TemporaryDirectory() as out:
         trainer = trainer_cls(
@@ -116,9 +113,8 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
             train_dataset=examples,
             data_collator=collator,
             method=method,
-            beta=0.1,
-            live_reference=spec.live_reference,
-            **trainer_kw,
+            loss=LossSpec(margin_refresh_steps=spec.margin_refresh_steps),
+            reference=ReferenceSpec(precompute=not spec.live_reference),
         )
         timer = StepTimer()
         trainer.add_callback(timer.callback)
@@ -194,7 +190,7 @@ def _strong_first_trainer():
                 rejected,
                 weak_chosen_rewards=weak_c,
                 weak_rejected_rewards=weak_r,
-                max_margin=self.max_margin,
+                **self.loss_settings(),
             )
             out.metrics.update(logs)
             return out

@@ -1,16 +1,22 @@
-"""The paper's methods as named presets of one loss with three knobs.
+"""The methods as named presets of three parts: a sampler, a margin source and a loss form (plus a weighting).
 
-Every method is ``loss = -weight * log sigmoid(reward_diff(strong pair) - margin)`` (Eq. 2-8); a preset picks
+Every method is ``loss = weight * f(z - m)`` on the reward difference ``z`` of the (strong) preference; a
+preset picks
 
-* the **sampler**: plain preferences, or PoP pairs (a stronger and a weaker preference);
-* the **margin** inside the log-sigmoid: none, a constant, the ground-truth score margin, or the reward
-  difference of the weaker PoP preference under a target model (stop-gradient, clipped; Eq. 5-7);
-* the **weighting** outside: 1, or the ground-truth score margin (scaled Bradley-Terry, Eq. 8).
+* the **sampler**: plain preferences, or PoP pairs (a stronger and a weaker preference) with a strategy;
+* the **margin source** ``m`` (:data:`popalign.losses.sources.MARGIN_SOURCES`): none, a constant, the
+  ground-truth score margin, the weaker PoP preference's reward difference under the Polyak target (Eq. 7)
+  or the live model (Eq. 5/6), the data's ``margin`` column, or ODPO's offset;
+* the **loss form** ``f`` (:data:`popalign.losses.forms.FORMS`): DPO's log-sigmoid, IPO, hinge, cDPO,
+  rDPO, SimPO;
+* the **weighting** outside (:data:`popalign.losses.weights.WEIGHTINGS`): 1, or the ground-truth margin
+  (scaled Bradley-Terry, Eq. 8).
 
-The policy objective (DPO family, implicit rewards) uses the names in :data:`METHODS`; the reward-model
-objective (explicit rewards) uses the names in :data:`REWARD_MODEL_METHODS`, which carry the same knobs
-(``bt`` is ``dpo``, ``pop`` is ``dpo-pop``, ...). The names never collide, so :func:`get_method` resolves
-either. This module imports torch only inside :func:`method_loss`, so command-line help stays fast.
+The paper's policy presets are :data:`METHODS`; its reward-model objective (explicit rewards) uses the names
+in :data:`REWARD_MODEL_METHODS`, which carry the same parts (``bt`` is ``dpo``, ``pop`` is ``dpo-pop``, ...).
+Presets beyond the paper (other loss forms, margin sources) are :data:`EXTENSIONS`; ``method=custom`` takes
+its form and source from the loss settings. No two names collide, so :func:`get_method` resolves any. This
+module imports torch only inside :func:`method_loss`, so command-line help stays fast.
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from popalign.errors import PopalignError
+from popalign.losses.forms import DEFAULT_BETA, FORMS, LossForm
+from popalign.losses.sources import MARGIN_SOURCES, MarginSource
+from popalign.losses.weights import WEIGHTINGS
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from popalign.losses.preference import LossOutput
 
-MarginSource = Literal["none", "constant", "ground_truth", "target"]
-Weighting = Literal["one", "ground_truth"]
 Sampler = Literal["preferences", "pop"]
 Objective = Literal["policy", "reward-model"]
+CUSTOM = "custom"
+"""The method name whose loss form and margin source come from ``loss.form`` / ``loss.margin_source``."""
 
 
 @dataclass(frozen=True)
@@ -39,32 +48,75 @@ class Method:
     Attributes:
         name: the config / command-line name.
         sampler: ``"preferences"`` (one preference per example) or ``"pop"`` (PoP pairs: strong + weak).
-        margin: where the margin inside the log-sigmoid comes from.
-        weighting: ``"one"`` or ``"ground_truth"`` (the preference's score margin, Eq. 8).
+        margin: the margin source's name (a key of ``MARGIN_SOURCES``).
+        weighting: the weighting's name (a key of ``WEIGHTINGS``): ``"one"`` or ``"ground_truth"`` (Eq. 8).
         pop_strategy: the PoP sampling strategy this preset fixes; ``None`` takes it from the PoP settings.
-        equation: the paper's equation, e.g. ``"Eq. 7"``.
+        equation: the paper's equation (or the form's source), e.g. ``"Eq. 7"``.
         description: one line for help texts.
         objective: ``"policy"`` (implicit DPO rewards) or ``"reward-model"`` (explicit rewards).
+        form: the loss form's name (a key of ``FORMS``).
     """
 
     name: str
     sampler: Sampler
-    margin: MarginSource
-    weighting: Weighting
+    margin: str
+    weighting: str
     pop_strategy: Literal["iterative", "random"] | None
     equation: str
     description: str
     objective: Objective = "policy"
+    form: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        for part, table, kind in (
+            (self.margin, MARGIN_SOURCES, "margin source"),
+            (self.weighting, WEIGHTINGS, "weighting"),
+            (self.form, FORMS, "loss form"),
+        ):
+            if part not in table:
+                raise PopalignError(
+                    f"method {self.name!r}: unknown {kind} {part!r}; valid: {', '.join(table)}"
+                )
+        if self.source.needs_weak_pair and not self.uses_pop_pairs:
+            raise PopalignError(
+                f"method {self.name!r}: margin source {self.margin!r} needs PoP pairs (a weak preference), "
+                "but the method samples plain preferences (method=custom samples PoP pairs for it)"
+            )
+        if self.loss_form.reference_free and self.objective != "policy":
+            raise PopalignError(f"method {self.name!r}: loss form {self.form!r} is for a policy only")
+
+    @property
+    def source(self) -> MarginSource:
+        return MARGIN_SOURCES[self.margin]
+
+    @property
+    def loss_form(self) -> LossForm:
+        return FORMS[self.form]
+
+    @property
+    def reward_model(self) -> bool:
+        """Whether the rewards are a reward head's scores (explicit) rather than DPO's implicit ones."""
+        return self.objective == "reward-model"
+
+    @property
+    def uses_pop_pairs(self) -> bool:
+        """Whether examples are PoP pairs (strong + weak preference) rather than single preferences."""
+        return self.sampler == "pop"
 
     @property
     def needs_weak_pair(self) -> bool:
-        """Whether the loss needs the weak preference's rewards (only the target-model margin does)."""
-        return self.margin == "target"
+        """Whether the loss needs the weak preference's rewards (the PoP margin sources)."""
+        return self.source.needs_weak_pair
 
     @property
     def needs_gt_margin(self) -> bool:
         """Whether the loss needs the ground-truth score margin of each (strong) preference."""
-        return self.margin == "ground_truth" or self.weighting == "ground_truth"
+        return self.source.needs_gt_margin or WEIGHTINGS[self.weighting].needs_gt_margin
+
+    @property
+    def needs_lengths(self) -> bool:
+        """Whether the loss needs completion lengths (a length-normalised form)."""
+        return self.loss_form.length_normalised
 
 
 _POLICY_PRESETS = [
@@ -142,6 +194,78 @@ _POLICY_PRESETS = [
     ),
 ]
 
+
+def _sampler_for(margin: str) -> Sampler:
+    """PoP pairs exactly when the margin source needs a weak preference."""
+    return "pop" if MARGIN_SOURCES[margin].needs_weak_pair else "preferences"
+
+
+def _extension(
+    name: str, form: str, margin: str, equation: str, description: str, pop_strategy: str | None = None
+) -> Method:
+    return Method(
+        name=name,
+        sampler=_sampler_for(margin),
+        margin=margin,
+        weighting="one",
+        pop_strategy=pop_strategy,
+        equation=equation,
+        description=description,
+        form=form,
+    )
+
+
+_EXTENSION_PRESETS = [
+    _extension(
+        "ipo", "ipo", "none", "Azar et al. 2024, Eq. 17", "IPO: squared loss to a fixed target margin"
+    ),
+    _extension(
+        "ipo-pop-iter",
+        "ipo",
+        "target",
+        "IPO target + Eq. 7",
+        "IPO whose target is raised by the PoP margin; iterative PoP pairs",
+        pop_strategy="iterative",
+    ),
+    _extension("hinge", "hinge", "none", "Zhao et al. 2023, Eq. 1", "SLiC: hinge on the reward difference"),
+    _extension(
+        "hinge-pop-random",
+        "hinge",
+        "target",
+        "SLiC hinge + Eq. 7",
+        "SLiC hinge point raised by the PoP margin; random PoP pairs",
+        pop_strategy="random",
+    ),
+    _extension(
+        "cdpo", "cdpo", "none", "Mitchell 2023", "conservative DPO: label smoothing loss.label_smoothing"
+    ),
+    _extension(
+        "rdpo", "robust", "none", "Chowdhury et al. 2024", "robust DPO: unbiased under label-flip rate eps"
+    ),
+    _extension(
+        "simpo",
+        "simpo",
+        "constant",
+        "Meng et al. 2024, Eq. 6",
+        "SimPO: reference-free, per token, gamma = loss.margin",
+    ),
+    _extension("odpo", "sigmoid", "odpo", "Amini et al. 2024", "ODPO: offset alpha * log(score margin)"),
+    _extension(
+        "dpo-margin-column",
+        "sigmoid",
+        "column",
+        "Eq. 4, margin from the data",
+        "the data's per-row margin column",
+    ),
+    _extension(
+        "dpo-pop-live",
+        "sigmoid",
+        "live",
+        "Eq. 6",
+        "DPO-PoP with the margin from the live policy under stop-gradient (no target)",
+    ),
+]
+
 # Reward-model name -> the policy preset whose knobs it shares, and its equation for explicit rewards.
 _REWARD_MODEL_ALIASES = {
     "bt": ("dpo", "Eq. 2"),
@@ -163,6 +287,14 @@ REWARD_MODEL_METHODS: dict[str, Method] = {
 }
 """The reward-model presets by name: the same knobs as their policy counterparts, explicit rewards."""
 
+EXTENSIONS: dict[str, Method] = {m.name: m for m in _EXTENSION_PRESETS}
+"""Policy presets beyond the paper: other loss forms and margin sources."""
+
+_TABLES: dict[str, dict[str, Method]] = {
+    "policy": {**METHODS, **EXTENSIONS},
+    "reward-model": REWARD_MODEL_METHODS,
+}
+
 
 def get_method(name: str, objective: Objective | None = None) -> Method:
     """The preset called ``name``; ``objective`` restricts the search to one objective's names.
@@ -170,52 +302,170 @@ def get_method(name: str, objective: Objective | None = None) -> Method:
     Raises:
         PopalignError: unknown name (or a name of the other objective); the message lists the valid names.
     """
-    tables = {"policy": METHODS, "reward-model": REWARD_MODEL_METHODS}
-    if objective is not None and objective not in tables:
-        raise PopalignError(f"unknown objective {objective!r}; valid: {', '.join(tables)}")
-    searched = [objective] if objective is not None else list(tables)
+    if objective is not None and objective not in _TABLES:
+        raise PopalignError(f"unknown objective {objective!r}; valid: {', '.join(_TABLES)}")
+    searched = [objective] if objective is not None else list(_TABLES)
     for key in searched:
-        if name in tables[key]:
-            return tables[key][name]
-    valid = "; ".join(f"{key}: {', '.join(tables[key])}" for key in searched)
+        if name in _TABLES[key]:
+            return _TABLES[key][name]
+    valid = "; ".join(f"{key}: {', '.join([*_TABLES[key], CUSTOM])}" for key in searched)
     raise PopalignError(f"unknown method {name!r}; valid methods ({valid})")
 
 
-def format_methods_table(objective: Objective = "policy") -> str:
-    """A plain-text table of one objective's presets, for help texts."""
-    table = METHODS if objective == "policy" else REWARD_MODEL_METHODS
-    width = max(len(name) for name in table)
-    lines = [f"{name:<{width}}  {m.equation:<16}  {m.description}" for name, m in table.items()]
-    return "\n".join(lines)
+def resolve_method(
+    name: str, objective: Objective = "policy", form: str = "", margin_source: str = ""
+) -> Method:
+    """The method a run uses: the preset ``name`` with ``form`` / ``margin_source`` replacing its parts.
+
+    An empty ``form`` or ``margin_source`` keeps the preset's. ``name == "custom"`` starts from DPO's form and
+    no margin, and samples PoP pairs exactly when the margin source needs a weak preference.
+
+    Raises:
+        PopalignError: an unknown name or part, or parts that do not fit (a PoP margin on plain preferences).
+    """
+    if name == CUSTOM:
+        source = margin_source or "none"
+        if source not in MARGIN_SOURCES:
+            raise PopalignError(f"unknown margin source {source!r}; valid: {', '.join(MARGIN_SOURCES)}")
+        return Method(
+            name=CUSTOM,
+            sampler=_sampler_for(source),
+            margin=source,
+            weighting="one",
+            pop_strategy=None,
+            equation="custom",
+            description="loss.form with loss.margin_source",
+            objective=objective,
+            form=form or "sigmoid",
+        )
+    method = get_method(name, objective)
+    changes = {key: value for key, value in (("form", form), ("margin", margin_source)) if value}
+    return dataclasses.replace(method, **changes) if changes else method
+
+
+def all_methods(objective: Objective = "policy") -> dict[str, Method]:
+    """Every preset of one objective by name (the paper's first)."""
+    return dict(_TABLES[objective])
+
+
+def format_methods_table(objective: Objective = "policy", markdown: bool = False) -> str:
+    """One objective's presets (name, sampler, form, margin source, weighting, equation, description).
+
+    Plain text for help texts, or Markdown (``markdown=True``: the presets table of docs/losses.md).
+    """
+    code = (lambda text: f"`{text}`") if markdown else (lambda text: text)
+    rows = []
+    for name, m in _TABLES[objective].items():
+        sampler = m.sampler if m.pop_strategy is None else f"{m.sampler} ({m.pop_strategy})"
+        row = [code(name), sampler, code(m.form), code(m.margin), m.weighting, m.equation, m.description]
+        rows.append(row)
+    header = ["method", "sampler", "form", "margin source", "weight", "equation", "description"]
+    return "\n".join(_rows(header, rows, markdown))
+
+
+def docs_tables() -> str:
+    """The generated part of docs/losses.md: every preset, and the forms x sources tables."""
+    return "\n".join(
+        [
+            "Policy presets:",
+            "",
+            format_methods_table("policy", markdown=True),
+            "",
+            "Reward-model presets (`objective=reward-model`; the same parts on explicit rewards):",
+            "",
+            format_methods_table("reward-model", markdown=True),
+            "",
+            format_parts_table(markdown=True),
+        ]
+    )
+
+
+DOCS_BEGIN = "<!-- generated by `python -m popalign.methods docs/losses.md`: begin -->"
+DOCS_END = "<!-- generated: end -->"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m popalign.methods docs/losses.md``: rewrite the generated tables between the markers."""
+    import sys
+
+    from popalign.io import atomic_write_text
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m popalign.methods docs/losses.md", file=sys.stderr)
+        return 2
+    with open(args[0], encoding="utf-8") as fh:
+        text = fh.read()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        print(f"{args[0]}: the markers {DOCS_BEGIN!r} and {DOCS_END!r} are missing", file=sys.stderr)
+        return 1
+    head, rest = text.split(DOCS_BEGIN, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    atomic_write_text(args[0], f"{head}{DOCS_BEGIN}\n{docs_tables()}\n{DOCS_END}{tail}")
+    return 0
+
+
+def _rows(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return lines + ["| " + " | ".join(row) + " |" for row in rows]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def format_parts_table(markdown: bool = False) -> str:
+    """The loss forms, the margin sources (each with its equation's source) and the forms x sources grid.
+
+    A grid cell names the policy presets with that form and source; every other cell is ``method=custom``.
+    Plain text for help texts, or Markdown (``markdown=True``: the tables of docs/losses.md).
+    """
+    code = (lambda text: f"`{text}`") if markdown else (lambda text: text)
+    forms = [[code(f.name), f.title, code(f.equation), f.margin_enters, f.citation] for f in FORMS.values()]
+    sources = []
+    for m in MARGIN_SOURCES.values():
+        needs = [
+            what
+            for flag, what in (
+                (m.needs_gt_margin, "scores"),
+                (m.needs_weak_pair, "PoP pairs" + (" + Polyak target" if m.uses_target else "")),
+                (m.needs_column, "a margin column"),
+            )
+            if flag
+        ]
+        sources.append([code(m.name), code(m.equation), ", ".join(needs) or "-", m.citation])
+    grid = []
+    policy = _TABLES["policy"]
+    for form in FORMS:
+        cells = []
+        for source in MARGIN_SOURCES:
+            names = [code(n) for n, m in policy.items() if m.form == form and m.margin == source]
+            cells.append(", ".join(names) or "custom")
+        grid.append([code(form), *cells])
+    gap = [""] if markdown else []
+    return "\n".join(
+        [
+            "loss forms (loss.form), f(u) with u = z - m:",
+            *gap,
+            *_rows(["form", "method", "f(u)", "how a margin m enters", "source"], forms, markdown),
+            "",
+            "margin sources (loss.margin_source):",
+            *gap,
+            *_rows(["source", "m", "needs", "source of the equation"], sources, markdown),
+            "",
+            "forms x sources (policy presets; custom: method=custom loss.form=F loss.margin_source=S):",
+            *gap,
+            *_rows(["form \\ source", *(code(n) for n in MARGIN_SOURCES)], grid, markdown),
+        ]
+    )
 
 
 def _require(value, what: str, method: Method):
     if value is None:
         raise ValueError(f"method {method.name!r} needs {what}, but it was not given")
     return value
-
-
-def _target_margin(
-    weak_chosen_rewards: Tensor, weak_rejected_rewards: Tensor, max_margin: float | None
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The PoP margin (B,) of Eq. 5/7 and its ``pop/*`` metrics, each (B,) and detached."""
-    import torch
-
-    from popalign.losses.margins import pop_margin
-
-    margin = pop_margin(weak_chosen_rewards, weak_rejected_rewards, max_margin)
-    raw = (weak_chosen_rewards - weak_rejected_rewards).detach()
-    if max_margin is None:
-        clipped_low = clipped_high = torch.zeros_like(raw)
-    else:
-        clipped_low, clipped_high = (raw < 0).to(raw.dtype), (raw > max_margin).to(raw.dtype)
-    metrics = {
-        "pop/target_margin": margin,
-        "pop/raw_margin": raw,
-        "pop/clipped_low": clipped_low,
-        "pop/clipped_high": clipped_high,
-    }
-    return margin, metrics
 
 
 def method_loss(
@@ -226,10 +476,15 @@ def method_loss(
     gt_margins: Tensor | None = None,
     weak_chosen_rewards: Tensor | None = None,
     weak_rejected_rewards: Tensor | None = None,
+    margin_column: Tensor | None = None,
     constant: float = 1.0,
     max_margin: float | None = 10.0,
+    odpo_alpha: float = 1.0,
+    beta: float = DEFAULT_BETA,
+    label_smoothing: float = 0.0,
+    lengths: dict[str, Tensor] | None = None,
 ) -> LossOutput:
-    """The loss of ``method`` on a batch: pick its margin and weighting, then ``preference_loss``.
+    """The loss of ``method`` on a batch: ask its margin source and weighting, then apply its loss form.
 
     Args:
         method: the preset.
@@ -237,48 +492,74 @@ def method_loss(
         gt_margins: (B,) ground-truth score margins ``score_chosen - score_rejected`` of the (strong)
             preference; needed when ``method.needs_gt_margin``.
         weak_chosen_rewards, weak_rejected_rewards: (B,) rewards of the weaker preference of each PoP pair
-            under the target model (``beta`` applied); needed when ``method.needs_weak_pair``. They are
-            detached here whatever their origin.
-        constant: the fixed margin of ``margin == "constant"`` (the paper's DPO-margin-1 uses 1).
-        max_margin: ``M_max`` of Eq. 7 for the target margin (paper: 10); ``None`` leaves it unclipped
-            (Eq. 5/6).
+            under the target (or live) model (``beta`` applied); needed when ``method.needs_weak_pair``.
+            They are detached here whatever their origin.
+        margin_column: (B,) the data's per-row ``margin`` column (margin source ``column``).
+        constant: the margin of source ``constant`` (the paper's DPO-margin-1 uses 1; SimPO's gamma).
+        max_margin: ``M_max`` of Eq. 7 for the PoP margin (paper: 10); ``None`` leaves it unclipped (Eq. 5/6).
+        odpo_alpha: ODPO's ``alpha`` (source ``odpo``).
+        beta: the KL strength (IPO's target ``1/(2 beta)``); the rewards carry it already.
+        label_smoothing: ``eps`` of the ``cdpo`` and ``robust`` forms.
+        lengths: (B,) completion-token counts ``chosen`` / ``rejected`` (and ``weak_chosen`` /
+            ``weak_rejected`` for PoP), needed when ``method.needs_lengths``. The weak pair's rewards are
+            normalised with them like the strong pair's, so a PoP margin is in the units of the argument.
 
     Returns:
-        :class:`~popalign.losses.preference.LossOutput`; for ``margin == "target"`` the metrics also hold
-        ``pop/target_margin`` (clipped), ``pop/raw_margin`` (unclipped), ``pop/clipped_low`` (1.0 where the
-        raw margin was raised to 0) and ``pop/clipped_high`` (1.0 where it was lowered to ``max_margin``);
-        both flags are 0 when ``max_margin`` is ``None``.
+        :class:`~popalign.losses.preference.LossOutput`; the PoP sources add ``pop/target_margin``
+        (clipped), ``pop/raw_margin`` (unclipped), ``pop/clipped_low`` (1.0 where the raw margin was raised
+        to 0) and ``pop/clipped_high`` (1.0 where it was lowered to ``max_margin``); both flags are 0 when
+        ``max_margin`` is ``None``.
 
     Raises:
         ValueError: a needed input is missing, or an SBT weight (ground-truth margin) is negative.
     """
     import torch
 
-    from popalign.losses.margins import constant_margin
     from popalign.losses.preference import preference_loss
+    from popalign.losses.sources import MarginInputs, MarginParams
 
-    def as_rewards_like(value: Tensor) -> Tensor:
+    def as_rewards_like(value: Tensor | None) -> Tensor | None:
+        if value is None:
+            return None
         return torch.as_tensor(value, dtype=chosen_rewards.dtype, device=chosen_rewards.device)
 
-    gt = None
+    form, lengths = method.loss_form, lengths or {}
     if method.needs_gt_margin:
-        gt = as_rewards_like(_require(gt_margins, "gt_margins (ground-truth score margins)", method))
-    extra: dict[str, Tensor] = {}
-    margin: Tensor | None = None
-    if method.margin == "constant":
-        margin = constant_margin(chosen_rewards.shape[0], constant, like=chosen_rewards)
-    elif method.margin == "ground_truth":
-        margin = gt
-    elif method.margin == "target":
-        weak_chosen = _require(weak_chosen_rewards, "weak_chosen_rewards (the weaker pair's rewards)", method)
-        weak_rejected = _require(weak_rejected_rewards, "weak_rejected_rewards", method)
-        margin, extra = _target_margin(weak_chosen, weak_rejected, max_margin)
-    weight: Tensor | None = None
-    if method.weighting == "ground_truth":
-        # A negative weight would turn the loss into one that rewards getting the preference wrong.
-        if bool((gt < 0).any()):
-            raise ValueError(f"method {method.name!r} weighs by the ground-truth margin, which must be >= 0")
-        weight = gt
-    out = preference_loss(chosen_rewards, rejected_rewards, margin=margin, weight=weight)
+        _require(gt_margins, "gt_margins (ground-truth score margins)", method)
+    weak_c = weak_r = None
+    if method.needs_weak_pair:
+        weak_c = _require(weak_chosen_rewards, "weak_chosen_rewards (the weaker pair's rewards)", method)
+        weak_r = _require(weak_rejected_rewards, "weak_rejected_rewards", method)
+        # The margin is the weak pair's value of the same argument: per token where the form is.
+        weak_c = form.per_token(weak_c, lengths.get("weak_chosen"))
+        weak_r = form.per_token(weak_r, lengths.get("weak_rejected"))
+    if method.source.needs_column:
+        _require(margin_column, "margin_column (the data's per-row margin column)", method)
+    gt = as_rewards_like(gt_margins)
+    inputs = MarginInputs(
+        like=chosen_rewards,
+        gt_margins=gt,
+        weak_chosen_rewards=weak_c,
+        weak_rejected_rewards=weak_r,
+        column=as_rewards_like(margin_column),
+    )
+    params = MarginParams(constant=constant, max_margin=max_margin, odpo_alpha=odpo_alpha)
+    margin, extra = method.source(inputs, params)
+    weight = WEIGHTINGS[method.weighting](gt, method.name)
+    out = preference_loss(
+        chosen_rewards,
+        rejected_rewards,
+        margin=margin,
+        weight=weight,
+        form=form,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        chosen_lengths=lengths.get("chosen"),
+        rejected_lengths=lengths.get("rejected"),
+    )
     out.metrics.update(extra)
     return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +14,11 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from popalign.cli.main import main as cli_main
 from popalign.config import load_config
 from popalign.errors import PopalignError
+from popalign.methods import EXTENSIONS
 from popalign.train.config import TrainConfig
 from popalign.train.run import run_train
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "model.name_or_path=random:tiny-llama",
     "data.limit=32",
@@ -118,7 +122,7 @@ def test_reward_model_methods_train(tmp_path, method):
 
 def test_reward_model_pop_with_live_margin(tmp_path):
     cfg = config(
-        tmp_path, "objective=reward-model", "method=pop", "loss.pop_margin_model=live", "training.max_steps=2"
+        tmp_path, "objective=reward-model", "method=pop", "loss.margin_source=live", "training.max_steps=2"
     )
     assert math.isfinite(run_train(cfg)["metrics"]["train_loss"])
 
@@ -136,17 +140,13 @@ def test_first_loss_is_log_two_when_policy_equals_reference(tmp_path):
         assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_batch_8_equals_batch_4_with_two_accumulation_steps(tmp_path):
-    # Plain SGD: Adam's first step is about lr * sign(gradient), which magnifies float rounding of
-    # near-zero gradients; SGD keeps the comparison about the gradients themselves.
-    common = (
-        "method=dpo-pop-random",
-        "training.max_steps=2",
-        "training.learning_rate=0.5",
-        "training.optim=sgd",
-        "training.max_grad_norm=0",
-        "data.limit=48",
-    )
+def batch_8_and_4_x_2(tmp_path, *common: str) -> tuple[dict, dict]:
+    """Final weights of two SGD runs of ``common``: batch 8, and batch 4 with 2 accumulation steps.
+
+    Plain SGD: Adam's first step is about lr * sign(gradient), which magnifies float rounding of
+    near-zero gradients; SGD keeps the comparison about the gradients themselves.
+    """
+    common = (*common, "training.max_steps=2", "training.optim=sgd", "training.max_grad_norm=0")
     a = config(tmp_path, *common, "training.per_device_train_batch_size=8", name="b8")
     b = config(
         tmp_path,
@@ -155,7 +155,12 @@ def test_batch_8_equals_batch_4_with_two_accumulation_steps(tmp_path):
         "training.gradient_accumulation_steps=2",
         name="b4x2",
     )
-    assert_same_weights(weights(run_train(a)["model"]), weights(run_train(b)["model"]), atol=2e-6)
+    return weights(run_train(a)["model"]), weights(run_train(b)["model"])
+
+
+def test_batch_8_equals_batch_4_with_two_accumulation_steps(tmp_path):
+    common = ("method=dpo-pop-random", "training.learning_rate=0.5", "data.limit=48")
+    assert_same_weights(*batch_8_and_4_x_2(tmp_path, *common), atol=2e-6)
 
 
 class _Crash(TrainerCallback):
@@ -183,14 +188,67 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, method, lor
         # a fast-moving target makes a recomputed margin differ visibly. With 4 preferences every weak one
         # comes back within the refresh window.
         common += (f"loss.margin_refresh_steps={refresh}", "target.tau=0.5", "data.limit=4")
+
+    def target_saved():
+        assert (tmp_path / "resumed" / "checkpoint-2" / "popalign_target.pt").exists()
+
+    assert_same_weights(*straight_and_resumed(tmp_path, *common, after_crash=target_saved))
+
+
+def straight_and_resumed(tmp_path, *common: str, after_crash=lambda: None) -> tuple[dict, dict]:
+    """Final weights of ``common`` run straight through, and killed after step 3 then resumed."""
     straight = run_train(config(tmp_path, *common, name="straight"))
     interrupted = config(tmp_path, *common, name="resumed")
     with pytest.raises(KeyboardInterrupt):
         run_train(interrupted, callbacks=[_Crash(step=3)])
-    assert (tmp_path / "resumed" / "checkpoint-2" / "popalign_target.pt").exists()
+    after_crash()
     resumed = run_train(interrupted)
     assert resumed["resumed_from"].endswith("checkpoint-2")
-    assert_same_weights(weights(straight["model"]), weights(resumed["model"]))
+    return weights(straight["model"]), weights(resumed["model"])
+
+
+# One preset of each loss form besides DPO's sigmoid (dpo-pop-random and dpo-pop-iter above), with a
+# learning rate that keeps its SGD steps as small as DPO's (IPO's gradient is about 1 / beta^2 larger).
+FORM_PRESETS = {
+    "ipo-pop-iter": ("training.learning_rate=0.005",),
+    "hinge-pop-random": ("training.learning_rate=0.5",),
+    "cdpo": ("training.learning_rate=0.5", "loss.label_smoothing=0.1"),
+    "rdpo": ("training.learning_rate=0.5", "loss.label_smoothing=0.2"),
+    "simpo": ("training.learning_rate=0.5", "loss.beta=2"),
+}
+
+
+def test_form_presets_cover_every_loss_form():
+    from popalign.losses.forms import FORMS
+
+    assert {EXTENSIONS[name].form for name in FORM_PRESETS} | {"sigmoid"} == set(FORMS)
+
+
+@pytest.mark.parametrize("method", sorted(FORM_PRESETS))
+def test_batch_8_equals_4_x_2_for_every_loss_form(tmp_path, method):
+    first, second = batch_8_and_4_x_2(tmp_path, f"method={method}", *FORM_PRESETS[method], "data.limit=32")
+    assert_same_weights(first, second, atol=2e-6)
+    moved = max((first[k] - weights_at_init(tmp_path, method)[k]).abs().max().item() for k in first)
+    assert moved > 1e-4, "the steps did not move the weights, so the comparison shows nothing"
+
+
+def weights_at_init(tmp_path, method) -> dict[str, torch.Tensor]:
+    cfg = config(
+        tmp_path,
+        f"method={method}",
+        *FORM_PRESETS[method],
+        "training.max_steps=1",
+        "training.learning_rate=0",
+        "data.limit=8",
+        name=f"init-{method}",
+    )
+    return weights(run_train(cfg)["model"])
+
+
+@pytest.mark.parametrize("method", sorted(FORM_PRESETS))
+def test_killed_and_resumed_run_is_identical_for_every_loss_form(tmp_path, method):
+    common = (f"method={method}", *FORM_PRESETS[method], "training.max_steps=4", "training.save_steps=2")
+    assert_same_weights(*straight_and_resumed(tmp_path, *common, "data.limit=24"))
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys):
@@ -253,6 +311,79 @@ def test_lora_pop_saves_adapter_without_the_target(tmp_path):
     assert not (out / "popalign_target").exists()
 
 
+def _sample_rows(tmp_path, name: str, row) -> str:
+    """The sample's first 48 rows as a JSONL file, each made by ``row(prompt, chosen, rejected, sc, sr)``."""
+    from popalign.data.load import DataSpec, load_preferences
+
+    table, _ = load_preferences(DataSpec(path=DATA["path"], limit=48))
+    columns = (table.prompts, table.chosen, table.rejected, table.score_chosen, table.score_rejected)
+    rows = [row(*values) for values in zip(*columns, strict=True)]
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r is not None))
+    return str(path)
+
+
+def margin_column_data(tmp_path) -> str:
+    """A ``margin`` column (half the score margin) instead of scores, as a data set may carry."""
+
+    def row(p, c, r, sc, sr):
+        return {"prompt": p, "chosen": c, "rejected": r, "margin": 0.5 * (sc - sr)}
+
+    return _sample_rows(tmp_path, "with_margin.jsonl", row)
+
+
+def untied_data(tmp_path) -> str:
+    """The rows whose scores differ (ODPO's log needs a positive score margin)."""
+
+    def row(p, c, r, sc, sr):
+        keep = {"prompt": p, "chosen": c, "rejected": r, "score_chosen": sc, "score_rejected": sr}
+        return keep if sc > sr else None
+
+    return _sample_rows(tmp_path, "untied.jsonl", row)
+
+
+# What some presets need beyond the tiny config: their own data, or a setting.
+PRESET_DATA = {"odpo": untied_data, "dpo-margin-column": margin_column_data}
+PRESET_SETTINGS = {"rdpo": ["loss.label_smoothing=0.1"], "cdpo": ["loss.label_smoothing=0.1"]}
+
+
+def test_odpo_refuses_tied_scores_naming_the_row(tmp_path):
+    with pytest.raises(PopalignError, match="odpo.*7 rows do not.*margin 0.0.*leave ties out"):
+        run_train(config(tmp_path, "method=odpo", "data.limit=64", "training.max_steps=1"))
+
+
+@pytest.mark.parametrize("method", sorted(EXTENSIONS))
+def test_every_extension_preset_trains_through_the_cli_on_the_tiny_config(tmp_path, method):
+    out = tmp_path / method
+    data = PRESET_DATA[method](tmp_path) if method in PRESET_DATA else DATA["path"]
+    code = cli_main(
+        [
+            "train",
+            "--config",
+            str(REPO / "configs" / "tiny" / "dpo.yaml"),
+            f"method={method}",
+            f"data.path={data}",
+            f"output_dir={out}",
+            f"reference.cache_dir={tmp_path / 'cache'}",
+            "training.max_steps=2",
+            "training.logging_steps=1",
+            "training.progress=false",
+            *PRESET_SETTINGS.get(method, []),
+        ]
+    )
+    assert code == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 2 and all(math.isfinite(h["loss"]) for h in logged)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["method"]["form"] == EXTENSIONS[method].form
+    assert info["method"]["margin"] == EXTENSIONS[method].margin
+    assert ("reference" in info) != EXTENSIONS[method].loss_form.reference_free
+    if EXTENSIONS[method].margin != "none":
+        assert "margin/used" in logged[0]
+    AutoModelForCausalLM.from_pretrained(out)
+
+
 def test_reference_logps_are_cached(tmp_path):
     first = config(tmp_path, "method=dpo", "training.max_steps=1", name="a")
     run_train(first)
@@ -264,3 +395,30 @@ def test_reference_logps_are_cached(tmp_path):
 def test_unknown_key_is_refused_by_the_cli(capsys):
     assert cli_main(["train", "data.path=x", "trainig.max_steps=3"]) == 2
     assert "unknown key 'trainig.max_steps'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["method=dpo", "loss.margin_source=target"], "margin source 'target' needs PoP pairs"),
+        (["method=custom", "loss.form=sigmoids"], "unknown loss form 'sigmoids'; valid: sigmoid, ipo"),
+        (["method=rdpo", "loss.label_smoothing=0.5"], r"label_smoothing must lie in \[0, 0.5\)"),
+        (["objective=reward-model", "method=bt", "loss.form=simpo"], "is for a policy only"),
+    ],
+)
+def test_parts_that_do_not_fit_are_refused_by_the_cli(capsys, overrides, message):
+    assert cli_main(["train", "data.path=x", *overrides]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_train_help_lists_every_preset_and_the_parts_table(capsys):
+    from popalign.losses.forms import FORMS
+    from popalign.losses.sources import MARGIN_SOURCES
+    from popalign.methods import all_methods
+
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in [*all_methods("policy"), *all_methods("reward-model"), *FORMS, *MARGIN_SOURCES]:
+        assert re.search(rf"^\s*{re.escape(name)}\s", text, re.M), name
+    assert "forms x sources" in text and "Azar et al. 2024, Eq. 17" in text

@@ -1,4 +1,8 @@
-"""popalign's vanilla DPO equals TRL's ``DPOTrainer`` (sigmoid loss) on the same model, data and batch.
+"""popalign equals TRL's ``DPOTrainer`` on the same model, data and batch, for every loss form both have.
+
+Vanilla DPO is TRL's ``loss_type="sigmoid"``; popalign's ``ipo``, ``hinge`` and ``rdpo`` presets are TRL's
+``"ipo"`` (length-normalised, as TRL 1.16 computes it), ``"hinge"`` and ``"robust"`` (with the same label
+smoothing).
 
 Both trainers get the same tiny Llama (policy perturbed away from the reference so rewards are not 0),
 the same reference model and the same 8 UltraFeedback preferences. Each computes the loss of one batch with
@@ -30,7 +34,7 @@ from popalign.data.tokenize import TokenizeSpec, render_prompt, tokenize_prefere
 from popalign.methods import get_method
 from popalign.modeling.reference import compute_reference_logps
 from popalign.train.collate import PairExamples, PreferenceCollator
-from popalign.train.config import ModelSpec
+from popalign.train.config import LossSpec, ModelSpec
 from popalign.train.setup import build_model_and_tokenizer
 from popalign.train.trainer import PreferenceTrainer
 
@@ -80,7 +84,9 @@ def setup(ultrafeedback_dir):
     }
 
 
-def popalign_step(setup, tmp_path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def popalign_step(
+    setup, tmp_path, method: str = "dpo", label_smoothing: float = 0.0
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """popalign's batch and its logged metrics after one ``compute_loss`` (precomputed reference)."""
     tokenized, pad = setup["tokenized"], setup["tokenizer"].pad_token_id
     ref_c, ref_r = compute_reference_logps(
@@ -94,8 +100,8 @@ def popalign_step(setup, tmp_path) -> tuple[dict[str, torch.Tensor], dict[str, f
         args=TrainingArguments(output_dir=str(tmp_path / "popalign"), report_to="none", use_cpu=True),
         train_dataset=PairExamples(np.arange(BATCH)),
         data_collator=collator,
-        method=get_method("dpo"),
-        beta=BETA,
+        method=get_method(method),
+        loss=LossSpec(beta=BETA, label_smoothing=label_smoothing),
     )
     batch = collator([{"strong": i, "weak": -1} for i in range(BATCH)])
     trainer.model.train()
@@ -104,7 +110,7 @@ def popalign_step(setup, tmp_path) -> tuple[dict[str, torch.Tensor], dict[str, f
     return batch, trainer.state.log_history[-1]
 
 
-def trl_trainer(setup, tmp_path) -> trl.DPOTrainer:
+def trl_trainer(setup, tmp_path, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> trl.DPOTrainer:
     table, tokenizer = setup["table"], setup["tokenizer"]
     rows = Dataset.from_dict(
         {
@@ -116,7 +122,8 @@ def trl_trainer(setup, tmp_path) -> trl.DPOTrainer:
     config = trl.DPOConfig(
         output_dir=str(tmp_path / "trl"),
         beta=BETA,
-        loss_type="sigmoid",
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
         precompute_ref_log_probs=False,
         max_length=None,
         bf16=False,
@@ -165,3 +172,28 @@ def test_dpo_loss_and_logged_metrics_equal_trl(setup, tmp_path):
     assert ours["rewards/margins"] == pytest.approx(
         ours["rewards/chosen"] - ours["rewards/rejected"], abs=2e-6
     )
+
+
+# popalign preset -> (TRL loss_type, label smoothing)
+OTHER_FORMS = {"ipo": ("ipo", 0.0), "hinge": ("hinge", 0.0), "rdpo": ("robust", 0.2)}
+
+
+@pytest.mark.parametrize("method", sorted(OTHER_FORMS))
+def test_other_loss_forms_equal_trl(setup, tmp_path, method):
+    loss_type, smoothing = OTHER_FORMS[method]
+    _, ours = popalign_step(setup, tmp_path, method, smoothing)
+
+    trainer = trl_trainer(setup, tmp_path, loss_type, smoothing)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(BATCH)])
+    trainer.model.train()
+    trainer.log({"loss": trainer.compute_loss(trainer.model, batch).item()})
+    theirs = trainer.state.log_history[-1]
+
+    assert abs(ours["rewards/margins"]) > 1e-2 and 0 < ours["rewards/accuracies"] < 1
+    for key in ABSOLUTE:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-5), f"{key}: {ours[key]} vs {theirs[key]}"
+    for key in RELATIVE:
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-6), f"{key}: {ours[key]} vs {theirs[key]}"
+    # Not DPO's loss: the forms differ (IPO starts near (1 / (2 beta))^2 = 25, the hinge near 1).
+    _, dpo = popalign_step(setup, tmp_path, "dpo")
+    assert abs(ours["loss"] - dpo["loss"]) > 1e-3

@@ -13,7 +13,7 @@ from popalign.methods import get_method
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.collate import PairExamples, PreferenceCollator
-from popalign.train.config import TrainConfig
+from popalign.train.config import LossSpec, TrainConfig
 from popalign.train.margin_cache import WeakRewardCache, select_pairs
 from popalign.train.trainer import PreferenceTrainer
 
@@ -109,7 +109,7 @@ def make_trainer(setup, tmp_path, refresh: int):
         train_dataset=PairExamples(np.arange(6), np.arange(6)[::-1].copy()),
         data_collator=collator,
         method=get_method("dpo-pop"),
-        margin_refresh_steps=refresh,
+        loss=LossSpec(margin_refresh_steps=refresh),
     )
     # Move the policy away from the target, so target rewards differ from the policy's and from 0.
     with torch.no_grad():

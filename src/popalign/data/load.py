@@ -229,8 +229,32 @@ def load_preferences(
         score_rejected=np.asarray(out.sr, dtype=np.float64) if layout.has_scores else None,
         source=raw.source,
         row_numbers=out.row_numbers,
+        margin=_margin_column(raw, out.row_numbers),
     )
     return table, report
+
+
+def _margin_column(raw: Any, kept: list[int]) -> np.ndarray | None:
+    """The optional per-row ``margin`` column of the kept rows (TRL's reward-trainer convention), or None."""
+    if not isinstance(raw.rows[0], dict) or "margin" not in raw.rows[0]:
+        return None
+    by_number = dict(zip(raw.row_numbers, raw.rows, strict=True))
+    values = []
+    for number in kept:
+        value = by_number[number].get("margin")
+        try:
+            number_value = float(value)
+        except (TypeError, ValueError):
+            number_value = float("nan")
+        if isinstance(value, bool) or not np.isfinite(number_value):
+            raise DataError(
+                f"a margin must be a finite number, got {value!r}",
+                file=raw.source,
+                row=number,
+                field="margin",
+            )
+        values.append(number_value)
+    return np.asarray(values, dtype=np.float64)
 
 
 def _prompt_as_messages(prompt: Any) -> list[dict[str, str]]:

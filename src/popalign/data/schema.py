@@ -26,7 +26,9 @@ class PreferenceTable:
     """Preferences ``(x, y+, y-)`` with optional scores; ``margin = score_chosen - score_rejected``.
 
     ``score_chosen``/``score_rejected`` are float arrays of shape ``(N,)`` or ``None`` when the
-    source has no scores (e.g. preferences whose strength comes only from PoP labels).
+    source has no scores (e.g. preferences whose strength comes only from PoP labels). ``margin`` is an
+    optional per-row margin given by the data itself (a ``margin`` column, the convention of TRL's reward
+    trainer), ``(N,)`` float or ``None``; it is what the ``column`` margin source reads.
     """
 
     ids: list[str]
@@ -38,6 +40,7 @@ class PreferenceTable:
     source: str = "<memory>"
     # The source row of each preference (as error messages number them), when it came from a file.
     row_numbers: list[int] | None = field(default=None, repr=False, compare=False)
+    margin: np.ndarray | None = None
     _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +55,12 @@ class PreferenceTable:
         if self.score_chosen is not None:
             self.score_chosen = np.asarray(self.score_chosen, dtype=np.float64)
             self.score_rejected = np.asarray(self.score_rejected, dtype=np.float64)
+        if self.margin is not None:
+            self.margin = np.asarray(self.margin, dtype=np.float64)
+            if self.margin.shape != (n,):
+                raise ValueError(
+                    f"PreferenceTable: column margin has shape {self.margin.shape}, expected ({n},)"
+                )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,6 +93,8 @@ class PreferenceTable:
             rec["score_chosen"] = float(self.score_chosen[i])
             rec["score_rejected"] = float(self.score_rejected[i])
             rec["margin"] = float(self.score_chosen[i] - self.score_rejected[i])
+        if self.margin is not None:
+            rec["margin"] = float(self.margin[i])
         return rec
 
     def to_records(self) -> list[dict[str, Any]]:
@@ -100,6 +111,7 @@ class PreferenceTable:
             score_rejected=None if self.score_rejected is None else self.score_rejected[idx],
             source=self.source,
             row_numbers=None if self.row_numbers is None else [self.row_numbers[i] for i in idx],
+            margin=None if self.margin is None else self.margin[idx],
         )
 
     def fingerprint(self) -> str:

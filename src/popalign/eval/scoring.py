@@ -28,9 +28,9 @@ import torch
 from popalign.data.schema import PreferenceTable, Prompt
 from popalign.data.tokenize import TokenizeSpec, tokenize_preferences
 from popalign.errors import PopalignError
+from popalign.losses.forms import DEFAULT_BETA
 
 RANDOM_PREFIX = "random:"
-DEFAULT_BETA = 0.1
 
 
 def read_run_config(model_dir: str | Path) -> dict[str, Any]:
@@ -138,7 +138,8 @@ class PolicyScorer:
         self.beta, self.spec, self.batch_size = float(beta), spec, batch_size
 
     def rewards(self, table: PreferenceTable, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``(beta * (pc - rc), beta * (pr - rr))``, each ``(N,)`` float64."""
+        """``(beta * (pc - rc), beta * (pr - rr))``, each ``(N,)`` float64: Eq. 3's implicit rewards."""
+        from popalign.losses.rewards import implicit_rewards
         from popalign.modeling.reference import compute_reference_logps
 
         tokenized = tokenize_preferences(table, self.tokenizer, self.spec)
@@ -146,7 +147,9 @@ class PolicyScorer:
         kw = {"batch_size": self.batch_size, "progress": progress}
         pc, pr = compute_reference_logps(self.policy, tokenized, pad, desc="policy log-probs", **kw)
         rc, rr = compute_reference_logps(self.reference, tokenized, pad, desc="reference log-probs", **kw)
-        return self.beta * (pc - rc), self.beta * (pr - rr)
+        logps = [torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (pc, pr, rc, rr)]
+        chosen, rejected = implicit_rewards(*logps, self.beta)
+        return chosen.numpy(), rejected.numpy()
 
 
 class RewardModelScorer:

@@ -1,20 +1,34 @@
-"""The losses as pure torch functions: reward differences, margin sources and the one preference loss.
+"""The losses as pure torch functions: reward differences, loss forms, margin sources and the one loss.
 
-``loss = -weight * log sigmoid(reward_diff(strong) - margin)`` (Eq. 2-8); the named presets that choose the
-margin and the weight live in :mod:`popalign.methods`.
+``loss = weight * f(reward_diff(strong) - margin)`` with a loss form ``f`` (:mod:`popalign.losses.forms`),
+a margin source (:mod:`popalign.losses.sources`) and a weighting (:mod:`popalign.losses.weights`); with
+DPO's ``f(u) = -log sigmoid(u)`` it is the paper's Eq. 2-8. The named presets that choose the parts live in
+:mod:`popalign.methods`.
+
+The names below are loaded on first use, so that the registries (and command-line help built from them)
+do not import torch.
 """
 
-from popalign.losses.margins import clip_margin, constant_margin, pop_margin
-from popalign.losses.preference import LossOutput, preference_loss
-from popalign.losses.rewards import explicit_rewards, implicit_rewards, reward_difference
+from __future__ import annotations
 
-__all__ = [
-    "LossOutput",
-    "clip_margin",
-    "constant_margin",
-    "explicit_rewards",
-    "implicit_rewards",
-    "pop_margin",
-    "preference_loss",
-    "reward_difference",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LossOutput": "preference",
+    "preference_loss": "preference",
+    "clip_margin": "margins",
+    "constant_margin": "margins",
+    "pop_margin": "margins",
+    "explicit_rewards": "rewards",
+    "implicit_rewards": "rewards",
+    "reward_difference": "rewards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'popalign.losses' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"popalign.losses.{_EXPORTS[name]}"), name)

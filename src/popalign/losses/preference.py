@@ -1,8 +1,10 @@
-"""The one loss every method shares: ``-weight * log sigmoid(reward_diff - margin)`` (Eq. 2-8).
+"""The one loss every method shares: ``weight * f(reward_diff - margin)``, ``f`` a loss form.
 
-Vanilla DPO (Eq. 3) and the Bradley-Terry reward model (Eq. 2) have no margin and weight 1; the margin
-variants (Eq. 4) and DPO-PoP (Eq. 5-7) subtract a margin inside the log-sigmoid; the scaled Bradley-Terry
-loss (Eq. 8) multiplies outside. Which margin and weight is the job of :mod:`popalign.methods`.
+With DPO's form ``f(u) = -log sigmoid(u)`` this is the paper's family (Eq. 2-8): vanilla DPO (Eq. 3) and
+the Bradley-Terry reward model (Eq. 2) have no margin and weight 1; the margin variants (Eq. 4) and DPO-PoP
+(Eq. 5-7) subtract a margin inside the log-sigmoid; the scaled Bradley-Terry loss (Eq. 8) multiplies
+outside. Other forms (IPO, hinge, cDPO, rDPO, SimPO) are in :mod:`popalign.losses.forms`; which margin,
+weight and form a method uses is the job of :mod:`popalign.methods`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from popalign.losses.forms import DEFAULT_BETA, FORMS, LossForm
 
 
 @dataclass
@@ -45,37 +48,49 @@ def preference_loss(
     *,
     margin: Tensor | float | None = None,
     weight: Tensor | None = None,
+    form: LossForm | None = None,
+    beta: float = DEFAULT_BETA,
+    label_smoothing: float = 0.0,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
 ) -> LossOutput:
-    """``losses = -weight * log sigmoid(chosen_rewards - rejected_rewards - margin)``.
+    """``losses = weight * f(z - margin)`` with ``z = form.argument(chosen_rewards, rejected_rewards)``.
+
+    The default form is DPO's, ``f(u) = -log sigmoid(u)``, so without ``form`` this is
+    ``-weight * log sigmoid(chosen_rewards - rejected_rewards - margin)`` (Eq. 2-8).
 
     Args:
         chosen_rewards, rejected_rewards: (B,) rewards of the preferred / dispreferred response, implicit
             (``beta * log pi/pi_ref``, Eq. 3) or explicit (reward-model scores, Eq. 2).
-        margin: scalar or (B,) margin ``m`` inside the log-sigmoid (Eq. 4-7); ``None`` means 0. It is used
-            as given: a margin that must not carry gradient (Eq. 5/7) is detached by its source.
-        weight: (B,) weight outside the log-sigmoid (Eq. 8); ``None`` means 1. A weight of 0 (an SBT tie)
-            gives loss 0 and gradient 0.
+        margin: scalar or (B,) margin ``m`` (Eq. 4-7); ``None`` means 0. It is used as given: a margin that
+            must not carry gradient (Eq. 5/7) is detached by its source.
+        weight: (B,) weight outside (Eq. 8); ``None`` means 1. A weight of 0 (an SBT tie) gives loss 0 and
+            gradient 0.
+        form: a :class:`~popalign.losses.forms.LossForm`; ``None`` is ``sigmoid``.
+        beta, label_smoothing: the form's parameters (IPO's ``beta``; cDPO's and rDPO's ``eps``).
+        chosen_lengths, rejected_lengths: (B,) completion-token counts, for a length-normalised form.
 
     Returns:
         :class:`LossOutput` with ``losses`` (B,) and detached (B,) metrics ``rewards/chosen``,
-        ``rewards/rejected``, ``rewards/margins`` (chosen - rejected), ``rewards/accuracies`` (1.0 where
-        chosen > rejected), plus ``margin/used`` when a margin is given and ``weight/used`` when a weight
-        is given.
+        ``rewards/rejected``, ``rewards/margins`` (chosen - rejected, never length-normalised),
+        ``rewards/accuracies`` (1.0 where chosen > rejected), plus ``margin/used`` when a margin is given
+        and ``weight/used`` when a weight is given.
     """
     if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
         raise ValueError(
             "chosen_rewards and rejected_rewards must both have shape (B,), got "
             f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}"
         )
+    form = form or FORMS["sigmoid"]
+    form.check(beta=beta, label_smoothing=label_smoothing)
     reward_margins = chosen_rewards - rejected_rewards
-    logits = reward_margins
+    logits = form.argument(chosen_rewards, rejected_rewards, chosen_lengths, rejected_lengths)
     metrics: dict[str, Tensor] = {}
     if margin is not None:
         margin_b = _as_batch(margin, chosen_rewards, "margin")
         logits = logits - margin_b
         metrics["margin/used"] = margin_b.detach().clone()
-    # logsigmoid is the numerically stable form of log(1 / (1 + exp(-z))) for large |z|.
-    losses = -F.logsigmoid(logits)
+    losses = form.losses(logits, beta=beta, label_smoothing=label_smoothing)
     if weight is not None:
         weight_b = _as_batch(weight, chosen_rewards, "weight")
         losses = weight_b * losses

@@ -65,10 +65,9 @@ def compute_reference_logps(
     """``(reference_chosen_logps, reference_rejected_logps)``, each ``(N,)`` float64 (or ``len(indices)``)."""
     from tqdm.auto import tqdm
 
+    from popalign.modeling.batching import pair_tensors
     from popalign.modeling.logps import completion_logps
-    from popalign.train.collate import PreferenceCollator
 
-    collate = PreferenceCollator(tokenized, pad_token_id)
     idx = np.arange(len(tokenized)) if indices is None else np.asarray(indices, dtype=np.int64)
     # Similar lengths in a batch waste less padding; the order is undone when writing results.
     lengths = np.array([len(tokenized.prompt_ids[i]) + len(tokenized.chosen_ids[i]) for i in idx])
@@ -79,7 +78,7 @@ def compute_reference_logps(
     with _eval_mode(model):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
             part = order[start : start + batch_size].tolist()
-            batch = {k: v.to(device) for k, v in collate.pair_tensors(part).items()}
+            batch = {k: v.to(device) for k, v in pair_tensors(tokenized, part, pad_token_id).items()}
             logps = completion_logps(
                 model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
             )

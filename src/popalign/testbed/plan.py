@@ -42,7 +42,7 @@ class RunSpec:
     def uses_pop(self) -> bool:
         from popalign.methods import get_method
 
-        return get_method(self.method).sampler == "pop"
+        return get_method(self.method).uses_pop_pairs
 
     @property
     def family(self) -> str:

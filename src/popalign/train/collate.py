@@ -16,6 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from popalign.data.tokenize import TokenizedPreferences
+from popalign.modeling.batching import pad_rows, pair_tensors
+
+__all__ = ["PairExamples", "PreferenceCollator", "SequenceCollator", "pad_rows"]
 
 
 class PairExamples(Dataset):
@@ -34,27 +37,13 @@ class PairExamples(Dataset):
         return {"strong": int(self.strong[i]), "weak": -1 if self.weak is None else int(self.weak[i])}
 
 
-def pad_rows(
-    rows: list[list[int]], pad_id: int, multiple_of: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists to ``(N, T)`` ids and a 0/1 attention mask."""
-    width = max(len(r) for r in rows)
-    if multiple_of:
-        width = -(-width // multiple_of) * multiple_of
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 class PreferenceCollator:
     """Builds the batch a preference loss needs.
 
     Keys for the strong pair: ``input_ids``, ``attention_mask``, ``completion_mask`` of shape ``(2B, T)``
     (rows ``:B`` chosen, ``B:`` rejected), ``reference_chosen_logps``/``reference_rejected_logps`` ``(B,)``
-    when reference log-probs are precomputed, ``gt_margins`` ``(B,)`` when the data has scores. With
+    when reference log-probs are precomputed, ``gt_margins`` ``(B,)`` when the data has scores, ``margin``
+    ``(B,)`` when the data's per-row margin column is given (margin source ``column``). With
     ``with_weak`` the same keys prefixed ``weak_`` describe the weak pair of each PoP example, and
     ``weak_index`` ``(B,)`` holds its row in the table (the key of the trainer's margin cache).
 
@@ -71,6 +60,7 @@ class PreferenceCollator:
         reference_chosen_logps: np.ndarray | None = None,
         reference_rejected_logps: np.ndarray | None = None,
         gt_margins: np.ndarray | None = None,
+        margin_column: np.ndarray | None = None,
         with_weak: bool = False,
         pad_to_multiple_of: int | None = None,
         prefix_sharing: bool = False,
@@ -80,19 +70,13 @@ class PreferenceCollator:
         self.ref_c = reference_chosen_logps
         self.ref_r = reference_rejected_logps
         self.gt = gt_margins
+        self.margin_column = margin_column
         self.with_weak = with_weak
         self.multiple_of = pad_to_multiple_of
         self.prefix_sharing = prefix_sharing
 
     def pair_tensors(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        prompts = [self.tok.prompt_ids[i] for i in idx]
-        rows = [p + self.tok.chosen_ids[i] for p, i in zip(prompts, idx, strict=True)]
-        rows += [p + self.tok.rejected_ids[i] for p, i in zip(prompts, idx, strict=True)]
-        ids, mask = pad_rows(rows, self.pad, self.multiple_of)
-        completion = mask.clone()
-        for r, p in enumerate(prompts + prompts):
-            completion[r, : len(p)] = 0
-        return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion}
+        return pair_tensors(self.tok, idx, self.pad, self.multiple_of)
 
     def shared_tensors(self, idx: list[int]) -> dict[str, torch.Tensor]:
         from popalign.modeling.prefix_sharing import shared_rows
@@ -118,6 +102,8 @@ class PreferenceCollator:
         batch = self._side(strong, "")
         if self.gt is not None:
             batch["gt_margins"] = torch.tensor(self.gt[strong], dtype=torch.float32)
+        if self.margin_column is not None:
+            batch["margin"] = torch.tensor(self.margin_column[strong], dtype=torch.float32)
         if self.with_weak:
             weak = [int(it["weak"]) for it in items]
             if min(weak) < 0:

@@ -12,6 +12,9 @@ from typing import Literal
 from popalign.config import help_field
 from popalign.data.load import DataSpec
 from popalign.data.tokenize import TokenizeSpec
+from popalign.losses.forms import DEFAULT_BETA, FORMS
+from popalign.losses.sources import MARGIN_SOURCES
+from popalign.methods import CUSTOM, Method, all_methods, resolve_method
 from popalign.pop.build import PoPSpec
 
 
@@ -49,16 +52,30 @@ class LoraSpec:
 
 @dataclass
 class LossSpec:
-    beta: float = help_field(0.1, help="KL strength beta of DPO (Eq. 3); the paper uses 0.1 (Table 6).")
-    margin: float = help_field(1.0, help="The constant margin of dpo-margin (the paper uses 1).")
+    beta: float = help_field(
+        DEFAULT_BETA, help="KL strength beta of DPO (Eq. 3); the paper uses 0.1 (Table 6). SimPO's beta too."
+    )
+    form: str = help_field(
+        "",
+        help="Loss form, replacing the method's (empty: the method's; method=custom: sigmoid): "
+        f"{', '.join(FORMS)}.",
+    )
+    margin_source: str = help_field(
+        "",
+        help="Margin source, replacing the method's (empty: the method's; method=custom: none): "
+        f"{', '.join(MARGIN_SOURCES)}. 'live' takes PoP margins from the model itself under stop-grad "
+        "(Eq. 5/6), 'target' from the Polyak target (Eq. 7).",
+    )
+    margin: float = help_field(
+        1.0, help="The constant margin of dpo-margin (the paper uses 1); SimPO's gamma."
+    )
     max_margin: float | None = help_field(
         10.0, help="M_max: PoP margins are clipped to [0, M_max] (Eq. 7; the paper uses 10). null = no clip."
     )
-    pop_margin_model: Literal["target", "live"] = help_field(
-        "target",
-        help="Where PoP margins come from: the Polyak target (Eq. 7) or the live model under stop-grad "
-        "(Eq. 5/6).",
+    label_smoothing: float = help_field(
+        0.0, help="Label-flip rate eps of the cdpo form (in [0, 0.5]) and the robust form (in [0, 0.5))."
     )
+    odpo_alpha: float = help_field(1.0, help="ODPO's alpha: margin source odpo is alpha * log(score margin).")
     margin_refresh_steps: int = help_field(
         1,
         help="PoP with a target model: reuse a weak preference's target rewards for this many optimiser "
@@ -131,9 +148,9 @@ class TrainConfig:
 
     method: str = help_field(
         "dpo",
-        help="policy: dpo, dpo-margin, dpo-margin-gt, dpo-sbt, dpo-pop, dpo-pop-iter, dpo-pop-random, "
-        "dpo-pop-nomargin; reward-model: bt, margin, margin-gt, sbt, pop, pop-iter, pop-random, pop-nomargin "
-        "(see docs/losses.md).",
+        help=f"policy: {', '.join(all_methods('policy'))}; "
+        f"reward-model: {', '.join(all_methods('reward-model'))}; "
+        f"or {CUSTOM} (loss.form with loss.margin_source). See docs/losses.md.",
     )
     objective: Literal["policy", "reward-model"] = help_field(
         "policy", help="policy: DPO-family on a causal LM; reward-model: explicit reward head (Eq. 2, 4, 5)."
@@ -160,11 +177,18 @@ class TrainConfig:
     lora: LoraSpec = field(default_factory=LoraSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
 
+    def resolved_method(self) -> Method:
+        """The method this run trains: the preset with ``loss.form`` / ``loss.margin_source`` as its parts."""
+        return resolve_method(self.method, self.objective, self.loss.form, self.loss.margin_source)
+
     def validate(self) -> None:
         from popalign.config import ConfigError
-        from popalign.methods import get_method
 
-        get_method(self.method, self.objective)
+        method = self.resolved_method()
+        try:
+            method.loss_form.check(beta=self.loss.beta, label_smoothing=self.loss.label_smoothing)
+        except ValueError as exc:
+            raise ConfigError(f"loss.label_smoothing: {exc}") from None
         if not self.data.path:
             raise ConfigError("data.path is required (a file, folder or hub id of preferences)")
         if not 0.0 < self.target.tau <= 1.0:

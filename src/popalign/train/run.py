@@ -27,14 +27,14 @@ def _training_texts(table) -> list[str]:
     return texts
 
 
-def resolve_method(cfg: TrainConfig, method) -> TrainConfig:
+def with_preset_strategy(cfg: TrainConfig, method) -> TrainConfig:
     """``cfg`` with what the method preset fixes written in, so the saved ``config.yaml`` is what ran.
 
     A preset such as ``dpo-pop-random`` fixes the PoP strategy whatever ``pop.strategy`` says.
     """
     from dataclasses import replace
 
-    if method.sampler != "pop" or method.pop_strategy in (None, cfg.pop.strategy) or cfg.pop_labels:
+    if not method.uses_pop_pairs or method.pop_strategy in (None, cfg.pop.strategy) or cfg.pop_labels:
         return cfg
     log.info("method %s samples PoP pairs with strategy %s", method.name, method.pop_strategy)
     return replace(cfg, pop=replace(cfg.pop, strategy=method.pop_strategy))
@@ -44,7 +44,7 @@ def build_examples(cfg: TrainConfig, table, method, output_dir: Path) -> tuple[A
     """Training examples for the method's sampler: every preference, or PoP pairs (built or people's)."""
     from popalign.train.collate import PairExamples
 
-    if method.sampler == "preferences":
+    if not method.uses_pop_pairs:
         return PairExamples(np.arange(len(table))), {"examples": len(table), "sampler": "preferences"}
     from popalign.pop.build import build_pop_for_table, check_pairs, shortfall_warning
     from popalign.pop.labels import load_pop_labels
@@ -61,9 +61,19 @@ def build_examples(cfg: TrainConfig, table, method, output_dir: Path) -> tuple[A
     return PairExamples(pairs.strong_idx, pairs.weak_idx), info
 
 
-def _use_prefix_sharing(cfg: TrainConfig, model) -> bool:
+def check_data(method, table) -> None:
+    """Refuse data the method's margin source or weighting cannot use, naming the data and what is missing."""
+    try:
+        method.source.check_table(table)
+    except ValueError as exc:
+        raise PopalignError(f"method {method.name}: {exc}") from None
+    if method.needs_gt_margin and not table.has_scores:
+        raise PopalignError(f"{table.source}: method {method.name} needs scores (ground-truth margins)")
+
+
+def _use_prefix_sharing(cfg: TrainConfig, model, reward_model: bool) -> bool:
     """``training.prefix_sharing`` where it applies: a policy whose attention takes custom masks."""
-    if not cfg.training.prefix_sharing or cfg.objective != "policy":
+    if not cfg.training.prefix_sharing or reward_model:
         return False
     from popalign.modeling.prefix_sharing import prefix_sharing_supported
 
@@ -79,7 +89,6 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, tests).
     """
     from popalign.data.tokenize import tokenize_preferences, truncation_warning
-    from popalign.methods import get_method
     from popalign.modeling.reference import cached_reference_logps
     from popalign.modeling.target import adapters_disabled
     from popalign.train.collate import PreferenceCollator
@@ -94,15 +103,14 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
     )
     from popalign.train.trainer import PreferenceTrainer
 
-    method = get_method(cfg.method, cfg.objective)
-    cfg = resolve_method(cfg, method)
+    method = cfg.resolved_method()
+    cfg = with_preset_strategy(cfg, method)
     done = finished_run(cfg)
     if done is not None:
         return done
     out, resume, table, report = start_run(cfg)
-    if method.needs_gt_margin and not table.has_scores:
-        raise PopalignError(f"{cfg.data.path}: method {method.name} needs scores (ground-truth margins)")
-    reward_model = cfg.objective == "reward-model"
+    check_data(method, table)
+    reward_model = method.reward_model
     model, tokenizer = build_model_and_tokenizer(
         cfg.model, texts=_training_texts(table), reward_model=reward_model
     )
@@ -112,7 +120,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
     info: dict[str, Any] = {"data": vars(report), "tokenize": tokenized.stats, "method": vars(method)}
 
     ref_c = ref_r = None
-    if not reward_model and cfg.reference.precompute:
+    if not reward_model and cfg.reference.precompute and not method.loss_form.reference_free:
         with adapters_disabled(model):
             ref_c, ref_r, info["reference"] = cached_reference_logps(
                 model,
@@ -123,13 +131,14 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
                 progress=cfg.training.progress,
             )
     examples, info["examples"] = build_examples(cfg, table, method, out)
-    info["prefix_sharing"] = _use_prefix_sharing(cfg, model)
+    info["prefix_sharing"] = _use_prefix_sharing(cfg, model, reward_model)
     collator = PreferenceCollator(
         tokenized,
         tokenizer.pad_token_id,
         reference_chosen_logps=ref_c,
         reference_rejected_logps=ref_r,
         gt_margins=table.margins if table.has_scores else None,
+        margin_column=table.margin if method.source.needs_column else None,
         with_weak=method.needs_weak_pair,
         prefix_sharing=info["prefix_sharing"],
     )
@@ -141,14 +150,9 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         data_collator=collator,
         processing_class=tokenizer,
         method=method,
-        objective=cfg.objective,
-        beta=cfg.loss.beta,
-        margin=cfg.loss.margin,
-        max_margin=cfg.loss.max_margin,
-        pop_margin_model=cfg.loss.pop_margin_model,
-        tau=cfg.target.tau,
-        live_reference=not cfg.reference.precompute,
-        margin_refresh_steps=cfg.loss.margin_refresh_steps,
+        loss=cfg.loss,
+        target=cfg.target,
+        reference=cfg.reference,
         callbacks=callbacks,
     )
     return finish_run(trainer, tokenizer, out, cfg.save_final, resume)

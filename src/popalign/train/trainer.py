@@ -26,6 +26,7 @@ from popalign.methods import Method, method_loss
 from popalign.modeling.logps import completion_logps, sequence_scores
 from popalign.modeling.prefix_sharing import shared_prefix_logps
 from popalign.modeling.target import PolyakTarget, adapters_disabled
+from popalign.train.config import LossSpec, ReferenceSpec, TargetSpec
 from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
 from popalign.train.margin_cache import WeakRewardCache, select_pairs
 
@@ -53,54 +54,50 @@ class PreferenceTrainer(Trainer):
     """Trains a policy (DPO family, Eq. 3, 7, 8) or a reward model (Eq. 2, 4, 5) on preference batches.
 
     Args:
-        method: the preset (sampler, margin source, weighting) from :mod:`popalign.methods`.
-        objective: ``"policy"`` (implicit reward, needs reference log-probs) or ``"reward-model"``.
-        beta: DPO's beta. ``margin``: dpo-margin's constant. ``max_margin``: M_max of Eq. 7.
-        pop_margin_model: ``"target"`` (Polyak copy, Eq. 7) or ``"live"`` (the model itself, stop-grad).
-        tau: Polyak rate of the target.
-        live_reference: run the reference model each step instead of reading precomputed log-probs.
-        margin_refresh_steps: PoP with a target model only: reuse a weak preference's target rewards for
-            this many optimiser steps (:mod:`popalign.train.margin_cache`); 1 recomputes them every step.
+        method: the preset (sampler, margin source, loss form, weighting) from :mod:`popalign.methods`; its
+            ``objective`` says whether rewards are implicit (policy) or explicit (reward model).
+        loss: the loss settings (``beta``, the constant margin, ``M_max``, label smoothing, the margin
+            cache); default :class:`~popalign.train.config.LossSpec`.
+        target: the Polyak target's settings (``tau``), used when the margin source scores the weak pair with
+            the target.
+        reference: ``precompute=False`` runs the reference model each step instead of reading precomputed
+            log-probs from the batch.
     """
 
     def __init__(
         self,
         *args: Any,
         method: Method,
-        objective: str = "policy",
-        beta: float = 0.1,
-        margin: float = 1.0,
-        max_margin: float | None = 10.0,
-        pop_margin_model: str = "target",
-        tau: float = 0.01,
-        live_reference: bool = False,
-        margin_refresh_steps: int = 1,
+        loss: LossSpec | None = None,
+        target: TargetSpec | None = None,
+        reference: ReferenceSpec | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         # Our loss is a per-example mean of one micro-batch; the Trainer divides it by the
         # accumulation steps, so batch 8 equals batch 4 x 2 accumulation steps.
         self.loss_is_scaled_for_ga = False
-        self.method, self.objective = method, objective
-        self.beta, self.margin, self.max_margin = beta, margin, max_margin
-        self.pop_margin_model = pop_margin_model
+        self.method = method
+        self.loss = loss or LossSpec()
         self.target: PolyakTarget | None = None
-        self.tau = tau
+        self.tau = (target or TargetSpec()).tau
+        live_reference = not (reference or ReferenceSpec()).precompute
         # FSDP2 full fine-tuning: the target is sharded like the policy, which the Trainer wraps only when
         # training starts; until then this holds the target's weightless structure.
         self._target_skeleton: torch.nn.Module | None = None
-        if method.needs_weak_pair and pop_margin_model == "target":
-            if self._fsdp_full_copy("the Polyak target (loss.pop_margin_model=target)"):
+        if method.needs_weak_pair and method.source.uses_target:
+            if self._fsdp_full_copy(f"the Polyak target (loss.margin_source={method.margin})"):
                 self._target_skeleton = meta_skeleton(self.model)
             else:
-                self.target = PolyakTarget(self.model, tau)
+                self.target = PolyakTarget(self.model, self.tau)
                 if self.target.mode == "copy":
                     # Under DeepSpeed the Trainer leaves the model on the CPU until prepare(); the copy
                     # must live where the policy will run.
                     self.target.copy.to(self.args.device)
             self.add_callback(_PolyakUpdate(self))
         self.reference_model: torch.nn.Module | None = None
-        if live_reference and objective == "policy" and not _is_peft(self.model):
+        needs_reference = not method.reward_model and not method.loss_form.reference_free
+        if live_reference and needs_reference and not _is_peft(self.model):
             if getattr(self, "is_fsdp_enabled", False):
                 raise PopalignError(
                     "a live reference model is not supported under FSDP with full fine-tuning; keep "
@@ -109,8 +106,8 @@ class PreferenceTrainer(Trainer):
             self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False).to(self.args.device)
         self.live_reference = live_reference
         self.margin_cache: WeakRewardCache | None = None
-        if method.needs_weak_pair and margin_refresh_steps > 1:
-            self.margin_cache = WeakRewardCache(margin_refresh_steps)
+        if method.needs_weak_pair and self.loss.margin_refresh_steps > 1:
+            self.margin_cache = WeakRewardCache(self.loss.margin_refresh_steps)
         # Weak-pair rows run through the target so far (the margin cache's saving shows here).
         self.weak_forward_rows = 0
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
@@ -190,14 +187,18 @@ class PreferenceTrainer(Trainer):
 
     def _rewards(self, model, inputs, prefix: str, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards of chosen and rejected, ``(B,)`` each: implicit (policy) or explicit (reward model)."""
-        if self.objective == "reward-model":
+        if self.method.reward_model:
             scores = sequence_scores(model, inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"])
             half = scores.shape[0] // 2
             return scores[:half], scores[half:]
         logps = self._logps(model, inputs, prefix)
         half = logps.shape[0] // 2
         policy_chosen_logps, policy_rejected_logps = logps[:half], logps[half:]
-        reference_chosen_logps, reference_rejected_logps = self._reference_logps(model, inputs, prefix)
+        if self.method.loss_form.reference_free:
+            zero = torch.zeros_like(policy_chosen_logps).detach()
+            reference_chosen_logps = reference_rejected_logps = zero
+        else:
+            reference_chosen_logps, reference_rejected_logps = self._reference_logps(model, inputs, prefix)
         if not prefix:
             logs["logps/chosen"] = policy_chosen_logps.detach()
             logs["logps/rejected"] = policy_rejected_logps.detach()
@@ -206,8 +207,28 @@ class PreferenceTrainer(Trainer):
             policy_rejected_logps,
             reference_chosen_logps,
             reference_rejected_logps,
-            self.beta,
+            self.loss.beta,
         )
+
+    @staticmethod
+    def _lengths(inputs, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Completion tokens of chosen and rejected, ``(B,)`` each, from either batch layout."""
+        if f"{prefix}prompt_lengths" in inputs:
+            return inputs[f"{prefix}chosen_lengths"], inputs[f"{prefix}rejected_lengths"]
+        counts = inputs[f"{prefix}completion_mask"].sum(dim=1)
+        half = counts.shape[0] // 2
+        return counts[:half], counts[half:]
+
+    def loss_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~popalign.methods.method_loss` that the loss settings fix."""
+        spec = self.loss
+        return {
+            "constant": spec.margin,
+            "max_margin": spec.max_margin,
+            "odpo_alpha": spec.odpo_alpha,
+            "beta": spec.beta,
+            "label_smoothing": spec.label_smoothing,
+        }
 
     @torch.no_grad()
     def _weak_rewards(self, model, inputs, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +281,13 @@ class PreferenceTrainer(Trainer):
             # is built, so DPO-PoP's peak memory stays that of vanilla DPO.
             weak_c, weak_r = self._weak_rewards(model, inputs, logs)
         chosen_rewards, rejected_rewards = self._rewards(model, inputs, "", logs)
+        lengths = None
+        if self.method.needs_lengths:
+            lengths = dict(zip(("chosen", "rejected"), self._lengths(inputs, ""), strict=True))
+            if self.method.needs_weak_pair:
+                lengths.update(
+                    zip(("weak_chosen", "weak_rejected"), self._lengths(inputs, "weak_"), strict=True)
+                )
         out = method_loss(
             self.method,
             chosen_rewards,
@@ -267,8 +295,9 @@ class PreferenceTrainer(Trainer):
             gt_margins=inputs.get("gt_margins"),
             weak_chosen_rewards=weak_c,
             weak_rejected_rewards=weak_r,
-            constant=self.margin,
-            max_margin=self.max_margin,
+            margin_column=inputs.get("margin"),
+            lengths=lengths,
+            **self.loss_settings(),
         )
         out.metrics.update(logs)
         return out
