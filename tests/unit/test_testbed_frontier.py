@@ -118,6 +118,8 @@ def test_summary_holds_curves_table_and_verdicts():
     assert [p["kl"][0] for p in s["curves"]["dpo"]] == pytest.approx([0.0, 1.0, 2.0])
     assert s["table"]["dpo-pop-nomargin"]["vanilla DPO's final KL"]["in_range"] is False
     assert s["table"]["dpo-pop-random"]["max_kl"] == pytest.approx(6.0)
+    # KL 2 is first reached at the checkpoint with KL 2, after the start (KL 0): the bracket it leans on.
+    assert s["table"]["dpo-pop-random"]["vanilla DPO's final KL"]["between_kl"] == pytest.approx((0.0, 2.0))
     assert len(s["verdicts"]) == 2 * len(fr.FRONTIER_CLAIMS)
 
 

@@ -40,7 +40,14 @@ def print_outcome(outcome: dict) -> None:
     results = json.loads(Path(outcome["report"]["json"]).read_text(encoding="utf-8"))
     width = max((len(v["verdict"]) for v in results["verdicts"]), default=0)
     for v in results["verdicts"]:
-        print(f"  {v['verdict']:<{width}}  {v['claim']}")
+        where = (
+            f" (at {v['budget']})"
+            if v.get("budget")
+            else " (tuned per method)"
+            if v["group"] == "tuned"
+            else ""
+        )
+        print(f"  {v['verdict']:<{width}}  {v['claim']}{where}")
     print(f"finished in {outcome['wall_seconds'] / 60:.1f} min")
     print(f"report: {outcome['report']['html']}")
     print(f"        {outcome['report']['markdown']}")

@@ -109,12 +109,17 @@ def plot_frontier(curves: list[dict[str, Any]], budgets: list[tuple[str, float]]
         v = np.array([p[0] for p in c["reward"]])
         err = np.array([[p[0] - p[1] for p in c["reward"]], [p[2] - p[0] for p in c["reward"]]])
         ax.errorbar(c["kl"], v, yerr=np.nan_to_num(err), marker="o", ms=3.5, capsize=2, label=c["name"])
-    for label, value in budgets:
-        ax.axvline(value, color="grey", ls=":", lw=1)
-        ax.annotate(label, (value, ax.get_ylim()[0]), rotation=90, fontsize=7, va="bottom", ha="right")
-    ax.set_xlabel("KL(pi || pi_SFT) of sampled replies (nats per reply)")
+    for (label, value), shade in zip(budgets, np.linspace(0.15, 0.6, max(len(budgets), 1)), strict=False):
+        ax.axvline(value, color=str(shade), ls=":", lw=1.2, label=f"budget: {label}")
+    # Linear near the reference, where the budgets lie, logarithmic beyond: long runs travel tens of nats.
+    ax.set_xscale("symlog", linthresh=2.0, linscale=1.5)
+    top = max([max(c["kl"]) for c in curves if len(c["kl"])] + [1.0])
+    ticks = [t for t in (0, 0.5, 1, 1.5, 2, 5, 10, 20, 50, 100, 200, 500) if t <= top * 1.2]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlim(left=min(0.0, *[min(c["kl"]) for c in curves if len(c["kl"])]), right=top * 1.1)
+    ax.set_xlabel("KL(pi || pi_SFT) of sampled replies (nats per reply; linear to 2, log beyond)")
     ax.set_ylabel("mean r* of replies to the test prompts")
     ax.set_title("Reward-KL frontier: each point a checkpoint, step 0 = the SFT model")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)

@@ -116,6 +116,26 @@ def budgets(results: dict[str, list[RunResult]], fractions: list[float]) -> list
     return out
 
 
+def bracket(runs: list[RunResult], budget: Budget) -> tuple[float, float]:
+    """Mean KL of the two checkpoints a budget is interpolated between (over seeds): how coarse it is."""
+    pairs = []
+    for r in runs:
+        kl = curve_means(r)[0]
+        target = budget.on(r, np.arange(len(r.truth))[None, :])[0]
+        first = int(np.argmax(reaches(kl, target)))
+        pairs.append((kl[max(first - 1, 0)], kl[first]))
+    return float(np.mean([a for a, _ in pairs])), float(np.mean([b for _, b in pairs]))
+
+
+def coarse(between: tuple[float, float], budget: float) -> bool:
+    """Whether a value leans on a long straight line: a checkpoint beyond 2x or below 1/2 of the budget.
+
+    The start (KL 0) as the lower checkpoint does not count: every curve starts there.
+    """
+    low, high = between
+    return high > 2 * budget or 0 < low < budget / 2
+
+
 def in_range(runs: list[RunResult], budget: Budget) -> bool:
     """Whether every seed's curve reaches ``budget`` (on all test prompts)."""
     every = np.arange(len(runs[0].truth))[None, :] if runs else None
@@ -189,7 +209,15 @@ def summarise_frontier(
         for b in chosen:
             value = at_budget(runs, None, b, boot)
             diff = at_budget(runs, with_curves[BASELINE], b, boot) if name != BASELINE else None
-            row[b.label] = {"in_range": in_range(runs, b), "reward": value, "difference": diff}
+            inside = in_range(runs, b)
+            between = bracket(runs, b) if inside else None
+            row[b.label] = {
+                "in_range": inside,
+                "reward": value,
+                "difference": diff,
+                "between_kl": between,
+                "coarse": inside and coarse(between, b.value),
+            }
         row["max_kl"] = min(float(curve_means(r)[0].max()) for r in runs)
         table[name] = row
     verdicts = [(b, judge_matched(c, with_curves, b, boot)) for b in chosen for c in FRONTIER_CLAIMS]

@@ -339,7 +339,8 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     blocks: list[Block] = _intro(cfg, summary, timing)
     budgets = (summary["frontier"] or {}).get("budgets", [])
     tuned = bool(summary["tuning"])
-    blocks.append(("p", sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative)))
+    text = sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative, summary["frontier"])
+    blocks.append(("p", text))
     blocks += [
         ("h2", "The paper's claims (paper protocol: the paper's settings for every method, one epoch)"),
         ("table", _verdict_table(summary["verdicts"], "paper")),

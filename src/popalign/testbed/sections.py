@@ -65,11 +65,16 @@ def frontier_blocks(frontier: dict[str, Any] | None, verdicts: list[dict], out: 
             text = interval(c["reward"])
             if c["difference"] is not None:
                 text += f"; vs DPO {interval(c['difference'])}"
-            cells.append(text)
+            low, high = c["between_kl"]
+            cells.append(f"{text} (KL {low:.3g}-{high:.3g}{', coarse' if c['coarse'] else ''})")
         rows.append([name, fmt(row["max_kl"]), *cells])
     blocks += [
         ("p", "Mean r* of replies at each KL budget, and its difference from vanilla DPO's at the same "
-              "budget (paired by seed and prompt). max KL: the smallest largest-KL over the run's seeds."),
+              "budget (paired by seed and prompt). In brackets, the mean KL of the two checkpoints the value "
+              "is interpolated between: a wide bracket means the curve jumped past the budget between two "
+              "checkpoints and the value leans on the straight line between them; 'coarse' marks a "
+              "checkpoint beyond twice or below half the budget (more checkpoints: curve.points). max KL: "
+              "the smallest largest-KL over the run's seeds."),
         ("table", (headers, rows)),
         ("p", "Verdicts at each budget, with the rules of the paper's claims above:"),
         ("table", verdict_by_budget(verdicts, budgets)),
@@ -126,7 +131,22 @@ def _said(v: dict | None, what: str) -> str:
     return f"{what}: difference {interval(tuple(d))}, {v['verdict']}"
 
 
-def plain_summary(verdicts: list[dict], budgets: list[dict], tuned: bool, generative: bool = True) -> str:
+def _caveat(frontier: dict[str, Any] | None, budget: str, *methods: str) -> str:
+    """A warning when a matched-KL value of ``methods`` at ``budget`` leans on a long interpolation."""
+    table = (frontier or {}).get("table", {})
+    cells = [(m, table.get(m, {}).get(budget)) for m in methods]
+    rough = [f"{m} between KL {c['between_kl'][0]:.3g} and {c['between_kl'][1]:.3g}"
+             for m, c in cells if c and c.get("coarse")]  # fmt: skip
+    return f" (coarse: interpolated {'; '.join(rough)})" if rough else ""
+
+
+def plain_summary(
+    verdicts: list[dict],
+    budgets: list[dict],
+    tuned: bool,
+    generative: bool = True,
+    frontier: dict[str, Any] | None = None,
+) -> str:
     """What the run supports, in plain words, with the comparison each verdict holds under."""
     if not generative:
         clauses = [
@@ -152,9 +172,10 @@ def plain_summary(verdicts: list[dict], budgets: list[dict], tuned: bool, genera
     if primary:
         parts += [
             _said(_find(verdicts, "kl-random", primary), f"Matched KL ({primary}): DPO-PoP-random's mean r* "
-                  "minus vanilla DPO's") + ".",
+                  "minus vanilla DPO's") + _caveat(frontier, primary, "dpo-pop-random") + ".",
             _said(_find(verdicts, "kl-margin", primary), f"Does the PoP margin help at matched KL "
-                  f"({primary})? DPO-PoP-random minus PoP sampling without margin") + ".",
+                  f"({primary})? DPO-PoP-random minus PoP sampling without margin")
+            + _caveat(frontier, primary, "dpo-pop-random", "dpo-pop-nomargin") + ".",
         ]  # fmt: skip
     else:
         parts.append("Matched KL: no training curves were recorded (curve.points = 0).")
