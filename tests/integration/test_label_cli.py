@@ -65,9 +65,9 @@ def test_add_annotator_status_and_export_on_a_new_database(tmp_path, capsys):
     assert run_cli("status", "--db", db) == 0
     out = capsys.readouterr().out
     assert "not served yet" in out and "alice" in out
-    assert run_cli("export", "--db", db, "-o", str(tmp_path / "out.jsonl")) == 0
-    assert (tmp_path / "out.jsonl").read_text() == ""
-    assert "0 labels" in capsys.readouterr().out
+    with pytest.raises(PopalignError, match="project 'default' was never served"):
+        run_cli("export", "--db", db, "-o", str(tmp_path / "out.jsonl"))
+    assert not (tmp_path / "out.jsonl").exists()
     assert run_cli("status", "--db", db, "--json", "-") == 0
     assert json.loads(capsys.readouterr().out)["annotators"][0]["name"] == "alice"
 
