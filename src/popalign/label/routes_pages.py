@@ -122,7 +122,8 @@ def _register_decisions(app: Any, ctx: LabelContext) -> None:
             return refusal
         choice = request.form.get("choice")
         try:
-            outcome = ctx.store.submit(who, form_id(request.form.get("assignment_id"), "assignment_id"), choice)
+            assignment_id = form_id(request.form.get("assignment_id"), "assignment_id")
+            outcome = ctx.store.submit(who, assignment_id, choice)
         except Refused as exc:
             return message_page("Not saved", str(exc), exc.status)
         notice = "already" if outcome != "recorded" else ("same" if choice == "same" else "saved")
