@@ -44,7 +44,10 @@ def bearer_user(ctx: LabelContext) -> Annotator | None:
 
 
 def csrf_ok(secret: str | None, sent: Any) -> bool:
-    return bool(secret) and isinstance(sent, str) and hmac.compare_digest(csrf_token(secret), sent)
+    if not secret or not isinstance(sent, str):
+        return False
+    # As bytes: compare_digest refuses non-ASCII strings, and a form may send anything.
+    return hmac.compare_digest(csrf_token(secret).encode(), sent.encode("utf-8", "replace"))
 
 
 def same_origin() -> bool:
