@@ -154,3 +154,64 @@ def test_labels_collected_over_http_train_dpo_pop(tmp_path, ultrafeedback_dir, c
     assert math.isfinite(summary["metrics"]["train_loss"])
     meta = json.loads((tmp_path / "run" / "pop_pairs.parquet.meta.json").read_text())
     assert meta["settings"]["strategy"] == "labels" and meta["counts"]["pairs"] == len(rows)
+
+
+def test_hf_export_round_trips_through_load_from_disk_and_pop_import_labels(
+    tmp_path, ultrafeedback_dir, capsys
+):
+    import datasets
+
+    from popalign.cli.main import main
+    from popalign.label.accounts import add_annotator, authenticate
+    from popalign.label.project import LabelSettings
+    from popalign.label.server import build_context
+    from popalign.pop.pairs import PoPPairs
+
+    prefs = subset(ultrafeedback_dir, tmp_path, 12)
+    db = tmp_path / "labels.sqlite"
+    ctx = build_context(db, prefs, LabelSettings(redundancy=2, target=6, min_gap=0), project="pilot")
+    people = [
+        authenticate(ctx.store.engine, add_annotator(ctx.store.engine, n, project="pilot")) for n in "xy"
+    ]
+    store, judged = ctx.store, {}
+    for _ in range(7):
+        for who in people:
+            served = store.next_for(who)
+            if served is None:
+                continue
+            if len(judged) == 1 and who.name == "x" and served.pair_id not in judged:
+                store.skip(who, served.assignment_id, "unsure", "no idea")
+                continue
+            choice = "a" if served.pair_id % 2 else "b"
+            store.submit(who, served.assignment_id, choice)
+            judged.setdefault(served.pair_id, []).append((who.name, choice))
+    out = tmp_path / "hf"
+    argv = ["export", "--db", str(db), "--project", "pilot", "--format", "hf", "-o", str(out)]
+    assert run_cli(*argv, "--skips", str(tmp_path / "skips.csv")) == 0
+    ds = datasets.load_from_disk(str(out))
+    assert set(ds.column_names) >= {"id_a", "id_b", "stronger", "annotators", "choices", "seconds", "votes_a"}
+    expected = {pid: v for pid, v in judged.items() if len({c for _, c in v}) == 1}  # ties give no row
+    assert len(ds) == len(expected) > 0
+    for row in ds:
+        assert row["stronger"] in ("a", "b") and len(row["annotators"]) == len(row["choices"]) >= 1
+        assert row["votes_" + row["stronger"]] == len(row["choices"])
+        assert all(s is not None and s >= 0 for s in row["seconds"])
+    assert "pilot" in ds.info.description
+    skips = (tmp_path / "skips.csv").read_text().splitlines()
+    assert skips[0] == "id_a,id_b,annotator,reason,note,created_at" and len(skips) == 2
+    assert ",x,unsure,no idea," in skips[1]
+    capsys.readouterr()
+    pairs_file = tmp_path / "people.parquet"
+    assert main(["pop", "import-labels", str(out), "--prefs", str(prefs), "-o", str(pairs_file)]) == 0
+    from popalign.data.load import load_preferences
+
+    assert len(PoPPairs.load(pairs_file, load_preferences(prefs)[0])) == len(ds)
+    # Exporting again replaces the folder whole; a folder that is not a dataset is never replaced.
+    assert run_cli(*argv) == 0
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(PopalignError, match="not a datasets folder"):
+        run_cli(
+            "export", "--db", str(db), "--project", "pilot", "--format", "hf", "-o", str(tmp_path / "notes")
+        )
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"

@@ -301,7 +301,8 @@ def export_hf(engine: Any, project: Project, out_dir: str | Path, all_pairs: boo
         }
     )
     info = datasets.DatasetInfo(
-        description=f"PoP labels collected with popalign label, project {project.name!r}: {project.to_json()}"
+        description=f"PoP labels collected with popalign label, project {project.name!r}: {project.to_json()}",
+        features=features,
     )
     ds = datasets.Dataset.from_list(records, features=features, info=info)
     out_dir = Path(out_dir)
