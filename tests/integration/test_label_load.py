@@ -25,6 +25,8 @@ pytest.importorskip("flask")
 pytest.importorskip("waitress")
 sa = pytest.importorskip("sqlalchemy")
 
+from tests.integration._label_postgres import postgres_url  # noqa: E402
+
 ANNOTATORS = 20
 PER_ANNOTATOR = 100
 TOTAL = ANNOTATORS * PER_ANNOTATOR
@@ -111,25 +113,15 @@ def annotate(port: str, token: str, name: str, seed: int, out: list, errors: lis
         client.conn.close()
 
 
-POSTGRES = os.environ.get("POPALIGN_TEST_POSTGRES_URL")  # a scratch database: its label tables are dropped
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "sqlite",
-        pytest.param(
-            "postgres", marks=pytest.mark.skipif(not POSTGRES, reason="set POPALIGN_TEST_POSTGRES_URL to run")
-        ),
-    ],
-)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, ultrafeedback_dir, backend):
     from popalign.label.accounts import add_annotator
     from popalign.label.db import build_metadata, make_engine
 
     if backend == "postgres":
-        db = POSTGRES
+        # A scratch database (POPALIGN_TEST_POSTGRES_URL, or a local cluster): its label tables are dropped.
+        db = postgres_url()
         scratch = sa.create_engine(db)
         build_metadata().drop_all(scratch)
         scratch.dispose()
@@ -156,7 +148,8 @@ def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, 
             t.start()
         for t in threads:
             t.join(DEADLINE_S + 30)
-        print(f"labelling took {time.monotonic() - t0:.1f} s")
+        took = time.monotonic() - t0
+        print(f"{backend}: {TOTAL:,} labels in {took:.1f} s, {TOTAL / took:.0f} labels/s")
         # With the target met, the server has nothing more to hand out.
         status, body = Client(port, tokens["ann00"]).call("GET", "/api/next")
         assert (status, body["assignment"]) == (200, None)

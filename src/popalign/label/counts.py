@@ -41,28 +41,39 @@ def anchor_stats(conn: Any, t: Any, project_id: int) -> dict[str, AnchorStats]:
     return {r.anchor: AnchorStats(int(r.pairs), int(r.open or 0), int(r.wins or 0)) for r in conn.execute(q)}
 
 
-def counted_and_open(conn: Any, t: Any, project_id: int, iterative: bool = False) -> tuple[int, int]:
-    """Labels that count toward the target (first slot; iterative: anchor wins) and open first slots."""
+def counted_and_open(
+    conn: Any, t: Any, project_id: int, iterative: bool = False, gold: bool = False
+) -> tuple[int, int]:
+    """Labels that count toward the target (first slot; iterative: anchor wins) and open first slots.
+
+    ``gold``: the project mixes in gold pairs, which must be left out (a join the others skip).
+    """
     import sqlalchemy as sa
 
     p, a, lab = t["pairs"], t["assignments"], t["labels"]
-    # Two plain counts: each is one index scan plus a primary-key join, cheap beside joining everything.
-    open_ = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(a.join(p, p.c.pair_id == a.c.pair_id))
-        .where(a.c.project_id == project_id, a.c.status == "open", a.c.slot == 0, p.c.gold.is_(None))
-    ).scalar_one()
+    # Two plain counts: each is one index scan (plus a primary-key join), cheap beside joining everything.
+    open_q = sa.select(sa.func.count()).where(
+        a.c.project_id == project_id, a.c.status == "open", a.c.slot == 0
+    )
     first = sa.and_(a.c.assignment_id == lab.c.assignment_id, a.c.slot == 0)
-    joined = lab.join(a, first).join(p, p.c.pair_id == lab.c.pair_id)
-    mine = sa.and_(a.c.project_id == project_id, p.c.gold.is_(None))
+    joined = lab.join(a, first)
+    mine = [a.c.project_id == project_id]
+    if gold or iterative:
+        joined = joined.join(p, p.c.pair_id == lab.c.pair_id)
+    if gold:
+        open_q = open_q.select_from(a.join(p, p.c.pair_id == a.c.pair_id)).where(p.c.gold.is_(None))
+        mine.append(p.c.gold.is_(None))
+    else:
+        open_q = open_q.select_from(a)
+    open_ = conn.execute(open_q).scalar_one()
     if iterative:
         q = (
             sa.select(sa.func.coalesce(sa.func.sum(_win_case(p, lab)), 0))
             .select_from(joined)
-            .where(mine, p.c.anchor.is_not(None))
+            .where(*mine, p.c.anchor.is_not(None))
         )
     else:
-        q = sa.select(sa.func.count()).select_from(joined).where(mine, lab.c.choice.in_(("a", "b")))
+        q = sa.select(sa.func.count()).select_from(joined).where(*mine, lab.c.choice.in_(("a", "b")))
     return int(conn.execute(q).scalar_one()), int(open_)
 
 
@@ -70,9 +81,16 @@ class PairsView:
     """The :class:`popalign.label.sampling.PairView` of one transaction, for one annotator."""
 
     def __init__(
-        self, conn: Any, tables: Any, project_id: int, annotator_id: int, now: float, lease_s: float
+        self,
+        conn: Any,
+        tables: Any,
+        project_id: int,
+        annotator_id: int,
+        now: float,
+        lease_s: float,
+        gold: bool = False,
     ) -> None:
-        self.conn, self.t, self.project_id = conn, tables, project_id
+        self.conn, self.t, self.project_id, self.gold = conn, tables, project_id, gold
         self.me, self.now, self.lease_s = annotator_id, now, lease_s
 
     def _pairs(self, *columns: Any) -> Any:
@@ -102,7 +120,7 @@ class PairsView:
         return {r.hi if r.lo == pref_id else r.lo for r in rows}
 
     def counted_and_open(self) -> tuple[int, int]:
-        return counted_and_open(self.conn, self.t, self.project_id)
+        return counted_and_open(self.conn, self.t, self.project_id, gold=self.gold)
 
     def anchor_stats(self) -> dict[str, AnchorStats]:
         return anchor_stats(self.conn, self.t, self.project_id)

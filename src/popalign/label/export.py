@@ -300,10 +300,8 @@ def export_hf(engine: Any, project: Project, out_dir: str | Path, all_pairs: boo
             **{name: datasets.Value("int64") for name in ("votes_a", "votes_b", "votes_same")},
         }
     )
-    info = datasets.DatasetInfo(
-        description=f"PoP labels collected with popalign label, project {project.name!r}: {project.to_json()}",
-        features=features,
-    )
+    about = f"PoP labels collected with popalign label, project {project.name!r}: {project.to_json()}"
+    info = datasets.DatasetInfo(description=about, features=features)
     ds = datasets.Dataset.from_list(records, features=features, info=info)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

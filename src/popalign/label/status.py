@@ -45,7 +45,8 @@ def project_status(
             sa.select(sa.func.count()).select_from(p).where(p.c.project_id == project_id, p.c.gold.is_(None))
         ).scalar_one()
         iterative = project is not None and project.strategy == "iterative"
-        counted, in_flight = counted_and_open(conn, t, project_id, iterative=iterative)
+        gold = project is not None and project.gold_fraction > 0
+        counted, in_flight = counted_and_open(conn, t, project_id, iterative=iterative, gold=gold)
     skipped = {r.annotator_id: int(r.n) for r in skips}
     agree = annotator_agreement(items)
     per_person = []

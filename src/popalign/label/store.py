@@ -93,6 +93,11 @@ class LabelStore:
         self.gold = list(gold or [])
         self.t = engine.popalign_tables
 
+    @property
+    def has_gold(self) -> bool:
+        """Whether gold pairs may be in the database (they then have to be left out of counts)."""
+        return self.project.gold_fraction > 0
+
     def _served(self, conn: Any, assignment_id: int) -> Served:
         import sqlalchemy as sa
 
@@ -433,7 +438,9 @@ class LabelStore:
                 sa.select(sa.func.count()).select_from(sk).where(sk.c.annotator_id == who.annotator_id)
             ).scalar_one()
             iterative = self.project.strategy == "iterative"
-            counted, open_ = counted_and_open(conn, self.t, self.project.project_id, iterative=iterative)
+            counted, open_ = counted_and_open(
+                conn, self.t, self.project.project_id, iterative=iterative, gold=self.has_gold
+            )
         by_choice = {r.choice: int(r.n) for r in mine}
         return Progress(
             mine=sum(by_choice.values()),
