@@ -1,6 +1,6 @@
 """A scratch PostgreSQL for the label tests: ``POPALIGN_TEST_POSTGRES_URL`` if set, else a throwaway
 cluster started from the installed server binaries (Debian's ``postgresql`` package, which
-``scripts/install_test_postgres.sh`` installs), else a skip that says why — never a failure.
+``scripts/install_label_server_test_deps.sh`` installs), else a skip that says why — never a failure.
 
 The cluster lives in a temporary folder, listens on a free loopback port and a private socket
 folder, runs as the ``postgres`` user when the tests run as root (the server refuses root), and is
@@ -41,7 +41,7 @@ def _start() -> str:
     """Start a cluster and return its URL; raises ``RuntimeError`` saying why it could not."""
     bindir = _bin_dir()
     if bindir is None:
-        raise RuntimeError("no PostgreSQL server binaries (run scripts/install_test_postgres.sh)")
+        raise RuntimeError("no PostgreSQL server binaries (run scripts/install_label_server_test_deps.sh)")
     prefix: list[str] = []
     root = tempfile.mkdtemp(prefix="popalign-pg-")
     if os.geteuid() == 0:
