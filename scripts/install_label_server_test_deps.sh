@@ -18,22 +18,13 @@ warn() {
     exit 0
 }
 
-command -v apt-get >/dev/null 2>&1 || warn "apt-get not found"
-
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO="sudo -n"
-    else
-        warn "not root and no password-less sudo"
-    fi
-fi
+# shellcheck source=scripts/apt_setup.sh
+. "$(dirname "$0")/apt_setup.sh"
 
 packages=""
 have_postgres || packages="$packages postgresql"
 have_nginx || packages="$packages nginx-light"
 
-export DEBIAN_FRONTEND=noninteractive
 echo "installing$packages for the label server tests (a minute or so)..."
 # The package lists are fresh when the browser script has just updated them.
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -60 2>/dev/null | head -1)" ]; then

@@ -19,37 +19,10 @@ from popalign.label.accounts import (  # noqa: E402
 from popalign.label.db import make_engine  # noqa: E402
 from popalign.label.export import Judgement, annotator_agreement, cohen_kappa, label_rows  # noqa: E402
 from popalign.label.project import LabelSettings, load_project, open_project  # noqa: E402
-from popalign.label.sampling import GoldPair, gold_pairs, make_sampler  # noqa: E402
+from popalign.label.sampling import GoldPair, gold_pairs  # noqa: E402
 from popalign.label.status import project_status  # noqa: E402
-from popalign.label.store import LabelStore, Refused  # noqa: E402
-
-IDS = [f"p{i}" for i in range(8)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_store(tmp_path, project="default", gold=None, engine=None, **settings):
-    engine = engine or make_engine(tmp_path / "labels.sqlite")
-    proj = open_project(engine, LabelSettings(**settings), "prefs.jsonl", "fp", len(IDS), name=project)
-    clock = Clock()
-    store = LabelStore(engine, proj, make_sampler(proj, IDS, None), clock=clock, gold=gold)
-    people = {
-        name: authenticate(engine, add_annotator(engine, name, project=project))
-        for name in ("ann", "bob", "cy")
-    }
-    return store, people, clock
-
-
-def count(store, sql: str) -> int:
-    with store.engine.connect() as conn:
-        return conn.execute(sa.text(sql)).scalar_one()
-
+from popalign.label.store import Refused  # noqa: E402
+from tests.unit.test_label_store import IDS, count, make_store  # noqa: E402
 
 # --- skip -----------------------------------------------------------------------------------------------
 

@@ -24,12 +24,16 @@ class Clock:
         return self.now
 
 
-def make_store(tmp_path, **settings):
-    engine = make_engine(tmp_path / "labels.sqlite")
-    project = open_project(engine, LabelSettings(**settings), "prefs.jsonl", "fp", len(IDS))
+def make_store(tmp_path, project="default", gold=None, engine=None, **settings):
+    """A store over ``IDS`` in ``project`` with annotators ann, bob and cy, and its fake clock."""
+    engine = engine or make_engine(tmp_path / "labels.sqlite")
+    proj = open_project(engine, LabelSettings(**settings), "prefs.jsonl", "fp", len(IDS), name=project)
     clock = Clock()
-    store = LabelStore(engine, project, make_sampler(project, IDS, None), clock=clock)
-    people = {name: authenticate(engine, add_annotator(engine, name)) for name in ("ann", "bob", "cy")}
+    store = LabelStore(engine, proj, make_sampler(proj, IDS, None), clock=clock, gold=gold)
+    people = {
+        name: authenticate(engine, add_annotator(engine, name, project=project))
+        for name in ("ann", "bob", "cy")
+    }
     return store, people, clock
 
 

@@ -28,6 +28,23 @@ BUSY_TIMEOUT_MS = 30_000
 STATUSES = ("open", "done", "skipped")
 
 
+def _decision_columns() -> list[Any]:
+    """What a label and a skip both record: the assignment (one decision each), pair and annotator."""
+    import sqlalchemy as sa
+
+    return [
+        sa.Column(
+            "assignment_id",
+            sa.Integer,
+            sa.ForeignKey("assignments.assignment_id"),
+            nullable=False,
+            unique=True,
+        ),
+        sa.Column("pair_id", sa.Integer, sa.ForeignKey("pairs.pair_id"), nullable=False),
+        sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), nullable=False),
+    ]
+
+
 def build_metadata() -> Any:
     """The tables; returned as a ``sqlalchemy.MetaData`` (built lazily: no import at module top)."""
     import sqlalchemy as sa
@@ -118,15 +135,7 @@ def build_metadata() -> Any:
         "labels",
         md,
         sa.Column("label_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column(
-            "assignment_id",
-            sa.Integer,
-            sa.ForeignKey("assignments.assignment_id"),
-            nullable=False,
-            unique=True,
-        ),
-        sa.Column("pair_id", sa.Integer, sa.ForeignKey("pairs.pair_id"), nullable=False),
-        sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), nullable=False),
+        *_decision_columns(),
         sa.Column("choice", sa.String(4), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.CheckConstraint("choice IN ('a', 'b', 'same')", name="ck_labels_choice"),
@@ -138,15 +147,7 @@ def build_metadata() -> Any:
         "skips",
         md,
         sa.Column("skip_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column(
-            "assignment_id",
-            sa.Integer,
-            sa.ForeignKey("assignments.assignment_id"),
-            nullable=False,
-            unique=True,
-        ),
-        sa.Column("pair_id", sa.Integer, sa.ForeignKey("pairs.pair_id"), nullable=False),
-        sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), nullable=False),
+        *_decision_columns(),
         sa.Column("reason", sa.String(16), nullable=False),
         sa.Column("note", sa.Text, nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),

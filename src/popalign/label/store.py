@@ -292,10 +292,17 @@ class LabelStore:
             raise Refused(403, "this pair is not (or no longer) assigned to you")
         return row
 
-    def _decide(self, conn: Any, assignment_id: int, status: str, now: float) -> None:
+    def _decide(
+        self, conn: Any, who: Annotator, assignment_id: int, pair_id: int, table: str, **values: Any
+    ) -> None:
+        """Record a label (``table="labels"``) or a skip and close the assignment, in ``conn``'s txn."""
         import sqlalchemy as sa
 
+        now = self.clock()
+        row = {"assignment_id": assignment_id, "pair_id": pair_id, "annotator_id": who.annotator_id}
+        conn.execute(sa.insert(self.t[table]).values(**row, created_at=now, **values))
         a = self.t["assignments"]
+        status = "done" if table == "labels" else "skipped"
         conn.execute(
             sa.update(a).where(a.c.assignment_id == assignment_id).values(status=status, decided_at=now)
         )
@@ -307,8 +314,6 @@ class LabelStore:
         Raises :class:`Refused`: 400 bad input, 404 unknown assignment, 403 not ``who``'s, 409 a
         different label is already recorded (undo first) or the pair was skipped.
         """
-        import sqlalchemy as sa
-
         choice = parse_choice(choice, "choice", CHOICES)
         assignment_id = parse_id(assignment_id, "assignment_id")
         with write_txn(self.engine) as conn:
@@ -319,17 +324,7 @@ class LabelStore:
                 raise Refused(409, f"this pair is already labelled {row.choice!r}; undo it to change it")
             if row.status == "skipped":
                 raise Refused(409, "you skipped this pair; undo the skip to label it")
-            now = self.clock()
-            conn.execute(
-                sa.insert(self.t["labels"]).values(
-                    assignment_id=assignment_id,
-                    pair_id=row.pair_id,
-                    annotator_id=who.annotator_id,
-                    choice=choice,
-                    created_at=now,
-                )
-            )
-            self._decide(conn, assignment_id, "done", now)
+            self._decide(conn, who, assignment_id, row.pair_id, "labels", choice=choice)
         return "recorded"
 
     def skip(self, who: Annotator, assignment_id: Any, reason: Any, note: Any = None) -> str:
@@ -338,7 +333,6 @@ class LabelStore:
         The pair is not shown to ``who`` again and gives no label. Returns ``"skipped"`` or ``"already
         skipped"``; raises :class:`Refused` as :meth:`submit` does ("other" needs a note).
         """
-        import sqlalchemy as sa
 
         reason = parse_choice(reason, "reason", SKIP_REASONS)
         note = parse_text(note, "note", MAX_NOTE_CHARS)
@@ -351,18 +345,7 @@ class LabelStore:
                 return "already skipped"
             if row.status == "done":
                 raise Refused(409, f"this pair is already labelled {row.choice!r}; undo it to skip it")
-            now = self.clock()
-            conn.execute(
-                sa.insert(self.t["skips"]).values(
-                    assignment_id=assignment_id,
-                    pair_id=row.pair_id,
-                    annotator_id=who.annotator_id,
-                    reason=reason,
-                    note=note,
-                    created_at=now,
-                )
-            )
-            self._decide(conn, assignment_id, "skipped", now)
+            self._decide(conn, who, assignment_id, row.pair_id, "skips", reason=reason, note=note)
         return "skipped"
 
     def renew(self, who: Annotator, assignment_id: Any) -> Served:
