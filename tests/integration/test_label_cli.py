@@ -215,3 +215,56 @@ def test_hf_export_round_trips_through_load_from_disk_and_pop_import_labels(
             "export", "--db", str(db), "--project", "pilot", "--format", "hf", "-o", str(tmp_path / "notes")
         )
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_projects_guidelines_and_gold_options(tmp_path, ultrafeedback_dir, capsys):
+    from popalign.label.project import LabelSettings
+    from popalign.label.server import build_context
+
+    with pytest.raises(SystemExit):
+        run_cli("serve", "--help")
+    out = capsys.readouterr().out
+    for option in ("--project", "--guidelines", "--gold-fraction", "--trusted-proxy"):
+        assert option in out
+    prefs = subset(ultrafeedback_dir, tmp_path, 40)
+    db = str(tmp_path / "labels.sqlite")
+    assert run_cli("add-annotator", "ann", "--db", db, "--project", "pilot") == 0
+    assert "of project 'pilot' created" in capsys.readouterr().out
+    ctx = build_context(db, prefs, LabelSettings(gold_fraction=0.2), project="pilot")
+    assert ctx.project.name == "pilot" and len(ctx.store.gold) > 0
+    assert run_cli("status", "--db", db, "--project", "pilot") == 0
+    out = capsys.readouterr().out
+    assert "project pilot: random sampling" in out and "gold 20%" in out and "gold acc" in out
+    with pytest.raises(PopalignError, match="project 'other' was never served.*served projects: pilot"):
+        run_cli("export", "--db", db, "--project", "other", "-o", str(tmp_path / "x.jsonl"))
+    unscored = tmp_path / "plain.jsonl"
+    unscored.write_text(
+        "".join(
+            json.dumps({"id": f"u{i}", "prompt": "q", "chosen": "c", "rejected": "r"}) + "\n"
+            for i in range(4)
+        )
+    )
+    with pytest.raises(PopalignError, match="gold pairs need scored data"):
+        build_context(db, unscored, LabelSettings(gold_fraction=0.1), project="plain")
+    with pytest.raises(PopalignError, match="guidelines file .* is empty"):
+        (tmp_path / "empty.md").write_text(" \n")
+        build_context(db, prefs, project="pilot", guidelines=tmp_path / "empty.md")
+    with pytest.raises(PopalignError, match="cannot read the guidelines file"):
+        build_context(db, prefs, project="pilot", guidelines=tmp_path / "missing.md")
+    with pytest.raises(PopalignError, match="gold_fraction must be"):
+        LabelSettings(gold_fraction=1.0).validate()
+
+
+def test_an_old_database_is_refused_untouched(tmp_path):
+    import sqlalchemy as sa
+
+    from popalign.label.db import make_engine
+
+    path = tmp_path / "old.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE meta (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO meta VALUES ('schema', '1')")
+    with pytest.raises(PopalignError, match="schema version 1; this popalign reads version 2"):
+        make_engine(path)
+    assert sa.inspect(engine).get_table_names() == ["meta"]

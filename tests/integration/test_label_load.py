@@ -44,7 +44,8 @@ LABEL_CLI = (
 )
 
 
-def start_server(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
+def start_server(args: list[str], cwd: Path, log: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start ``popalign label serve``; its output lines go to ``log``."""
     proc = subprocess.Popen(
         [sys.executable, "-c", LABEL_CLI, "label", "serve", *args, "--host", "127.0.0.1", "--port", "0"],
         cwd=cwd,
@@ -62,7 +63,7 @@ def start_server(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
         m = re.search(r"listening on (http://127\.0\.0\.1:(\d+))", line)
         if m:
             # Keep draining its output so the server never blocks on a full pipe.
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()
             return proc, m.group(2)
     proc.kill()
     raise AssertionError("the server did not start:\n" + "".join(seen))
@@ -131,9 +132,11 @@ def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, 
     tokens = {f"ann{i:02d}": add_annotator(engine, f"ann{i:02d}") for i in range(ANNOTATORS)}
     engine.dispose()
     prefs = str(ultrafeedback_dir / "train.jsonl")
+    log: list[str] = []
     proc, port = start_server(
         ["--prefs", prefs, "--db", str(db), "--strategy", "random", "--target", str(TOTAL), "--threads", "8"],
         tmp_path,
+        log,
     )
     accepted: list[tuple] = []
     errors: list[str] = []
@@ -158,6 +161,9 @@ def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, 
         proc.wait(10)
     assert errors == []
     assert len(accepted) == TOTAL
+    # Queued requests are reported as one line per 10 s at most, never one line each.
+    assert not any("Task queue depth" in line for line in log)
+    assert sum("waiting for a free thread" in line for line in log) <= took / 10 + 1
 
     # Client side: 2,000 distinct assignments and 2,000 distinct unordered pairs.
     assert len({a[1] for a in accepted}) == TOTAL

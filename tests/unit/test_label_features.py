@@ -257,3 +257,28 @@ def test_status_reports_median_seconds_per_label(tmp_path):
     status = project_status(store.engine, store.project)
     ann = next(p for p in status["annotators"] if p["name"] == "ann")
     assert ann["median_seconds"] == 20 and status["median_seconds"] == 20
+
+
+# --- the server's queue log -----------------------------------------------------------------------------
+
+
+def test_queue_depth_warnings_fold_into_one_line_per_interval():
+    import logging
+
+    from popalign.label.server import QueueDepthSummary
+
+    summary = QueueDepthSummary(every_s=3600)
+    records = [
+        logging.LogRecord(
+            "waitress.queue", logging.WARNING, __file__, 1, "Task queue depth is %d", (d,), None
+        )
+        for d in (1, 5, 2, 9, 3)
+    ]
+    passed = [r for r in records if summary.filter(r)]
+    assert len(passed) == 1 and passed[0].getMessage().startswith("requests are waiting for a free thread")
+    assert "up to 1 queued (1 reports" in passed[0].getMessage()
+    summary.last = float("-inf")  # the interval is over: the next line says the deepest since
+    late = logging.LogRecord(
+        "waitress.queue", logging.WARNING, __file__, 1, "Task queue depth is %d", (4,), None
+    )
+    assert summary.filter(late) and "up to 9 queued (5 reports" in late.getMessage()

@@ -86,8 +86,10 @@ class QueueDepthSummary(logging.Filter):
             now = time.monotonic()
             if now - self.last < self.every_s:
                 return False
-            record.msg = "requests are waiting for a free thread: up to %d queued (%d times in %.0f s)"
-            record.args = (self.deepest, self.folded, min(now - self.last, self.every_s))
+            record.msg = (
+                "requests are waiting for a free thread: up to %d queued (%d reports folded into this line)"
+            )
+            record.args = (self.deepest, self.folded)
             self.last, self.deepest, self.folded = now, 0, 0
             return True
 
