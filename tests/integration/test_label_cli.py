@@ -123,7 +123,7 @@ def test_labels_collected_over_http_train_dpo_pop(tmp_path, ultrafeedback_dir, c
     assert "PoP pairs load" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     # Iterative export keeps the anchors' wins: each row's stronger side is its pair's anchor.
-    anchors = {(j.id_a, j.id_b): j.anchor for j in judgements(ctx.store.engine)}
+    anchors = {(j.id_a, j.id_b): j.anchor for j in judgements(ctx.store.engine, ctx.project.project_id)}
     assert rows and all(
         anchors[(r["id_a"], r["id_b"])] == (r["id_a"] if r["stronger"] == "a" else r["id_b"]) for r in rows
     )

@@ -6,8 +6,8 @@ Modules, one job each: :mod:`~popalign.label.db` (tables, engine, transactions),
 :mod:`~.store` (serving pairs, labels, skips, leases, undo), :mod:`~.inputs` (bounded parsing of
 request values), :mod:`~.render` (Markdown to sanitised HTML), :mod:`~.guidelines`, :mod:`~.export`
 (the PoP label file, the ``datasets`` folder, skips, agreement), :mod:`~.status`, :mod:`~.context`
-and :mod:`~.auth` (what the routes share), :mod:`~.app` with :mod:`~.routes_pages` and
-:mod:`~.routes_api` (Flask), and :mod:`~.server` (waitress, proxy headers).
+and :mod:`~.auth` (what the routes share), :mod:`~.downloads`, :mod:`~.app` with
+:mod:`~.routes_pages` and :mod:`~.routes_api` (Flask), and :mod:`~.server` (waitress, proxy headers).
 
 Nothing here is imported by ``popalign --help``; Flask, waitress, SQLAlchemy, markdown-it-py and nh3
 (the ``label`` extra) are imported when a label command runs. See ``docs/labelling.md``.

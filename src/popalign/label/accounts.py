@@ -127,7 +127,9 @@ def start_session(engine: Any, who: Annotator, now: float | None = None) -> str:
     return secret
 
 
-def session_user(engine: Any, secret: str | None, project_id: int, now: float | None = None) -> Any:
+def session_user(
+    engine: Any, secret: str | None, project_id: int, now: float | None = None
+) -> Annotator | None:
     """The annotator of a live, unrevoked session in ``project_id``, or ``None``."""
     import sqlalchemy as sa
 

@@ -46,7 +46,7 @@ class Judgement:
     seconds: float | None = None  # from being given the pair to the label
 
 
-def judgements(engine: Any, project_id: int = 1) -> list[Judgement]:
+def judgements(engine: Any, project_id: int) -> list[Judgement]:
     """Every recorded judgement of the project, oldest first."""
     import sqlalchemy as sa
 
@@ -213,9 +213,9 @@ def write_labels(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def export_labels(engine: Any, project: Project | None, path: str | Path, all_pairs: bool = False) -> dict:
+def export_labels(engine: Any, project: Project, path: str | Path, all_pairs: bool = False) -> dict:
     """Write the PoP label file; returns counts (``rows``, ``judgements``, ``pairs``, ``without_label``)."""
-    items = judgements(engine, 1 if project is None else project.project_id)
+    items = judgements(engine, project.project_id)
     rows = label_rows(items, project, all_pairs=all_pairs)
     write_labels(rows, path)
     return _counts(items, len(rows))

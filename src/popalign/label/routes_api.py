@@ -22,58 +22,13 @@ JSON).
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from popalign.label.auth import bearer_user
 from popalign.label.context import LabelContext, pair_json
+from popalign.label.downloads import api_error, export_response, skips_response
 from popalign.label.inputs import Refused
-
-EXPORT_TYPES = {
-    "jsonl": "application/x-ndjson",
-    "csv": "text/csv; charset=utf-8",
-    "parquet": "application/vnd.apache.parquet",
-}
-
-
-def _error(message: str, status: int) -> Any:
-    headers = {"WWW-Authenticate": 'Bearer realm="popalign-label"'} if status == 401 else {}
-    return {"error": message}, status, headers
-
-
-def _download(data: bytes, fmt: str, stem: str) -> Any:
-    from flask import Response
-
-    return Response(
-        data,
-        mimetype=EXPORT_TYPES[fmt],
-        headers={"Content-Disposition": f'attachment; filename="{stem}.{fmt}"'},
-    )
-
-
-def export_response(ctx: LabelContext, fmt: str, all_pairs: bool) -> Any:
-    """The label file as a download (written by the same code as ``popalign label export``)."""
-    from popalign.label.export import judgements, label_rows, write_labels
-
-    if fmt not in EXPORT_TYPES:
-        return _error(f"format must be one of {', '.join(EXPORT_TYPES)}", 400)
-    rows = label_rows(judgements(ctx.store.engine, ctx.project.project_id), ctx.project, all_pairs=all_pairs)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = write_labels(rows, Path(tmp) / f"labels.{fmt}").read_bytes()
-    return _download(data, fmt, "pop_labels")
-
-
-def skips_response(ctx: LabelContext, fmt: str) -> Any:
-    """The skipped pairs as a download (as ``popalign label export --skips``)."""
-    from popalign.label.export import SKIP_FORMATS, write_skips
-
-    if f".{fmt}" not in SKIP_FORMATS:
-        return _error(f"format must be one of {', '.join(s.lstrip('.') for s in SKIP_FORMATS)}", 400)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = write_skips(ctx.store.engine, ctx.project.project_id, Path(tmp) / f"skips.{fmt}").read_bytes()
-    return _download(data, fmt, "skips")
 
 
 def _body(allowed: set[str]) -> dict[str, Any]:
@@ -101,13 +56,13 @@ def register(app: Any, ctx: LabelContext) -> None:
             def handler() -> Any:
                 who = bearer_user(ctx)
                 if who is None:
-                    return _error("a valid annotator token is required", 401)
+                    return api_error("a valid annotator token is required", 401)
                 if admin and not who.is_admin:
-                    return _error("admin accounts only", 403)
+                    return api_error("admin accounts only", 403)
                 try:
                     return view(who)
                 except Refused as exc:
-                    return _error(str(exc), exc.status)
+                    return api_error(str(exc), exc.status)
 
             app.add_url_rule(rule, endpoint=view.__name__, view_func=handler, methods=list(methods))
             return view

@@ -14,9 +14,9 @@ from typing import Any
 from popalign.label.accounts import authenticate, csrf_token, end_session, start_session
 from popalign.label.auth import cookie_name, cookie_user, csrf_ok, same_origin
 from popalign.label.context import LabelContext, message_page, pair_view
+from popalign.label.downloads import export_response, skips_response
 from popalign.label.guidelines import has_read, mark_read
 from popalign.label.inputs import Refused, form_id
-from popalign.label.routes_api import export_response, skips_response
 from popalign.label.store import SKIP_REASONS
 
 COOKIE_MAX_AGE = 30 * 24 * 3600
