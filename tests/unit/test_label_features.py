@@ -246,6 +246,13 @@ def test_each_annotator_is_compared_with_everyone_on_the_same_pairs():
     assert got["ann"]["kappa"] == pytest.approx((2 / 3 - 4 / 9) / (1 - 4 / 9))
     assert got["cy"]["items"] == 2 and got["cy"]["agree"] == 0.0
     assert set(got) == {"ann", "bob", "cy"}
+    from popalign.label.export import pairwise_kappas
+
+    pairs = {tuple(p["annotators"]): p for p in pairwise_kappas(items)}
+    assert set(pairs) == {("ann", "bob"), ("ann", "cy"), ("bob", "cy")}
+    assert pairs[("ann", "bob")]["pairs"] == 2 and pairs[("ann", "bob")]["kappa"] == pytest.approx(1.0)
+    # ann vs cy on pair 1 only: (a, b); chance agreement 0, observed 0.
+    assert pairs[("ann", "cy")]["pairs"] == 1 and pairs[("ann", "cy")]["kappa"] == pytest.approx(0.0)
 
 
 def test_status_reports_median_seconds_per_label(tmp_path):

@@ -188,6 +188,21 @@ def annotator_agreement(items: list[Judgement]) -> dict[str, dict[str, Any]]:
     }
 
 
+def pairwise_kappas(items: list[Judgement]) -> list[dict[str, Any]]:
+    """Cohen's kappa for every two annotators who judged at least one pair in common:
+    ``{"annotators": [x, y], "pairs": n, "kappa": k}``, by name."""
+    answers: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for group in _by_pair(items).values():
+        for x in group:
+            for y in group:
+                if x.annotator < y.annotator:
+                    answers[(x.annotator, y.annotator)].append((x.choice, y.choice))
+    return [
+        {"annotators": list(names), "pairs": len(pairs), "kappa": cohen_kappa(pairs)}
+        for names, pairs in sorted(answers.items())
+    ]
+
+
 def write_labels(rows: list[dict], path: str | Path) -> Path:
     """Write the rows as ``.jsonl``, ``.csv`` or ``.parquet`` (by suffix), atomically."""
     path = Path(path)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from popalign.label.counts import counted_and_open
-from popalign.label.export import agreement, annotator_agreement, judgements, label_rows
+from popalign.label.export import agreement, annotator_agreement, judgements, label_rows, pairwise_kappas
 from popalign.label.project import SETTING_KEYS, Project
 
 
@@ -84,7 +84,7 @@ def project_status(
         "skipped": sum(skipped.values()),
         "median_seconds": statistics.median(all_seconds) if all_seconds else None,
         "annotators": per_person,
-        "agreement": agreement(items),
+        "agreement": {**agreement(items), "pairwise_kappa": pairwise_kappas(items)},
     }
 
 
