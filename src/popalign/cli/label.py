@@ -10,6 +10,9 @@ import argparse
 import ipaddress
 import json
 
+# Light: the standard library and popalign.errors only, no web or database library.
+from popalign.label.project import DEFAULT_PROJECT, STRATEGIES
+
 EXPORT_FORMATS = ("file", "hf")
 
 EPILOG = """examples:
@@ -115,7 +118,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
     e.add_argument(
         "--format",
         choices=EXPORT_FORMATS,
-        default=None,
+        default="file",
         help="file: by the suffix of -o (default); hf: a datasets save_to_disk folder",
     )
     e.add_argument("--skips", metavar="FILE", default=None, help="also write the skipped pairs (.jsonl/.csv)")
@@ -150,7 +153,7 @@ def _register_serve(label_sub: argparse._SubParsersAction) -> None:
     s.add_argument("--split", default=None, help="split to read from a folder (default: train)")
     s.add_argument("--columns", default=None, metavar="T=S,...", help="column mapping, e.g. id=uid")
     _add_db(s)
-    s.add_argument("--strategy", choices=("random", "iterative"), default=None, help="default: random")
+    s.add_argument("--strategy", choices=STRATEGIES, default=None, help=f"default: {STRATEGIES[0]}")
     s.add_argument(
         "-k", type=float, default=None, help="labels per preference (default: 1 random, 2 iterative)"
     )
@@ -197,7 +200,10 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 def _add_project(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--project", default="default", metavar="NAME", help="project in the database (default: %(default)s)"
+        "--project",
+        default=DEFAULT_PROJECT,
+        metavar="NAME",
+        help="project in the database (default: %(default)s)",
     )
 
 
