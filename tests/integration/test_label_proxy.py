@@ -197,7 +197,7 @@ def served(tmp_path):
 @pytest.mark.parametrize("proxy_kind", PROXIES)
 def test_sign_in_label_and_sign_out_through_an_https_proxy(served, tmp_path, proxy_kind):
     ctx, token = served
-    with start_server(ctx, trusted_proxy="127.0.0.1") as app:
+    with start_server(ctx, trusted_proxy="::1, 127.0.0.1") as app:
         proxy = proxy_kind(int(app.url.rsplit(":", 1)[1]), tmp_path)
         try:
             browser = Browser(proxy.port)

@@ -189,7 +189,7 @@ def _register_serve(label_sub: argparse._SubParsersAction) -> None:
         "--trusted-proxy",
         metavar="ADDR",
         default=None,
-        help="the reverse proxy's address (or '*'): believe its X-Forwarded-Proto/Host/For",
+        help="the reverse proxy's addresses, comma-separated, or '*': believe their X-Forwarded-* headers",
     )
     s.set_defaults(func=run_serve)
 

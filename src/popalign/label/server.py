@@ -4,11 +4,13 @@
 same production server (waitress, a thread pool) in a background thread and returns a handle to stop
 it, for tests and notebooks.
 
-Behind a reverse proxy, ``trusted_proxy`` (the proxy's address, or ``*``) makes waitress believe that
-peer's ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``X-Forwarded-For``, and drop those headers
-from anyone else: cookies then get ``Secure`` and the same-origin check compares with the host the
-browser used. Waitress's "Task queue depth" warning (one per queued request) is folded into one
-line per :data:`QUEUE_LOG_EVERY_S`.
+Behind a reverse proxy, ``trusted_proxy`` (the proxy's addresses, comma-separated, or ``*``) makes
+the server believe those peers' ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``X-Forwarded-For``
+(parsed by waitress's own proxy-header middleware) and drop those headers from anyone else: cookies
+then get ``Secure`` and the same-origin check compares with the host the browser used.
+
+Waitress's "Task queue depth" warning (one per queued request) is folded into one line per
+:data:`QUEUE_LOG_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -125,6 +127,22 @@ class RunningServer:
         self.stop()
 
 
+def trust_proxies(app: Any, addresses: str) -> Any:
+    """``app`` behind waitress's proxy-header middleware for the peers in ``addresses`` (comma-separated
+    IPs, or ``*``); every other peer's forwarded headers are removed."""
+    from waitress.proxy_headers import proxy_headers_middleware
+
+    trusted = {a.strip() for a in addresses.split(",") if a.strip()}
+    believe = proxy_headers_middleware(app, trusted_proxy="*", trusted_proxy_headers=PROXY_HEADERS)
+    clear = proxy_headers_middleware(app, trusted_proxy=None, clear_untrusted=True)
+
+    def dispatch(environ: dict, start_response: Any) -> Any:
+        peer = environ.get("REMOTE_ADDR")
+        return (believe if "*" in trusted or peer in trusted else clear)(environ, start_response)
+
+    return dispatch
+
+
 def make_server(
     app: Any,
     host: str = "127.0.0.1",
@@ -138,9 +156,10 @@ def make_server(
     from popalign.errors import PopalignError
 
     _quiet_queue_log()
-    proxy: dict[str, Any] = {}
+    # With proxies named, our dispatcher believes or clears the headers, so waitress must not clear
+    # them first; without, waitress clears them for everyone.
     if trusted_proxy:
-        proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_headers": PROXY_HEADERS}
+        app = trust_proxies(app, trusted_proxy)
     try:
         return create_server(
             app,
@@ -148,8 +167,7 @@ def make_server(
             port=port,
             threads=threads,
             ident="popalign-label",
-            clear_untrusted_proxy_headers=True,
-            **proxy,
+            clear_untrusted_proxy_headers=not trusted_proxy,
         )
     except OSError as exc:
         raise PopalignError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
