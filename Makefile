@@ -34,6 +34,8 @@ lint: $(STAMP)
 test: lint
 	# Debian's chromium + chromedriver for the labelling app's browser tests (idempotent; warns, never fails).
 	bash scripts/install_browser_test_deps.sh
+	# Debian's postgresql and nginx-light for the label app's PostgreSQL and proxy tests (same rules).
+	bash scripts/install_label_server_test_deps.sh
 	$(PY) -m pytest tests
 
 bench: $(STAMP)

@@ -16,18 +16,9 @@ warn() {
     exit 0
 }
 
-command -v apt-get >/dev/null 2>&1 || warn "apt-get not found"
+# shellcheck source=scripts/apt_setup.sh
+. "$(dirname "$0")/apt_setup.sh"
 
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO="sudo -n"
-    else
-        warn "not root and no password-less sudo"
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
 echo "installing chromium and chromium-driver for the browser tests (a minute or two)..."
 $SUDO apt-get update -qq >/dev/null || warn "apt-get update failed"
 $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null || warn "apt-get install chromium chromium-driver failed"

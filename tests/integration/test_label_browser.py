@@ -1,4 +1,5 @@
-"""The labelling page in a real headless Chromium: clicks, keys, undo, escaping, and the export.
+"""The labelling page in a real headless Chromium: clicks, keys, undo, escaping, the export, Markdown,
+the guidelines, skip with a reason, and lease renewal.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/install_browser_test_deps.sh``) and the
 ``selenium`` package; skips without them. Set ``POPALIGN_LABEL_SCREENSHOT=docs/img/label_app.png`` to
@@ -22,6 +23,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -194,3 +196,155 @@ def test_hostile_dataset_text_stays_text_in_the_browser(browser, tmp_path):
         assert browser.find_elements(By.CSS_SELECTOR, "main img, main script") == []
         text = browser.find_element(By.ID, "pref-a").text
         assert "<script>window.pwned" in text and '<img src="nowhere"' in text
+
+
+def serve_rows(tmp_path, rows, **kwargs):
+    """A server over ``rows`` with annotators ann and boss (admin); yields (url, ctx, tokens)."""
+    from popalign.label.accounts import add_annotator
+    from popalign.label.server import build_context, start_server
+
+    prefs = tmp_path / "rows.jsonl"
+    prefs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    ctx = build_context(tmp_path / "rows.sqlite", prefs, **kwargs)
+    tokens = {
+        name: add_annotator(ctx.store.engine, name, admin=name == "boss") for name in ("ann", "bob", "boss")
+    }
+    return ctx, tokens, start_server(ctx)
+
+
+MARKDOWN_ROWS = [
+    {
+        "id": f"md{i}",
+        "prompt": "# Sorting\n\nWrite **two** ways to sort:\n\n1. in place\n2. a copy",
+        "chosen": "| way | keeps input |\n|---|---|\n| `sorted(x)` | yes |\n| `x.sort()` | no |\n\n"
+        "```python\nprint(sorted([3, 1, 2]))\n```",
+        "rejected": "Use *bubble sort*. [docs](https://docs.python.org) [run](javascript:window.pwned=1) "
+        '<a href="javascript:window.pwned=2">x</a> <details open ontoggle="window.pwned=3">',
+    }
+    for i in range(2)
+]
+
+
+def test_markdown_renders_as_markup_and_the_code_language_sits_above_the_code(browser, tmp_path):
+    ctx, tokens, server = serve_rows(tmp_path, MARKDOWN_ROWS)
+    with server:
+        sign_in(browser, server.url, tokens["ann"])
+        side = browser.find_element(By.ID, "pref-a")
+        assert side.find_element(By.CSS_SELECTOR, ".prompt h1").text == "Sorting"
+        assert side.find_element(By.CSS_SELECTOR, ".prompt strong").text == "two"
+        assert len(side.find_elements(By.CSS_SELECTOR, ".prompt ol li")) == 2
+        cells = [c.text for c in side.find_elements(By.CSS_SELECTOR, ".chosen table td")]
+        assert cells == ["sorted(x)", "yes", "x.sort()", "no"]
+        assert side.find_element(By.CSS_SELECTOR, ".rejected em").text == "bubble sort"
+        pre = side.find_element(By.CSS_SELECTOR, ".chosen pre[data-lang='python']")
+        assert pre.find_element(By.TAG_NAME, "code").text == "print(sorted([3, 1, 2]))"
+        # The language tag is a line of its own: the code starts below it, not under it.
+        gap = browser.execute_script(
+            "var p = arguments[0], c = p.querySelector('code');"
+            "return c.getBoundingClientRect().top - p.getBoundingClientRect().top;",
+            pre,
+        )
+        label = browser.execute_script("return getComputedStyle(arguments[0], '::before').display;", pre)
+        assert label == "block" and gap > 16
+        # Only the safe link is a link; the others are text, and nothing ran.
+        hrefs = [a.get_attribute("href") for a in side.find_elements(By.CSS_SELECTOR, ".rejected a")]
+        assert "https://docs.python.org/" in hrefs and not any(
+            h and h.startswith("javascript") for h in hrefs
+        )
+        for a in side.find_elements(By.CSS_SELECTOR, ".rejected a"):
+            if not a.get_attribute("href"):
+                a.click()
+        assert browser.find_elements(By.CSS_SELECTOR, "main details[ontoggle]") == []
+        assert browser.execute_script("return window.pwned") is None
+        assert "[run](javascript:window.pwned=1)" in side.find_element(By.CSS_SELECTOR, ".rejected").text
+        # The other layout: chosen and rejected side by side; the choice is remembered.
+        browser.find_element(By.TAG_NAME, "body").send_keys("l")
+        pair = browser.find_element(By.CSS_SELECTOR, ".pair")
+        assert "responses-side-by-side" in pair.get_attribute("class")
+        chosen, rejected = (
+            side.find_element(By.CSS_SELECTOR, f".response.{k}") for k in ("chosen", "rejected")
+        )
+        assert (
+            chosen.location["y"] == rejected.location["y"] and chosen.location["x"] < rejected.location["x"]
+        )
+        browser.refresh()
+        assert "responses-side-by-side" in browser.find_element(By.CSS_SELECTOR, ".pair").get_attribute(
+            "class"
+        )
+        browser.find_element(By.TAG_NAME, "body").send_keys("l")
+        assert "responses-side-by-side" not in browser.find_element(By.CSS_SELECTOR, ".pair").get_attribute(
+            "class"
+        )
+
+
+def test_guidelines_come_first_and_are_one_key_away(browser, tmp_path):
+    guide = tmp_path / "guide.md"
+    guide.write_text("# Judging\n\nPrefer **factual** answers.\n\n- ignore length\n", encoding="utf-8")
+    ctx, tokens, server = serve_rows(tmp_path, MARKDOWN_ROWS, guidelines=guide)
+    with server:
+        sign_in(browser, server.url, tokens["ann"])
+        assert browser.current_url.endswith("/guidelines")
+        assert browser.find_element(By.CSS_SELECTOR, "#guidelines h1").text == "Judging"
+        assert browser.find_element(By.CSS_SELECTOR, "#guidelines strong").text == "factual"
+        press(browser, Keys.ENTER)  # "I have read these"
+        assert browser.find_element(By.ID, "label-form")
+        first = shown_pair(browser)
+        press(browser, "g")
+        assert browser.current_url.endswith("/guidelines") and "Back to labelling" in browser.page_source
+        press(browser, Keys.ENTER)
+        assert shown_pair(browser) == first  # the same pair, still reserved
+
+
+def test_skip_with_a_reason(browser, tmp_path):
+    ctx, tokens, server = serve_rows(tmp_path, MARKDOWN_ROWS)
+    with server:
+        sign_in(browser, server.url, tokens["ann"])
+        skipped = shown_pair(browser)
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("k")
+        assert browser.find_element(By.ID, "skip").get_attribute("open") is not None
+        browser.find_element(By.ID, "reason-broken").click()
+        note = browser.find_element(By.ID, "skip-note")
+        note.send_keys("ab")  # typed into the note: no shortcut fires
+        assert browser.find_element(By.ID, "skip").get_attribute("open") is not None
+        act_and_wait(browser, browser.find_element(By.ID, "skip-submit").click)
+        assert browser.find_element(By.ID, "notice").text == "Skipped; the reason is recorded."
+        assert "last: skipped" in browser.find_element(By.ID, "last").text
+        req = urllib.request.Request(f"{server.url}/api/admin/skips?format=jsonl")
+        req.add_header("Authorization", f"Bearer {tokens['boss']}")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            rows = [json.loads(line) for line in resp.read().decode().splitlines()]
+        assert [(r["id_a"], r["id_b"], r["annotator"], r["reason"], r["note"]) for r in rows] == [
+            (*skipped, "ann", "broken", "ab")
+        ]
+        assert exported(server.url, tokens["boss"]) == []  # a skip is never a label
+
+
+def test_the_open_page_keeps_its_pair_and_warns_when_it_cannot(browser, tmp_path):
+    import time
+
+    from popalign.label.project import LabelSettings
+
+    rows = [{**MARKDOWN_ROWS[0], "id": f"r{i}"} for i in range(4)]
+    ctx, tokens, server = serve_rows(tmp_path, rows, settings=LabelSettings(lease_s=3))
+    with server:
+        sign_in(browser, server.url, tokens["ann"])
+        mine = shown_pair(browser)
+        time.sleep(5)  # longer than the lease: the page renewed it meanwhile
+        req = urllib.request.Request(f"{server.url}/api/next")
+        req.add_header("Authorization", f"Bearer {tokens['bob']}")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            bobs = json.loads(resp.read())["assignment"]
+        assert {bobs["a"]["id"], bobs["b"]["id"]} != set(mine)
+        assert not browser.find_element(By.ID, "lease-warning").is_displayed()
+        act_and_wait(browser, browser.find_element(By.ID, "choice-a").click)
+        assert browser.find_element(By.ID, "notice").text == "Saved."
+        # Now the session ends on the server: renewals fail and the page counts down.
+        with ctx.store.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE sessions SET revoked_at = 1")
+        warning = browser.find_element(By.ID, "lease-warning")
+        WebDriverWait(browser, 15).until(lambda d: warning.is_displayed())
+        assert "you are signed out" in warning.text and (
+            "reserved for you for 0:0" in warning.text or "ended" in warning.text
+        )
+        WebDriverWait(browser, 15).until(lambda d: "has ended" in warning.text)

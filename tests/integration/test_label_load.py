@@ -25,6 +25,8 @@ pytest.importorskip("flask")
 pytest.importorskip("waitress")
 sa = pytest.importorskip("sqlalchemy")
 
+from tests.integration._label_postgres import postgres_url  # noqa: E402
+
 ANNOTATORS = 20
 PER_ANNOTATOR = 100
 TOTAL = ANNOTATORS * PER_ANNOTATOR
@@ -42,7 +44,8 @@ LABEL_CLI = (
 )
 
 
-def start_server(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
+def start_server(args: list[str], cwd: Path, log: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start ``popalign label serve``; its output lines go to ``log``."""
     proc = subprocess.Popen(
         [sys.executable, "-c", LABEL_CLI, "label", "serve", *args, "--host", "127.0.0.1", "--port", "0"],
         cwd=cwd,
@@ -60,7 +63,7 @@ def start_server(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
         m = re.search(r"listening on (http://127\.0\.0\.1:(\d+))", line)
         if m:
             # Keep draining its output so the server never blocks on a full pipe.
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()
             return proc, m.group(2)
     proc.kill()
     raise AssertionError("the server did not start:\n" + "".join(seen))
@@ -111,25 +114,15 @@ def annotate(port: str, token: str, name: str, seed: int, out: list, errors: lis
         client.conn.close()
 
 
-POSTGRES = os.environ.get("POPALIGN_TEST_POSTGRES_URL")  # a scratch database: its label tables are dropped
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "sqlite",
-        pytest.param(
-            "postgres", marks=pytest.mark.skipif(not POSTGRES, reason="set POPALIGN_TEST_POSTGRES_URL to run")
-        ),
-    ],
-)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, ultrafeedback_dir, backend):
     from popalign.label.accounts import add_annotator
     from popalign.label.db import build_metadata, make_engine
 
     if backend == "postgres":
-        db = POSTGRES
+        # A scratch database (POPALIGN_TEST_POSTGRES_URL, or a local cluster): its label tables are dropped.
+        db = postgres_url()
         scratch = sa.create_engine(db)
         build_metadata().drop_all(scratch)
         scratch.dispose()
@@ -139,9 +132,11 @@ def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, 
     tokens = {f"ann{i:02d}": add_annotator(engine, f"ann{i:02d}") for i in range(ANNOTATORS)}
     engine.dispose()
     prefs = str(ultrafeedback_dir / "train.jsonl")
+    log: list[str] = []
     proc, port = start_server(
         ["--prefs", prefs, "--db", str(db), "--strategy", "random", "--target", str(TOTAL), "--threads", "8"],
         tmp_path,
+        log,
     )
     accepted: list[tuple] = []
     errors: list[str] = []
@@ -156,7 +151,8 @@ def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, 
             t.start()
         for t in threads:
             t.join(DEADLINE_S + 30)
-        print(f"labelling took {time.monotonic() - t0:.1f} s")
+        took = time.monotonic() - t0
+        print(f"{backend}: {TOTAL:,} labels in {took:.1f} s, {TOTAL / took:.0f} labels/s")
         # With the target met, the server has nothing more to hand out.
         status, body = Client(port, tokens["ann00"]).call("GET", "/api/next")
         assert (status, body["assignment"]) == (200, None)
@@ -165,6 +161,9 @@ def test_twenty_annotators_label_two_thousand_pairs_with_nothing_lost(tmp_path, 
         proc.wait(10)
     assert errors == []
     assert len(accepted) == TOTAL
+    # Queued requests are reported as one line per 10 s at most, never one line each.
+    assert not any("Task queue depth" in line for line in log)
+    assert sum("waiting for a free thread" in line for line in log) <= took / 10 + 1
 
     # Client side: 2,000 distinct assignments and 2,000 distinct unordered pairs.
     assert len({a[1] for a in accepted}) == TOTAL

@@ -1,48 +1,51 @@
 """The same store on PostgreSQL, through a connection URL instead of a SQLite file.
 
-Runs only when ``POPALIGN_TEST_POSTGRES_URL`` names a scratch database (its label tables are dropped
-first), e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/labels``, and a driver is installed.
+Runs against ``POPALIGN_TEST_POSTGRES_URL`` (a scratch database: its label tables are dropped first),
+e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/labels``, or a throwaway local cluster started
+from Debian's ``postgresql`` package (:mod:`tests.integration._label_postgres`); skips, saying why,
+when neither is there.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 import pytest
 
-URL = os.environ.get("POPALIGN_TEST_POSTGRES_URL")
-if not URL:
-    pytest.skip("set POPALIGN_TEST_POSTGRES_URL to a scratch PostgreSQL database", allow_module_level=True)
 sa = pytest.importorskip("sqlalchemy")
-pytest.importorskip("psycopg")
 
 from popalign.label.accounts import add_annotator, authenticate  # noqa: E402
 from popalign.label.db import build_metadata  # noqa: E402
 from popalign.label.export import export_labels  # noqa: E402
 from popalign.label.project import LabelSettings  # noqa: E402
 from popalign.label.server import build_context  # noqa: E402
+from tests.integration._label_postgres import postgres_url  # noqa: E402
 
 THREADS = 8
 PER_THREAD = 25
 
 
 @pytest.fixture()
-def prefs(tmp_path):
+def url():
+    return postgres_url()
+
+
+@pytest.fixture()
+def prefs(tmp_path, url):
     rows = [{"id": f"p{i}", "prompt": f"q{i}", "chosen": "c", "rejected": "r"} for i in range(40)]
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    engine = sa.create_engine(URL)
+    engine = sa.create_engine(url)
     build_metadata().drop_all(engine)
     engine.dispose()
     return path
 
 
-def test_concurrent_annotators_on_postgres_lose_nothing_and_share_no_pair(prefs, tmp_path):
+def test_concurrent_annotators_on_postgres_lose_nothing_and_share_no_pair(prefs, url, tmp_path):
     from popalign.label.store import Refused
 
-    ctx = build_context(URL, prefs, LabelSettings(target=THREADS * PER_THREAD))
+    ctx = build_context(url, prefs, LabelSettings(target=THREADS * PER_THREAD))
     store = ctx.store
     people = [authenticate(store.engine, add_annotator(store.engine, f"ann{i}")) for i in range(THREADS)]
     accepted, errors = [], []

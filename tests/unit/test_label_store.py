@@ -24,12 +24,16 @@ class Clock:
         return self.now
 
 
-def make_store(tmp_path, **settings):
-    engine = make_engine(tmp_path / "labels.sqlite")
-    project = open_project(engine, LabelSettings(**settings), "prefs.jsonl", "fp", len(IDS))
+def make_store(tmp_path, project="default", gold=None, engine=None, **settings):
+    """A store over ``IDS`` in ``project`` with annotators ann, bob and cy, and its fake clock."""
+    engine = engine or make_engine(tmp_path / "labels.sqlite")
+    proj = open_project(engine, LabelSettings(**settings), "prefs.jsonl", "fp", len(IDS), name=project)
     clock = Clock()
-    store = LabelStore(engine, project, make_sampler(project, IDS, None), clock=clock)
-    people = {name: authenticate(engine, add_annotator(engine, name)) for name in ("ann", "bob", "cy")}
+    store = LabelStore(engine, proj, make_sampler(proj, IDS, None), clock=clock, gold=gold)
+    people = {
+        name: authenticate(engine, add_annotator(engine, name, project=project))
+        for name in ("ann", "bob", "cy")
+    }
     return store, people, clock
 
 
@@ -148,12 +152,12 @@ def test_undo_removes_the_latest_label_and_gives_the_pair_back(tmp_path):
     store.submit(who["ann"], first.assignment_id, "a")
     second = store.next_for(who["ann"])
     store.submit(who["ann"], second.assignment_id, "same")
-    assert store.last_label(who["ann"]).choice == "same"
+    assert store.last_decision(who["ann"]).choice == "same"
     assert store.undo(who["bob"]) is None  # bob has nothing to undo, and cannot touch ann's labels
     back = store.undo(who["ann"])
     assert back.assignment_id == second.assignment_id
     assert store.next_for(who["ann"]).assignment_id == second.assignment_id
-    assert store.last_label(who["ann"]).choice == "a"
+    assert store.last_decision(who["ann"]).choice == "a"
     assert store.submit(who["ann"], second.assignment_id, "b") == "recorded"
     assert count(store, "SELECT count(*) FROM labels") == 2
     assert count(store, "SELECT count(*) FROM pairs") == 2
@@ -189,7 +193,7 @@ def test_progress_counts_labels_toward_the_target(tmp_path):
         store.submit(who["ann"], served.assignment_id, choice)
     store.next_for(who["bob"])
     p = store.progress(who["ann"])
-    assert (p.mine, p.mine_same, p.counted, p.target, p.in_flight) == (3, 1, 2, 3, 1)
+    assert (p.mine, p.mine_same, p.mine_skipped, p.counted, p.target, p.in_flight) == (3, 1, 0, 2, 3, 1)
     assert store.next_for(who["cy"]) is None  # 2 counted + 1 in flight = the target of 3
 
 
@@ -211,16 +215,19 @@ def test_the_database_refuses_duplicates_even_if_the_code_tried(tmp_path):
     lo, hi = sorted((served.id_a, served.id_b))
     with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
         conn.execute(
-            sa.text("INSERT INTO pairs (lo, hi, id_a, id_b, created_at) VALUES (:lo, :hi, :hi, :lo, 0)"),
-            {"lo": lo, "hi": hi},
+            sa.text(
+                "INSERT INTO pairs (project_id, lo, hi, id_a, id_b, created_at) "
+                "VALUES (:pr, :lo, :hi, :hi, :lo, 0)"
+            ),
+            {"pr": store.project.project_id, "lo": lo, "hi": hi},
         )
     with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
         conn.execute(
             sa.text(
-                "INSERT INTO assignments (pair_id, slot, annotator_id, status, served_at, expires_at) "
-                "VALUES (:p, 0, :b, 'open', 0, 0)"
+                "INSERT INTO assignments (project_id, pair_id, slot, annotator_id, status, started_at, "
+                "served_at, expires_at) VALUES (:pr, :p, 0, :b, 'open', 0, 0, 0)"
             ),
-            {"p": served.pair_id, "b": who["bob"].annotator_id},
+            {"pr": store.project.project_id, "p": served.pair_id, "b": who["bob"].annotator_id},
         )
 
 
@@ -241,7 +248,7 @@ def test_iterative_with_concurrent_annotators_keeps_its_invariants(tmp_path):
     import random
     import threading
 
-    from popalign.label.store import anchor_stats
+    from popalign.label.counts import anchor_stats
 
     engine = make_engine(tmp_path / "labels.sqlite")
     ids = [f"q{i:02d}" for i in range(30)]
@@ -268,7 +275,7 @@ def test_iterative_with_concurrent_annotators_keeps_its_invariants(tmp_path):
         t.join(60)
     assert errors == []
     with engine.connect() as conn:
-        stats = anchor_stats(conn, engine.popalign_tables)
+        stats = anchor_stats(conn, engine.popalign_tables, project.project_id)
         pairs = conn.execute(sa.text("SELECT count(*) FROM pairs")).scalar_one()
         distinct = conn.execute(sa.text("SELECT count(DISTINCT lo || '|' || hi) FROM pairs")).scalar_one()
         labels = conn.execute(sa.text("SELECT count(*) FROM labels")).scalar_one()

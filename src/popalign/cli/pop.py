@@ -33,7 +33,8 @@ IMPORT_EPILOG = """examples:
   popalign pop import-labels labels.jsonl --prefs ../data/train.jsonl -o runs/pop/people.parquet
   popalign pop import-labels judge.csv --prefs prefs.parquet --columns id=uid -o runs/pop
 
-A label file (.jsonl, .csv or .parquet) has one row per judged pair: id_a, id_b and stronger
+A label file (.jsonl, .csv or .parquet, or a datasets save_to_disk folder such as
+`popalign label export --format hf` writes) has one row per judged pair: id_a, id_b and stronger
 ("a", "b" or the id of the stronger preference). The preference dataset needs no scores.
 """
 
@@ -87,7 +88,11 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
         epilog=IMPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    i.add_argument("labels", metavar="LABELS", help="label file: .jsonl, .csv or .parquet")
+    i.add_argument(
+        "labels",
+        metavar="LABELS",
+        help="label file (.jsonl, .csv or .parquet) or a datasets save_to_disk folder",
+    )
     i.add_argument("--prefs", required=True, metavar="DATA", help="the preference dataset the ids refer to")
     add_data_options(i)
     _add_output_argument(i)

@@ -2,54 +2,53 @@
 
 Who may do what:
 
-* every page and API call needs an annotator's token — pages read it from an HttpOnly, SameSite=Strict
-  cookie set by the login form; the API reads ``Authorization: Bearer <token>`` only;
+* every page and API call needs an annotator of the served project — pages read a session from an
+  HttpOnly, SameSite=Strict cookie set by the login form (``Secure`` over HTTPS, also behind a
+  trusted proxy); the API reads ``Authorization: Bearer <token>`` only;
 * an annotator sees and judges only pairs assigned to them (a submission for anyone else's is 403);
 * status and export are for admin accounts only;
-* forms carry a CSRF value derived from the token, and POSTs to the API must be JSON, so another site
-  can neither submit nor read anything with a visitor's cookie.
+* forms (sign-out included) carry a CSRF value derived from the session and must come from the same
+  origin, and POSTs to the API must be JSON, so another site can neither submit nor read anything
+  with a visitor's cookie.
 
-Dataset text is untrusted: it only ever reaches the page through Jinja2's autoescaping (the API returns
-it as JSON strings), and the Content-Security-Policy allows scripts from this server's ``/static`` only.
+Dataset text is untrusted: it reaches the page only as sanitised Markdown HTML
+(:mod:`popalign.label.render`) or through Jinja2's autoescaping (the API returns it as JSON strings),
+and the Content-Security-Policy allows scripts from this server's ``/static`` only.
+
+No request input makes a 500: values are parsed with bounds (:mod:`popalign.label.inputs`), and any
+error — a crash included — is answered as JSON under ``/api/`` and as a page elsewhere.
 """
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 from typing import Any
 
-from popalign.label.accounts import Annotator, authenticate, csrf_token
-from popalign.label.project import Project
-from popalign.label.render import blocks, prompt_turns, size_note
-from popalign.label.store import LabelStore, Served
+from popalign.label import routes_api, routes_pages
+from popalign.label.context import LabelContext, message_page
 
-COOKIE = "popalign_label_token"
 MAX_REQUEST_BYTES = 64 * 1024
 HERE = Path(__file__).parent
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "base-uri 'none'; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-@dataclass
-class LabelContext:
-    """What the app serves: the store, the project and the preference table the ids refer to."""
-
-    store: LabelStore
-    project: Project
-    table: Any  # popalign.data.schema.PreferenceTable
-
-    def preference(self, pref_id: str) -> dict[str, Any]:
-        return self.table.row(self.table.index_of(pref_id))
+# status: (the page's title, the page's text); the API answers {"error": <lowercase HTTP phrase>}.
+ERROR_PAGES = {
+    400: ("Bad request", "The request could not be read."),
+    404: ("Not found", "There is no such page."),
+    405: ("Not allowed", "This page does not accept that request."),
+    413: ("Too large", "The request is too large."),
+    500: ("Server error", "Something went wrong on the server; nothing was saved by this request."),
+}
+log = logging.getLogger("popalign.label")
 
 
 def create_app(ctx: LabelContext) -> Any:
@@ -62,7 +61,7 @@ def create_app(ctx: LabelContext) -> Any:
         static_folder=str(HERE / "static"),
         static_url_path="/static",
     )
-    app.config.update(MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES, MAX_FORM_MEMORY_SIZE=MAX_REQUEST_BYTES)
     # Autoescape every template whatever its name (Flask's default covers .html only).
     app.jinja_env.autoescape = True
     app.extensions["popalign_label"] = ctx
@@ -73,63 +72,29 @@ def create_app(ctx: LabelContext) -> Any:
             response.headers.setdefault(key, value)
         return response
 
-    from popalign.label import routes_api, routes_pages
-
     routes_pages.register(app, ctx)
     routes_api.register(app, ctx)
+    _register_errors(app)
     return app
 
 
-def cookie_user(ctx: LabelContext) -> tuple[Annotator | None, str | None]:
-    """The annotator of the session cookie and the raw token (``(None, None)`` if absent or invalid)."""
+def _register_errors(app: Any) -> None:
+    """Every error status as JSON under ``/api/`` and as a readable page elsewhere; crashes too."""
     from flask import request
+    from werkzeug.exceptions import HTTPException, InternalServerError
 
-    token = request.cookies.get(COOKIE)
-    who = authenticate(ctx.store.engine, token)
-    return (who, token) if who is not None else (None, None)
+    def handle(exc: Exception) -> Any:
+        if not isinstance(exc, HTTPException):
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            exc = InternalServerError()
+        status = exc.code or 500
+        headers = dict(exc.get_headers()) if status == 405 else {}
+        headers.pop("Content-Type", None)
+        if request.path.startswith("/api/"):
+            return {"error": (exc.name or "error").lower()}, status, headers
+        title, text = ERROR_PAGES.get(status, (exc.name, exc.description or exc.name))
+        body, status = message_page(title, text, status)
+        return body, status, headers
 
-
-def bearer_user(ctx: LabelContext) -> Annotator | None:
-    from flask import request
-
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return authenticate(ctx.store.engine, token.strip())
-
-
-def csrf_ok(token: str | None, sent: str | None) -> bool:
-    return bool(token) and bool(sent) and hmac.compare_digest(csrf_token(token), str(sent))
-
-
-def pair_view(ctx: LabelContext, served: Served) -> dict[str, Any]:
-    """Both sides of a served pair with their text split into display blocks (still plain strings)."""
-    sides = []
-    for side, pref_id in (("a", served.id_a), ("b", served.id_b)):
-        rec = ctx.preference(pref_id)
-        sides.append(
-            {
-                "side": side,
-                "id": pref_id,
-                "turns": prompt_turns(rec["prompt"]),
-                "chosen": blocks(rec["chosen"]),
-                "rejected": blocks(rec["rejected"]),
-                "chosen_size": size_note(rec["chosen"]),
-                "rejected_size": size_note(rec["rejected"]),
-            }
-        )
-    return {"assignment_id": served.assignment_id, "pair_id": served.pair_id, "sides": sides}
-
-
-def pair_json(ctx: LabelContext, served: Served) -> dict[str, Any]:
-    """A served pair for the API: ids and raw text (JSON-encoded, so safe to carry anything)."""
-    out: dict[str, Any] = {
-        "assignment_id": served.assignment_id,
-        "pair_id": served.pair_id,
-        "expires_at": served.expires_at,
-    }
-    for side, pref_id in (("a", served.id_a), ("b", served.id_b)):
-        rec = ctx.preference(pref_id)
-        out[side] = {key: rec[key] for key in ("id", "prompt", "chosen", "rejected")}
-    return out
+    app.register_error_handler(HTTPException, handle)
+    app.register_error_handler(Exception, handle)

@@ -9,6 +9,9 @@ writers: ``BEGIN IMMEDIATE`` on SQLite, a row lock on ``meta['lock']`` (``SELECT
 elsewhere. Unique constraints back the invariants that matter (one row per unordered pair, one
 assignment per pair and slot, one label per assignment, an annotator sees a pair at most once), so a
 bug in the sampling logic could fail a request but never store a duplicate.
+
+One database holds any number of projects (``projects``); pairs, assignments and annotators belong to
+one project each, so projects share nothing but the file.
 """
 
 from __future__ import annotations
@@ -20,69 +23,16 @@ from typing import Any
 
 from popalign.errors import PopalignError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 BUSY_TIMEOUT_MS = 30_000
+STATUSES = ("open", "done", "skipped")
 
 
-def build_metadata() -> Any:
-    """The five tables; returned as a ``sqlalchemy.MetaData`` (built lazily: no import at module top)."""
+def _decision_columns() -> list[Any]:
+    """What a label and a skip both record: the assignment (one decision each), pair and annotator."""
     import sqlalchemy as sa
 
-    md = sa.MetaData()
-    sa.Table(
-        "meta",
-        md,
-        sa.Column("key", sa.String(64), primary_key=True),
-        sa.Column("value", sa.Text, nullable=False),
-    )
-    sa.Table(
-        "annotators",
-        md,
-        sa.Column("annotator_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("name", sa.String(64), nullable=False, unique=True),
-        sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
-        sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
-        sa.Column("created_at", sa.Float, nullable=False),
-    )
-    # One row per unordered pair of preferences, ever: lo < hi are the two ids in string order.
-    # id_a/id_b is the fixed display order, so that every annotator's "a" means the same preference.
-    sa.Table(
-        "pairs",
-        md,
-        sa.Column("pair_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("lo", sa.String(255), nullable=False),
-        sa.Column("hi", sa.String(255), nullable=False),
-        sa.Column("id_a", sa.String(255), nullable=False),
-        sa.Column("id_b", sa.String(255), nullable=False),
-        sa.Column("anchor", sa.String(255), nullable=True),
-        sa.Column("created_at", sa.Float, nullable=False),
-        sa.UniqueConstraint("lo", "hi", name="uq_pairs_unordered"),
-        sa.CheckConstraint("lo < hi", name="ck_pairs_distinct"),
-        sa.Index("ix_pairs_hi", "hi"),
-        sa.Index("ix_pairs_anchor", "anchor"),
-    )
-    # A pair is judged by `redundancy` annotators: one assignment per slot. An open assignment is
-    # a lease; when it expires the same row is handed to someone else (never a second row).
-    sa.Table(
-        "assignments",
-        md,
-        sa.Column("assignment_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("pair_id", sa.Integer, sa.ForeignKey("pairs.pair_id"), nullable=False),
-        sa.Column("slot", sa.Integer, nullable=False),
-        sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), nullable=False),
-        sa.Column("status", sa.String(8), nullable=False),
-        sa.Column("served_at", sa.Float, nullable=False),
-        sa.Column("expires_at", sa.Float, nullable=False),
-        sa.UniqueConstraint("pair_id", "slot", name="uq_assignments_slot"),
-        sa.UniqueConstraint("pair_id", "annotator_id", name="uq_assignments_once_each"),
-        sa.CheckConstraint("status IN ('open', 'done')", name="ck_assignments_status"),
-        sa.Index("ix_assignments_annotator", "annotator_id", "status"),
-        sa.Index("ix_assignments_expiry", "status", "expires_at"),
-    )
-    sa.Table(
-        "labels",
-        md,
-        sa.Column("label_id", sa.Integer, primary_key=True, autoincrement=True),
+    return [
         sa.Column(
             "assignment_id",
             sa.Integer,
@@ -92,11 +42,123 @@ def build_metadata() -> Any:
         ),
         sa.Column("pair_id", sa.Integer, sa.ForeignKey("pairs.pair_id"), nullable=False),
         sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), nullable=False),
+    ]
+
+
+def build_metadata() -> Any:
+    """The tables; returned as a ``sqlalchemy.MetaData`` (built lazily: no import at module top)."""
+    import sqlalchemy as sa
+
+    md = sa.MetaData()
+    sa.Table(
+        "meta",
+        md,
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+    )
+    # One row per project; `settings` (JSON) is filled in by the project's first serve.
+    sa.Table(
+        "projects",
+        md,
+        sa.Column("project_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(64), nullable=False, unique=True),
+        sa.Column("settings", sa.Text, nullable=True),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+    sa.Table(
+        "annotators",
+        md,
+        sa.Column("annotator_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.project_id"), nullable=False),
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.UniqueConstraint("project_id", "name", name="uq_annotators_name"),
+    )
+    # A signed-in browser: the cookie holds a random secret whose hash is stored here, so signing
+    # out (or a token reset) ends the session on the server, while the token itself stays valid.
+    sa.Table(
+        "sessions",
+        md,
+        sa.Column("session_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Column("revoked_at", sa.Float, nullable=True),
+    )
+    # One row per unordered pair of preferences per project: lo < hi are the two ids in string order.
+    # id_a/id_b is the fixed display order, so that every annotator's "a" means the same preference.
+    # `gold` is the known answer ("a" or "b") of a quality-control pair, NULL for the others.
+    sa.Table(
+        "pairs",
+        md,
+        sa.Column("pair_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.project_id"), nullable=False),
+        sa.Column("lo", sa.String(255), nullable=False),
+        sa.Column("hi", sa.String(255), nullable=False),
+        sa.Column("id_a", sa.String(255), nullable=False),
+        sa.Column("id_b", sa.String(255), nullable=False),
+        sa.Column("anchor", sa.String(255), nullable=True),
+        sa.Column("gold", sa.String(1), nullable=True),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.UniqueConstraint("project_id", "lo", "hi", name="uq_pairs_unordered"),
+        sa.CheckConstraint("lo < hi", name="ck_pairs_distinct"),
+        sa.CheckConstraint("gold IS NULL OR gold IN ('a', 'b')", name="ck_pairs_gold"),
+        sa.Index("ix_pairs_hi", "project_id", "hi"),
+        sa.Index("ix_pairs_anchor", "project_id", "anchor"),
+    )
+    # A pair is judged by `redundancy` annotators: one assignment per slot. An open assignment is
+    # a lease; when it expires the same row is handed to someone else (never a second row).
+    # started_at: when its current annotator got it (time per label); served_at: last shown.
+    sa.Table(
+        "assignments",
+        md,
+        sa.Column("assignment_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.project_id"), nullable=False),
+        sa.Column("pair_id", sa.Integer, sa.ForeignKey("pairs.pair_id"), nullable=False),
+        sa.Column("slot", sa.Integer, nullable=False),
+        sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), nullable=False),
+        sa.Column("status", sa.String(8), nullable=False),
+        sa.Column("started_at", sa.Float, nullable=False),
+        sa.Column("served_at", sa.Float, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Column("decided_at", sa.Float, nullable=True),
+        sa.UniqueConstraint("pair_id", "slot", name="uq_assignments_slot"),
+        sa.UniqueConstraint("pair_id", "annotator_id", name="uq_assignments_once_each"),
+        sa.CheckConstraint("status IN ('open', 'done', 'skipped')", name="ck_assignments_status"),
+        sa.Index("ix_assignments_annotator", "annotator_id", "status"),
+        sa.Index("ix_assignments_expiry", "project_id", "status", "expires_at"),
+    )
+    sa.Table(
+        "labels",
+        md,
+        sa.Column("label_id", sa.Integer, primary_key=True, autoincrement=True),
+        *_decision_columns(),
         sa.Column("choice", sa.String(4), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.CheckConstraint("choice IN ('a', 'b', 'same')", name="ck_labels_choice"),
         sa.Index("ix_labels_annotator", "annotator_id", "label_id"),
         sa.Index("ix_labels_pair", "pair_id"),
+    )
+    # A pair an annotator declined, with why: never a label, exported on its own.
+    sa.Table(
+        "skips",
+        md,
+        sa.Column("skip_id", sa.Integer, primary_key=True, autoincrement=True),
+        *_decision_columns(),
+        sa.Column("reason", sa.String(16), nullable=False),
+        sa.Column("note", sa.Text, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+    # Which version (sha256) of the project's guidelines an annotator has read.
+    sa.Table(
+        "guideline_reads",
+        md,
+        sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.annotator_id"), primary_key=True),
+        sa.Column("digest", sa.String(64), primary_key=True),
+        sa.Column("read_at", sa.Float, nullable=False),
     )
     return md
 
@@ -154,6 +216,7 @@ def make_engine(db: str | Path, pool_size: int = 10) -> Any:
         else:
             engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         md = build_metadata()
+        _check_schema(engine)
         md.create_all(engine)
     except PopalignError:
         raise
@@ -166,16 +229,26 @@ def make_engine(db: str | Path, pool_size: int = 10) -> Any:
     return engine
 
 
+def _check_schema(engine: Any) -> None:
+    # Before create_all, so that an older database is left exactly as it was.
+    import sqlalchemy as sa
+
+    if not sa.inspect(engine).has_table("meta"):
+        return
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema'")).scalar()
+    if version is not None and version != SCHEMA_VERSION:
+        raise PopalignError(
+            f"the label database {display_url(str(engine.url))} has schema version {version}; this "
+            f"popalign reads version {SCHEMA_VERSION} (export its labels with the popalign that wrote it)"
+        )
+
+
 def _ensure_meta(engine: Any, meta: Any) -> None:
     import sqlalchemy as sa
 
     with write_txn(engine) as conn:
-        have = {r.key: r.value for r in conn.execute(sa.select(meta.c.key, meta.c.value))}
-        if have.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
-            raise PopalignError(
-                f"the label database has schema version {have['schema']}; "
-                f"this popalign reads version {SCHEMA_VERSION}"
-            )
+        have = {r.key for r in conn.execute(sa.select(meta.c.key))}
         for key, value in (("schema", SCHEMA_VERSION), ("lock", "0")):
             if key not in have:
                 conn.execute(sa.insert(meta).values(key=key, value=value))

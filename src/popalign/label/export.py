@@ -6,6 +6,12 @@ pair, ``stronger`` ``"a"`` or ``"b"``. "About the same" is no label (the paper w
 With several judges per pair the majority of a/b votes decides; a tie, or a majority for "about the
 same", gives no row. Iterative projects export the anchors' wins only by default, as the paper keeps
 exactly the ``k`` pairs in which the anchor was judged stronger; ``all_pairs`` keeps the rest too.
+Gold pairs (quality control) are left out: their answers measure annotators, they are not sampled.
+
+:func:`export_hf` writes the same rows as a ``datasets`` folder (``save_to_disk``) with who judged each
+pair, their answers and seconds; :func:`write_skips` writes the skipped pairs with their reasons.
+Agreement: Fleiss' kappa over all pairs with several judges, and per annotator Cohen's kappa against
+everyone who judged the same pairs (:func:`annotator_agreement`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from popalign.label.db import read_txn
 from popalign.label.project import Project
 from popalign.pop.labels import LABEL_COLUMNS, LABEL_FORMATS
 
+SKIP_FORMATS = (".jsonl", ".csv")
+SKIP_COLUMNS = ("id_a", "id_b", "annotator", "reason", "note", "created_at")
+
 
 @dataclass(frozen=True)
 class Judgement:
@@ -33,21 +42,33 @@ class Judgement:
     annotator: str
     choice: str
     created_at: float
+    gold: str | None = None
+    seconds: float | None = None  # from being given the pair to the label
 
 
-def judgements(engine: Any) -> list[Judgement]:
-    """Every recorded judgement, oldest first."""
+def judgements(engine: Any, project_id: int) -> list[Judgement]:
+    """Every recorded judgement of the project, oldest first."""
     import sqlalchemy as sa
 
     t = engine.popalign_tables
-    lab, p, ann = t["labels"], t["pairs"], t["annotators"]
+    lab, p, ann, a = t["labels"], t["pairs"], t["annotators"], t["assignments"]
     with read_txn(engine) as conn:
         rows = conn.execute(
             sa.select(
-                lab.c.pair_id, p.c.id_a, p.c.id_b, p.c.anchor, ann.c.name, lab.c.choice, lab.c.created_at
+                lab.c.pair_id,
+                p.c.id_a,
+                p.c.id_b,
+                p.c.anchor,
+                ann.c.name,
+                lab.c.choice,
+                lab.c.created_at,
+                p.c.gold,
+                (lab.c.created_at - a.c.started_at).label("seconds"),
             )
             .join(p, p.c.pair_id == lab.c.pair_id)
+            .join(a, a.c.assignment_id == lab.c.assignment_id)
             .join(ann, ann.c.annotator_id == lab.c.annotator_id)
+            .where(p.c.project_id == project_id)
             .order_by(lab.c.label_id)
         ).all()
     return [Judgement(*r) for r in rows]
@@ -73,10 +94,18 @@ def majority(choices: list[str]) -> str | None:
 
 def label_rows(items: list[Judgement], project: Project | None, all_pairs: bool = False) -> list[dict]:
     """The export rows ``{"id_a", "id_b", "stronger"}``, in the order the pairs were first judged."""
+    return [row for row, _ in _rows_with_groups(items, project, all_pairs)]
+
+
+def _rows_with_groups(
+    items: list[Judgement], project: Project | None, all_pairs: bool
+) -> list[tuple[dict, list[Judgement]]]:
     iterative_only_wins = project is not None and project.strategy == "iterative" and not all_pairs
-    rows = []
+    out = []
     for group in _by_pair(items).values():
         first = group[0]
+        if first.gold is not None:
+            continue
         stronger = majority([j.choice for j in group])
         if stronger is None:
             continue
@@ -84,8 +113,8 @@ def label_rows(items: list[Judgement], project: Project | None, all_pairs: bool 
             winner = first.id_a if stronger == "a" else first.id_b
             if first.anchor is not None and winner != first.anchor:
                 continue
-        rows.append({"id_a": first.id_a, "id_b": first.id_b, "stronger": stronger})
-    return rows
+        out.append(({"id_a": first.id_a, "id_b": first.id_b, "stronger": stronger}, group))
+    return out
 
 
 def agreement(items: list[Judgement]) -> dict[str, Any]:
@@ -122,6 +151,58 @@ def agreement(items: list[Judgement]) -> dict[str, Any]:
     }
 
 
+def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
+    """Cohen's kappa (Cohen, 1960) of two raters' answers ``[(first, second), ...]``:
+    ``(p_o - p_e) / (1 - p_e)``, ``p_e`` the sum over answers of the product of each rater's shares.
+    ``None`` when nothing is defined (no items, or chance agreement is certain)."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    first, second = Counter(x for x, _ in pairs), Counter(y for _, y in pairs)
+    p_o = sum(x == y for x, y in pairs) / n
+    p_e = sum(first[c] * second[c] for c in first) / (n * n)
+    return None if p_e >= 1.0 else (p_o - p_e) / (1.0 - p_e)
+
+
+def annotator_agreement(items: list[Judgement]) -> dict[str, dict[str, Any]]:
+    """Per annotator, agreement with the others who judged the same pairs.
+
+    Every (pair, other judge) gives one item — this annotator's answer and the other's — and
+    ``kappa`` is Cohen's kappa over those items; ``items`` counts them and ``agree`` is the share of
+    equal answers. Annotators who share no pair with anyone are left out.
+    """
+    per: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for group in _by_pair(items).values():
+        for mine in group:
+            per[mine.annotator].extend(
+                (mine.choice, o.choice) for o in group if o.annotator != mine.annotator
+            )
+    return {
+        name: {
+            "items": len(pairs),
+            "agree": sum(x == y for x, y in pairs) / len(pairs),
+            "kappa": cohen_kappa(pairs),
+        }
+        for name, pairs in per.items()
+        if pairs
+    }
+
+
+def pairwise_kappas(items: list[Judgement]) -> list[dict[str, Any]]:
+    """Cohen's kappa for every two annotators who judged at least one pair in common:
+    ``{"annotators": [x, y], "pairs": n, "kappa": k}``, by name."""
+    answers: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for group in _by_pair(items).values():
+        for x in group:
+            for y in group:
+                if x.annotator < y.annotator:
+                    answers[(x.annotator, y.annotator)].append((x.choice, y.choice))
+    return [
+        {"annotators": list(names), "pairs": len(pairs), "kappa": cohen_kappa(pairs)}
+        for names, pairs in sorted(answers.items())
+    ]
+
+
 def write_labels(rows: list[dict], path: str | Path) -> Path:
     """Write the rows as ``.jsonl``, ``.csv`` or ``.parquet`` (by suffix), atomically."""
     path = Path(path)
@@ -147,10 +228,111 @@ def write_labels(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def export_labels(engine: Any, project: Project | None, path: str | Path, all_pairs: bool = False) -> dict:
+def export_labels(engine: Any, project: Project, path: str | Path, all_pairs: bool = False) -> dict:
     """Write the PoP label file; returns counts (``rows``, ``judgements``, ``pairs``, ``without_label``)."""
-    items = judgements(engine)
+    items = judgements(engine, project.project_id)
     rows = label_rows(items, project, all_pairs=all_pairs)
     write_labels(rows, path)
-    pairs = len(_by_pair(items))
-    return {"rows": len(rows), "judgements": len(items), "pairs": pairs, "without_label": pairs - len(rows)}
+    return _counts(items, len(rows))
+
+
+def skipped(engine: Any, project_id: int) -> list[dict[str, Any]]:
+    """Every skip of the project, oldest first: ``SKIP_COLUMNS``."""
+    import sqlalchemy as sa
+
+    t = engine.popalign_tables
+    sk, p, ann = t["skips"], t["pairs"], t["annotators"]
+    with read_txn(engine) as conn:
+        rows = conn.execute(
+            sa.select(
+                p.c.id_a, p.c.id_b, ann.c.name.label("annotator"), sk.c.reason, sk.c.note, sk.c.created_at
+            )
+            .join(p, p.c.pair_id == sk.c.pair_id)
+            .join(ann, ann.c.annotator_id == sk.c.annotator_id)
+            .where(p.c.project_id == project_id)
+            .order_by(sk.c.skip_id)
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def write_skips(engine: Any, project_id: int, path: str | Path) -> Path:
+    """The skipped pairs with annotator, reason and note as ``.jsonl`` or ``.csv``, atomically."""
+    path = Path(path)
+    if path.suffix.lower() not in SKIP_FORMATS:
+        raise PopalignError(f"the skips file must end in {', '.join(SKIP_FORMATS)} (got {path.name})")
+    rows = skipped(engine, project_id)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        if path.suffix.lower() == ".csv":
+            writer = csv.DictWriter(fh, fieldnames=SKIP_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def hf_records(items: list[Judgement], project: Project | None, all_pairs: bool = False) -> list[dict]:
+    """The export rows plus, per pair, who judged it, their answers, seconds and the vote counts."""
+    out = []
+    for row, group in _rows_with_groups(items, project, all_pairs):
+        votes = Counter(j.choice for j in group)
+        out.append(
+            {
+                **row,
+                "anchor": group[0].anchor,
+                "annotators": [j.annotator for j in group],
+                "choices": [j.choice for j in group],
+                "seconds": [None if j.seconds is None else float(j.seconds) for j in group],
+                "votes_a": votes["a"],
+                "votes_b": votes["b"],
+                "votes_same": votes["same"],
+            }
+        )
+    return out
+
+
+def export_hf(engine: Any, project: Project, out_dir: str | Path, all_pairs: bool = False) -> dict:
+    """Write the labels as a ``datasets`` folder (``Dataset.save_to_disk``), replacing ``out_dir`` whole.
+
+    ``datasets.load_from_disk(out_dir)`` gives one row per exported pair; ``popalign pop import-labels
+    out_dir`` reads its ``id_a``, ``id_b`` and ``stronger``. The project's settings are the dataset's
+    description. Returns counts as :func:`export_labels` does.
+    """
+    import shutil
+    import tempfile
+
+    import datasets
+
+    items = judgements(engine, project.project_id)
+    records = hf_records(items, project, all_pairs)
+    features = datasets.Features(
+        {
+            **{name: datasets.Value("string") for name in (*LABEL_COLUMNS, "anchor")},
+            "annotators": datasets.Sequence(datasets.Value("string")),
+            "choices": datasets.Sequence(datasets.Value("string")),
+            "seconds": datasets.Sequence(datasets.Value("float64")),
+            **{name: datasets.Value("int64") for name in ("votes_a", "votes_b", "votes_same")},
+        }
+    )
+    about = f"PoP labels collected with popalign label, project {project.name!r}: {project.to_json()}"
+    info = datasets.DatasetInfo(description=about, features=features)
+    ds = datasets.Dataset.from_list(records, features=features, info=info)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not (out_dir / "state.json").is_file():
+        raise PopalignError(f"{out_dir} exists and is not a datasets folder; choose another -o")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        ds.save_to_disk(str(tmp / "ds"))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        (tmp / "ds").rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _counts(items, len(records))
+
+
+def _counts(items: list[Judgement], rows: int) -> dict[str, int]:
+    pairs = len({j.pair_id for j in items if j.gold is None})
+    return {"rows": rows, "judgements": len(items), "pairs": pairs, "without_label": pairs - rows}

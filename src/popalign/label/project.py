@@ -1,12 +1,15 @@
-"""A labelling project's settings: fixed when the database is first served, checked on every later serve.
+"""A labelling project's settings: fixed when the project is first served, checked on every later serve.
 
 Progress, targets and the sampling state all depend on them, so a later ``serve`` that asks for a
-different strategy, ``k`` or dataset is refused rather than silently mixing two designs in one file.
+different strategy, ``k`` or dataset is refused rather than silently mixing two designs in one project.
+A database holds several projects by name (``--project``, default ``default``), each with its own
+preferences, settings and annotators.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -15,6 +18,13 @@ from popalign.errors import PopalignError
 from popalign.label.db import write_txn
 
 STRATEGIES = ("random", "iterative")
+DEFAULT_PROJECT = "default"
+# The settings fixed per project, as status and the admin page list them.
+SETTING_KEYS = (
+    "strategy", "k", "target", "min_gap", "max_candidates", "redundancy", "lease_s", "seed", "gold_fraction"
+)  # fmt: skip
+# Annotator and project names: safe in URLs, file names and log lines.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,10 @@ class LabelSettings:
       fewer than ``k`` were weaker (default ``4 * k``).
     * ``redundancy`` — annotators per pair; above 1, agreement is reported and export takes the
       majority.
-    * ``lease_s`` — seconds a served pair stays reserved for its annotator before others may get it.
+    * ``lease_s`` — seconds a served pair stays reserved for its annotator before others may get it
+      (the open label page renews it).
+    * ``gold_fraction`` — share of served pairs that are gold pairs (scored data only): pairs whose
+      answer the scores make plain, mixed in unannounced, to measure each annotator's accuracy.
     """
 
     strategy: str | None = None
@@ -42,6 +55,7 @@ class LabelSettings:
     redundancy: int | None = None
     lease_s: float | None = None
     seed: int | None = None
+    gold_fraction: float | None = None
 
     def validate(self) -> None:
         if self.strategy is not None and self.strategy not in STRATEGIES:
@@ -53,6 +67,7 @@ class LabelSettings:
             ("max_candidates", self.max_candidates, lambda v: v >= 1, "must be at least 1"),
             ("redundancy", self.redundancy, lambda v: 1 <= v <= 50, "must be between 1 and 50"),
             ("lease_s", self.lease_s, lambda v: v >= 1, "must be at least 1 second"),
+            ("gold_fraction", self.gold_fraction, lambda v: 0 <= v < 1, "must be at least 0 and below 1"),
         )
         for name, value, ok, why in checks:
             if value is not None and not ok(value):
@@ -77,13 +92,19 @@ class Project:
     fingerprint: str
     preferences: int
     created_at: float
+    gold_fraction: float = 0.0
+    name: str = DEFAULT_PROJECT
+    project_id: int = 1
 
     @property
     def k_int(self) -> int:
         return int(self.k)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The stored settings (the name and id live in their own columns)."""
+        out = asdict(self)
+        del out["name"], out["project_id"]
+        return json.dumps(out, sort_keys=True)
 
 
 def _defaults(asked: LabelSettings, n: int) -> dict[str, Any]:
@@ -98,46 +119,90 @@ def _defaults(asked: LabelSettings, n: int) -> dict[str, Any]:
         "redundancy": asked.redundancy or 1,
         "lease_s": float(asked.lease_s or 600.0),
         "seed": 0 if asked.seed is None else asked.seed,
+        "gold_fraction": float(asked.gold_fraction or 0.0),
     }
 
 
-def load_project(engine: Any) -> Project | None:
-    """The stored project, or ``None`` for a database that was never served."""
+def check_name(name: str, what: str = "project name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise PopalignError(
+            f"{what} {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def project_row(conn: Any, tables: Any, name: str, create: bool = False) -> Any:
+    """The ``projects`` row named ``name`` (created, without settings, if ``create``), or ``None``."""
     import sqlalchemy as sa
 
-    meta = engine.popalign_tables["meta"]
+    check_name(name)
+    t = tables["projects"]
+    query = sa.select(t.c.project_id, t.c.settings).where(t.c.name == name)
+    row = conn.execute(query).first()
+    if row is None and create:
+        conn.execute(sa.insert(t).values(name=name, settings=None, created_at=time.time()))
+        row = conn.execute(query).first()
+    return row
+
+
+def list_projects(engine: Any) -> list[str]:
+    import sqlalchemy as sa
+
+    t = engine.popalign_tables["projects"]
     with engine.connect() as conn:
-        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "project")).first()
-    if row is None:
-        return None
-    return Project(**json.loads(row.value))
+        return [r.name for r in conn.execute(sa.select(t.c.name).order_by(t.c.project_id))]
 
 
-def open_project(engine: Any, asked: LabelSettings, prefs: str, fingerprint: str, n: int) -> Project:
+def _from_row(row: Any, name: str) -> Project:
+    return Project(**json.loads(row.settings), name=name, project_id=int(row.project_id))
+
+
+def load_project(engine: Any, name: str = DEFAULT_PROJECT) -> Project | None:
+    """The stored project ``name``, or ``None`` for one that was never served."""
+    with engine.connect() as conn:
+        row = project_row(conn, engine.popalign_tables, name)
+    return None if row is None or row.settings is None else _from_row(row, name)
+
+
+def open_project(
+    engine: Any,
+    asked: LabelSettings,
+    prefs: str,
+    fingerprint: str,
+    n: int,
+    name: str = DEFAULT_PROJECT,
+) -> Project:
     """Fix the settings on first use; later, check that ``asked`` and the dataset agree with them."""
     import sqlalchemy as sa
 
     asked.validate()
-    meta = engine.popalign_tables["meta"]
+    check_name(name)
+    table = engine.popalign_tables["projects"]
     with write_txn(engine) as conn:
-        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "project")).first()
-        if row is None:
+        row = project_row(conn, engine.popalign_tables, name, create=True)
+        if row.settings is None:
             project = Project(
                 **_defaults(asked, n),
                 prefs=prefs,
                 fingerprint=fingerprint,
                 preferences=n,
                 created_at=time.time(),
+                name=name,
+                project_id=int(row.project_id),
             )
             _check_strategy_fits(project)
-            conn.execute(sa.insert(meta).values(key="project", value=project.to_json()))
+            conn.execute(
+                sa.update(table)
+                .where(table.c.project_id == row.project_id)
+                .values(settings=project.to_json())
+            )
             return project
-    project = Project(**json.loads(row.value))
+    project = _from_row(row, name)
     if project.fingerprint != fingerprint:
         raise PopalignError(
-            f"this label database belongs to a different preference dataset ({project.prefs}, "
+            f"project {name!r} belongs to a different preference dataset ({project.prefs}, "
             f"{project.preferences} preferences, fingerprint {project.fingerprint}); the one given has "
-            f"fingerprint {fingerprint}. Use a new --db for new data."
+            f"fingerprint {fingerprint}. Use a new --project (or --db) for new data."
         )
     differ = [
         f"{f.name}={getattr(asked, f.name)} (stored: {getattr(project, f.name)})"
@@ -146,9 +211,9 @@ def open_project(engine: Any, asked: LabelSettings, prefs: str, fingerprint: str
     ]
     if differ:
         raise PopalignError(
-            "this label database was set up with other settings: "
+            f"project {name!r} was set up with other settings: "
             + ", ".join(differ)
-            + ". Leave the option out to keep the stored value, or use a new --db."
+            + ". Leave the option out to keep the stored value, or use a new --project."
         )
     return project
 

@@ -1,92 +1,81 @@
-"""Dataset text to display blocks: prose and fenced code, kept as plain strings.
+"""Dataset text to safe HTML: Markdown rendered by markdown-it-py, then cleaned by nh3's allow-list.
 
-Nothing here produces HTML: the templates escape every string (Jinja2 autoescape), so text from the
-dataset, which is untrusted, can never become markup. This module only decides the *structure* —
-which parts are fenced code (shown monospaced and scrollable) and which are prose (wrapped).
+Dataset text is untrusted. Two independent layers keep it from becoming active markup:
+
+1. markdown-it-py (CommonMark plus tables and strikethrough) with raw HTML **off**: ``<script>``,
+   ``<img onerror>`` and the like in the text come out escaped, as text. Its link check already
+   drops ``javascript:``/``vbscript:``/``data:`` targets; images are off (a remote image would leak
+   that the page was opened), so ``![x](url)`` shows as a link.
+2. nh3 (the ammonia sanitiser) keeps only the tags and attributes listed below, links only with
+   ``http``, ``https`` or ``mailto`` (no relative ones: they would point into this app), and adds
+   ``rel="noopener noreferrer nofollow"``.
+
+Code fences keep their language as ``data-lang`` on ``<pre>`` (the page shows it above the code).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import functools
 from typing import Any
 
-_FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*?)[ \t]*$")
-_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+TAGS = {
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "em", "strong", "del", "s", "code", "pre",
+    "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td",
+}  # fmt: skip
+ATTRIBUTES = {"a": {"href", "title"}, "pre": {"data-lang"}, "ol": {"start"}}
+URL_SCHEMES = {"http", "https", "mailto"}
+LINK_REL = "noopener noreferrer nofollow"
 
 
-@dataclass(frozen=True)
-class Block:
-    """``kind`` is ``"text"`` or ``"code"``; ``lang`` is the fence's info word (may be empty)."""
+@functools.lru_cache(maxsize=1)
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+    from markdown_it.common.utils import escapeHtml
 
-    kind: str
-    body: str
-    lang: str = ""
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    md.enable(["table", "strikethrough"]).disable("image")
 
-    def spans(self) -> list[tuple[str, str]]:
-        """Prose as ``("text", s)`` and ``("code", s)`` parts: single-backtick spans become inline code."""
-        out: list[tuple[str, str]] = []
-        pos = 0
-        for m in _INLINE_CODE.finditer(self.body):
-            if m.start() > pos:
-                out.append(("text", self.body[pos : m.start()]))
-            out.append(("code", m.group(1)))
-            pos = m.end()
-        if pos < len(self.body):
-            out.append(("text", self.body[pos:]))
-        return out
+    def fence(_renderer: Any, tokens: Any, idx: int, _options: Any, _env: Any) -> str:
+        token = tokens[idx]
+        lang = token.info.strip().split()[0] if token.info.strip() else ""
+        attr = f' data-lang="{escapeHtml(lang[:32])}"' if lang else ""
+        return f"<pre{attr}><code>{escapeHtml(token.content)}</code></pre>\n"
+
+    md.add_render_rule("fence", fence)
+    return md
 
 
-def blocks(text: str) -> list[Block]:
-    """Split ``text`` at Markdown code fences (```` ``` ```` or ``~~~``); an unclosed one runs to the end."""
-    out: list[Block] = []
-    prose: list[str] = []
-    code: list[str] = []
-    fence: str | None = None
-    lang = ""
-    for line in (text or "").split("\n"):
-        m = _FENCE.match(line)
-        if fence is None:
-            if m:
-                _flush(out, "text", prose)
-                fence, lang = m.group("fence"), (m.group("info").split() or [""])[0]
-            else:
-                prose.append(line)
-        elif (
-            m
-            and m.group("fence")[0] == fence[0]
-            and len(m.group("fence")) >= len(fence)
-            and not m.group("info")
-        ):
-            _flush(out, "code", code, lang)
-            fence, lang = None, ""
-        else:
-            code.append(line)
-    if fence is not None:
-        _flush(out, "code", code, lang, keep_empty=True)
-    _flush(out, "text", prose)
-    return out
+def clean_html(html: str) -> str:
+    """``html`` with everything outside the allow-list removed."""
+    import nh3
+
+    return nh3.clean(
+        html,
+        tags=TAGS,
+        attributes=ATTRIBUTES,
+        url_schemes=URL_SCHEMES,
+        link_rel=LINK_REL,
+        url_relative="deny",
+    )
 
 
-def _flush(out: list[Block], kind: str, lines: list[str], lang: str = "", keep_empty: bool = False) -> None:
-    body = "\n".join(lines)
-    if kind == "text":
-        body = body.strip("\n")
-    if body.strip() or (kind == "code" and (keep_empty or lines)):
-        out.append(Block(kind, body, lang))
-    lines.clear()
+def markdown_html(text: str | None) -> Any:
+    """``text`` as sanitised HTML (a ``markupsafe.Markup``, so templates insert it without escaping)."""
+    from markupsafe import Markup
+
+    return Markup(clean_html(_markdown().render(text or "")))
 
 
-def prompt_turns(prompt: Any) -> list[tuple[str, list[Block]]]:
-    """A prompt as ``(role, blocks)`` turns: one ``("user", ...)`` for a string, one per chat message."""
+def prompt_turns(prompt: Any) -> list[tuple[str, Any]]:
+    """A prompt as ``(role, html)`` turns: one ``("user", ...)`` for a string, one per chat message."""
     if isinstance(prompt, str):
-        return [("user", blocks(prompt))]
+        return [("user", markdown_html(prompt))]
     turns = []
     for message in prompt or []:
         if isinstance(message, dict):
-            turns.append((str(message.get("role", "")), blocks(str(message.get("content", "")))))
+            turns.append((str(message.get("role", "")), markdown_html(str(message.get("content", "")))))
         else:
-            turns.append(("", blocks(str(message))))
+            turns.append(("", markdown_html(str(message))))
     return turns
 
 

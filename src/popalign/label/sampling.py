@@ -10,6 +10,10 @@
   ``min_gap`` lower, in random order (the paper's simulation); without scores they are all the other
   preferences, in random order.
 
+**Gold pairs** (quality control, ``gold_fraction > 0``, scored data only) pair a preference from the
+top quarter of score margins with one from the bottom quarter: the scores make the answer plain, so
+an annotator's answers on them estimate their accuracy (:func:`gold_pairs`).
+
 Samplers hold no state about what was served: they ask a :class:`PairView` (the database, inside the
 serving transaction), so several annotators, restarts and undo all see one truth.
 """
@@ -25,6 +29,7 @@ import numpy as np
 
 RANDOM_TRIES = 200  # rejection draws before falling back to listing the free pairs
 ENUMERATE_LIMIT = 3000  # up to this many preferences the fallback lists all pairs (N^2 / 2)
+GOLD_POOL = 200  # gold pairs drawn per project; each annotator gets them in this order
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,15 @@ class Proposal:
     id_a: str
     id_b: str
     anchor: str | None = None
+
+
+@dataclass(frozen=True)
+class GoldPair:
+    """A quality-control pair in display order and its known answer (``"a"`` or ``"b"``)."""
+
+    id_a: str
+    id_b: str
+    stronger: str
 
 
 @dataclass(frozen=True)
@@ -210,3 +224,27 @@ def make_sampler(project, ids: list[str], margins: np.ndarray | None) -> RandomS
     return IterativeSampler(
         ids, margins, project.min_gap, project.k_int, project.max_candidates, project.seed
     )
+
+
+def gold_pairs(ids: list[str], margins: np.ndarray, seed: int, size: int = GOLD_POOL) -> list[GoldPair]:
+    """Up to ``size`` distinct pairs of a top-quarter and a bottom-quarter preference by score margin
+    (``margins`` of shape ``(N,)``), the stronger side known; seeded, shown on random sides."""
+    n = len(ids)
+    order = np.argsort(np.asarray(margins, dtype=float), kind="stable")
+    quarter = max(1, n // 4)
+    low, high = order[:quarter], order[n - quarter :]
+    rng = np.random.default_rng([seed, 7])
+    out: list[GoldPair] = []
+    seen: set[tuple[int, int]] = set()
+    for _ in range(size * 4):
+        if len(out) >= size:
+            break
+        i, j = int(rng.choice(high)), int(rng.choice(low))
+        if margins[i] <= margins[j] or (i, j) in seen:
+            continue
+        seen.add((i, j))
+        if rng.random() < 0.5:
+            out.append(GoldPair(ids[i], ids[j], "a"))
+        else:
+            out.append(GoldPair(ids[j], ids[i], "b"))
+    return out

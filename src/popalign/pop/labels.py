@@ -2,7 +2,8 @@
 
 The paper simulates annotators with UltraFeedback scores (Section 4.1) but the method needs only the
 ordinal label "preference a is stronger than preference b". A label file (``.jsonl``, ``.csv`` or
-``.parquet``) has one row per judged pair:
+``.parquet``), or a ``datasets`` folder written by ``save_to_disk`` (``popalign label export --format
+hf``), has one row per judged pair:
 
 * ``id_a``, ``id_b`` — ids of two different preferences of the preference dataset;
 * ``stronger`` — ``"a"`` or ``"b"`` (any case), or the id of the stronger preference itself (the
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from popalign.data.formats import read_file
+from popalign.data.formats import read_file, read_folder
 from popalign.data.schema import PreferenceTable
 from popalign.errors import DataError
 from popalign.pop.build import META_FORMAT
@@ -34,7 +35,7 @@ LABEL_FORMATS = (".jsonl", ".csv", ".parquet")
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(row number, record)`` for each label row, read by the preference data layer's readers."""
-    raw = read_file(path)
+    raw = read_folder(path, "train") if path.is_dir() else read_file(path)
     yield from zip(raw.row_numbers, raw.rows, strict=True)
 
 
@@ -69,8 +70,8 @@ def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
     """
     path = Path(path)
     file = str(path)
-    if path.suffix.lower() not in LABEL_FORMATS:
-        raise DataError(f"a PoP label file must end in {', '.join(LABEL_FORMATS)}", file=file)
+    if path.suffix.lower() not in LABEL_FORMATS and not path.is_dir():
+        raise DataError(f"a PoP label file must end in {', '.join(LABEL_FORMATS)} or be a folder", file=file)
     if not path.exists():
         raise DataError("PoP label file not found", file=file)
     position = {str(pid): i for i, pid in enumerate(table.ids)}
