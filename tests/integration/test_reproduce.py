@@ -345,6 +345,7 @@ def test_real_data_track_judges_the_discriminative_claims_only(tmp_path, ultrafe
     assert verdicts["margin1-acc"] in ("reproduced", "not reproduced", "inconclusive")
     md = (out / "report" / "report.md").read_text()
     assert "Table 1 analogue" in md and "Table 3 analogue" not in md and "real preferences" in md
+    assert md.startswith("# DPO-PoP on real preferences")
 
 
 def test_real_data_cannot_be_tuned(tmp_path):

@@ -30,6 +30,7 @@ from popalign.testbed.settings import BASELINE, ReproduceConfig
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", (headers, rows)) | ("img", caption, path)
 TITLE = "DPO-PoP on the testbed: the paper's experiments, reproduced on a CPU"
+REAL_TITLE = "DPO-PoP on real preferences: the paper's discriminative claims with a pretrained model"
 ORDER = {"paper": 0, "control": 1, "sweep-k": 2, "sweep-noise": 3}
 
 
@@ -462,8 +463,9 @@ def write_report(
     record = {k: v for k, v in summary.items() if not k.startswith("_")}
     record.update(extra, timing=timing)
     atomic_write_json(out / "results.json", _finite(record))
-    atomic_write_text(out / "report.md", render_markdown(blocks, TITLE))
-    atomic_write_text(out / "report.html", render_html(blocks, TITLE))
+    title = TITLE if cfg.generative else REAL_TITLE
+    atomic_write_text(out / "report.md", render_markdown(blocks, title))
+    atomic_write_text(out / "report.html", render_html(blocks, title))
     atomic_write_text(out / "machine.md", machine_note(extra["machine"], timing, cfg))
     return {
         "markdown": str(out / "report.md"),
