@@ -93,6 +93,8 @@ class RunSpec:
     margin_refresh_steps: int = 1
     weak_pool: int = 0  # >0: weak preferences drawn from this many rows (a warm margin cache)
     weak_after_strong: bool = False  # the order before the memory lever: strong graph first, then weak
+    logps_chunk_size: int | None = None  # popalign's training.logps_chunk_size (0: full logits)
+    gradient_checkpointing: bool = False  # both trainers
     warmup: int = 3
     steps: int = 10
     seed: int = 0

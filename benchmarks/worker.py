@@ -68,12 +68,14 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
 
     from popalign.data.tokenize import TokenizedPreferences
     from popalign.methods import get_method
+    from popalign.modeling.chunked_head import set_chunk_size
     from popalign.train.collate import PairExamples, PreferenceCollator
     from popalign.train.config import LoraSpec
     from popalign.train.setup import apply_lora, training_arguments
     from popalign.train.trainer import PreferenceTrainer
 
     shape = spec.shape
+    set_chunk_size(spec.logps_chunk_size)  # before the reference precompute, as `popalign train` does
     n = _n_preferences(spec)
     prompts, chosen, rejected = synthetic_ids(shape, n, spec.seed)
     tokenized = TokenizedPreferences(prompts, chosen, rejected, fingerprint="benchmark")
@@ -151,7 +153,7 @@ def _precompute_reference(model, tokenized, shape) -> tuple[Any, Any, dict[str, 
 
 
 def _training_spec(spec: RunSpec):
-    """The shared benchmark's optimiser settings (AdamW, constant rate, no checkpointing) as popalign's."""
+    """The shared benchmark's optimiser settings (AdamW, constant rate) as popalign's."""
     from popalign.train.config import TrainingSpec
 
     args = _common_args(spec)
@@ -165,7 +167,7 @@ def _training_spec(spec: RunSpec):
         weight_decay=0.0,
         optim="adamw_torch",
         max_grad_norm=1.0,
-        gradient_checkpointing=False,
+        gradient_checkpointing=spec.gradient_checkpointing,
         bf16=args["bf16"],
         seed=spec.seed,
         logging_steps=args["logging_steps"],
@@ -174,6 +176,7 @@ def _training_spec(spec: RunSpec):
         report_to=["none"],
         progress=False,
         torch_threads=spec.threads,
+        logps_chunk_size=spec.logps_chunk_size,
     )
 
 
@@ -230,7 +233,7 @@ def run_trl(spec: RunSpec) -> dict[str, Any]:
     config = DPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
         warmup_steps=0,
-        gradient_checkpointing=False,
+        gradient_checkpointing=spec.gradient_checkpointing,
         fp16=False,
         precompute_ref_log_probs=not spec.live_reference,
         precompute_ref_batch_size=2 * shape.batch_size,
