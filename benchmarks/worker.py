@@ -63,7 +63,7 @@ def _setup_threads(spec: RunSpec) -> None:
         torch.set_num_threads(spec.threads)
 
 
-def run_popalign(spec: RunSpec) -> dict[str, Any]:
+def run_popalign(spec: RunSpec, callbacks: list | None = None) -> dict[str, Any]:
     import numpy as np
 
     from popalign.data.tokenize import TokenizedPreferences
@@ -122,6 +122,8 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
             live_reference=spec.live_reference,
             **trainer_kw,
         )
+        for callback in callbacks or ():
+            trainer.add_callback(callback)
         timer = StepTimer()
         trainer.add_callback(timer.callback)
         trainer.train()
@@ -220,7 +222,7 @@ def _trl_dataset(spec: RunSpec):
     )
 
 
-def run_trl(spec: RunSpec) -> dict[str, Any]:
+def run_trl(spec: RunSpec, callbacks: list | None = None) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     shape = spec.shape
@@ -264,6 +266,8 @@ def run_trl(spec: RunSpec) -> dict[str, Any]:
         processing_class=word_tokenizer(shape.vocab_size),
     )
     _check_trl_lengths(trainer, spec)
+    for callback in callbacks or ():
+        trainer.add_callback(callback)
     timer = StepTimer()
     trainer.add_callback(timer.callback)
     trainer.train()

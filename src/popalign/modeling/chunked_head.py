@@ -4,8 +4,8 @@
 only one row at a time, yet computing them through the model's LM head materialises all of them at once
 (the (B, K, V) tensor that, with a 128k vocabulary and 2k-token sequences, is larger than the model) and
 autograd keeps them, in float32, for the backward. :func:`linear_token_logps` computes them ``chunk``
-tokens at a time, keeps only each token's logsumexp, and recomputes each chunk's logits in the backward:
-the same maths as the full-logits path, to float32 rounding, in ``chunk x V`` extra memory.
+tokens at a time, keeps only the hidden states and targets, and recomputes each chunk's logits in the
+backward: the same maths as the full-logits path, to float32 rounding, in ``chunk x V`` extra memory.
 
 :func:`scored_logps` runs a causal LM so that its head computes nothing: a pre-hook on the LM head module
 hands it an empty slice of the hidden states, and a forward hook computes the chunked log-probs of the
@@ -129,22 +129,23 @@ def _chunked_function():
         @staticmethod
         def forward(ctx, hidden, weight, bias, targets, chunk, dtype):
             out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-            lse = torch.empty_like(out)
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             with torch.autocast(hidden.device.type, enabled=False):
                 for s in range(0, hidden.shape[0], chunk):
                     logits = torch.nn.functional.linear(hidden[s : s + chunk].to(dtype), w, b).float()
-                    lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
-                    picked = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
-                    out[s : s + chunk] = picked - lse[s : s + chunk]
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
+                    # One fused pass over the chunk; logsumexp's max, subtract and exp are separate passes.
+                    logp = torch.log_softmax(logits, dim=-1)
+                    out[s : s + chunk] = logp.gather(1, targets[s : s + chunk, None]).squeeze(1)
+            # All tokens in one chunk: its probabilities (chunk x V at most) are kept, not recomputed.
+            kept = logp.exp_() if hidden.shape[0] <= chunk and any(ctx.needs_input_grad[:3]) else None
+            ctx.save_for_backward(hidden, weight, bias, targets, kept)
             ctx.chunk, ctx.dtype = chunk, dtype
             return out
 
         @staticmethod
         def backward(ctx, grad_out):
-            hidden, weight, bias, targets, lse = ctx.saved_tensors
+            hidden, weight, bias, targets, kept = ctx.saved_tensors
             chunk, dtype = ctx.chunk, ctx.dtype
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
             w = weight.to(dtype)
@@ -158,8 +159,11 @@ def _chunked_function():
                     h = hidden[s : s + chunk].to(dtype)
                     go = grad_out[s : s + chunk].float()
                     # d logp / d logits = onehot(target) - softmax(logits)
-                    g = torch.nn.functional.linear(h, w, b).float()
-                    g.sub_(lse[s : s + chunk, None]).exp_().mul_(-go[:, None])
+                    if kept is None:
+                        g = torch.softmax(torch.nn.functional.linear(h, w, b).float(), dim=-1)
+                        g.mul_(-go[:, None])
+                    else:
+                        g = kept * -go[:, None]  # a new tensor: the saved one survives retain_graph
                     g.scatter_add_(1, targets[s : s + chunk, None], go[:, None])
                     g = g.to(dtype)
                     if need_h:
