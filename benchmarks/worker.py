@@ -68,7 +68,7 @@ def run_popalign(spec: RunSpec, callbacks: list | None = None) -> dict[str, Any]
 
     from popalign.data.tokenize import TokenizedPreferences
     from popalign.methods import get_method
-    from popalign.modeling.chunked_head import set_chunk_size
+    from popalign.modeling.chunked_head import kernels_used, set_chunk_size
     from popalign.train.collate import PairExamples, PreferenceCollator
     from popalign.train.config import LoraSpec
     from popalign.train.setup import apply_lora, training_arguments
@@ -127,7 +127,10 @@ def run_popalign(spec: RunSpec, callbacks: list | None = None) -> dict[str, Any]
         timer = StepTimer()
         trainer.add_callback(timer.callback)
         trainer.train()
-        extra = {"weak_forward_rows": getattr(trainer, "weak_forward_rows", None)}
+        extra = {
+            "weak_forward_rows": getattr(trainer, "weak_forward_rows", None),
+            "head_kernels": sorted(kernels_used()),
+        }
     flops = model_flops_per_step(shape, counts, weak_pair=method.needs_weak_pair, lora=spec.lora)
     return {
         **timer.summary(spec.warmup),

@@ -41,6 +41,7 @@ _LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": None, "logi
 
 _chunk_setting: int | None = None
 _reported: set[str] = set()
+_kernels_used: set[str] = set()
 
 
 def set_chunk_size(tokens: int | None) -> None:
@@ -72,6 +73,11 @@ def chunk_tokens(vocab_size: int, setting: int | None) -> int:
     if setting:
         return setting
     return max(1, AUTO_CHUNK_ELEMENTS // max(vocab_size, 1))
+
+
+def kernels_used() -> set[str]:
+    """The kernels that computed log-probs in this process so far: "liger", "chunked" (benchmarks)."""
+    return set(_kernels_used)
 
 
 def report_once(reason: str) -> None:
@@ -220,6 +226,7 @@ def linear_token_logps(
         chunk: tokens per chunk of the torch path (the ``chunk x V`` logits are all it holds at once).
     """
     kernel, _ = select_kernel(hidden, weight, bias)
+    _kernels_used.add(kernel)
     if kernel == "liger" and hidden.shape[0] > 0:
         import torch
 
