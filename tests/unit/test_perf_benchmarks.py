@@ -46,7 +46,7 @@ def test_synthetic_text_tokenises_to_the_same_ids():
 
 
 def row(step_s, rss, params=None):
-    out = {"step_s": step_s, "peak_rss_mib": rss, "spec": {"shape": {"dtype": "float32"}}}
+    out = {"step_s": step_s, "cpu_s": step_s, "peak_rss_mib": rss, "spec": {"shape": {"dtype": "float32"}}}
     if params:
         out["params"] = {"total": params}
     return out
@@ -84,12 +84,12 @@ def test_heads_point_ratios_and_targets():
         "trl-dpo-ckpt": {"error": "exit 1"},
     }
     summary = point_summary(rows)
-    assert summary["popalign-dpo"] == {"step_vs_trl": 0.5, "rss_vs_trl": 0.45}
+    assert summary["popalign-dpo"] == {"step_vs_trl": 0.5, "cpu_vs_trl": 0.5, "rss_vs_trl": 0.45}
     assert summary["popalign-dpo-full-logits"]["rss_vs_trl"] == pytest.approx(1.1)
-    assert summary["popalign-dpo-ckpt"] == {"step_vs_trl": None, "rss_vs_trl": None}  # against TRL's ckpt row
+    assert set(summary["popalign-dpo-ckpt"].values()) == {None}  # compared with TRL's checkpointed row
     assert summary["pop_extra"]["copies"] == pytest.approx(1.5)
     checks = heads_targets({"points": {"v128k-s256": {"summary": summary}}})
-    assert [c["met"] for c in checks.values()] == [True, True, False]
+    assert [c["met"] for c in checks.values()] == [True, True, True, False]
     assert all(c["met"] is None for c in heads_targets({"points": {}}).values())
 
 
