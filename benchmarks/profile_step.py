@@ -25,6 +25,28 @@ PHASES = {
 }
 
 
+# Operators by their own (self) CPU time, grouped by kind; attention is every scaled_dot_product kernel.
+KINDS = {
+    "matrix multiplies": {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"},
+    "attention kernels": set(),
+    "softmax / exp of the LM head": {"aten::_log_softmax", "aten::_softmax", "aten::exp", "aten::exp_"},
+}
+
+
+def kind_of(name: str) -> str:
+    if "scaled_dot_product" in name:
+        return "attention kernels"
+    return next((k for k, names in KINDS.items() if name in names), "other operators")
+
+
+def kinds(events) -> dict[str, float]:
+    """Self CPU seconds per kind of operator (:data:`KINDS`, then "other operators")."""
+    out = dict.fromkeys([*KINDS, "other operators"], 0.0)
+    for e in events:
+        out[kind_of(e.key)] += e.self_cpu_time_total / 1e6
+    return out
+
+
 def profiling_callback(warmup: int, steps: int, out: dict[str, Any]):
     """A TrainerCallback that profiles optimiser steps ``warmup + 1 .. warmup + steps``."""
     import torch
@@ -91,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         rest -= t
         print(f"  {phase:<28} {t / 1e6:7.3f} s  {t / total:6.1%}")
     print(f"  {'forward, loss, data, other':<28} {rest / 1e6:7.3f} s  {rest / total:6.1%}")
+    print("self CPU time by kind of operator:")
+    for kind, seconds in kinds(events).items():
+        print(f"  {kind:<28} {seconds:7.3f} s  {seconds * 1e6 / total:6.1%}")
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     return 0
 

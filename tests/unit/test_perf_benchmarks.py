@@ -8,6 +8,7 @@ from benchmarks.common import Shape, ids_to_text, model_flops_per_step, syntheti
 from benchmarks.heads import point_summary
 from benchmarks.heads import targets as heads_targets
 from benchmarks.margin_cache import replay_hit_rate
+from benchmarks.profile_step import kind_of
 from benchmarks.train_step import _least_disturbed, summarise
 
 
@@ -100,3 +101,10 @@ def test_rounds_keep_the_least_disturbed_run():
     assert (second["step_s"], second["peak_rss_mib"], second["round_step_s"]) == (1.5, 12, [2.0, 1.5])
     assert third["step_s"] == 1.5 and third["round_step_s"] == [2.0, 1.5]
     assert "error" in _least_disturbed(None, {"error": "exit 1"})
+
+
+def test_profile_kinds():
+    assert kind_of("aten::mm") == "matrix multiplies"
+    assert kind_of("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention kernels"
+    assert kind_of("aten::exp_") == "softmax / exp of the LM head"
+    assert kind_of("aten::expand") == "other operators"
