@@ -168,6 +168,16 @@ def test_no_grad_forward(tokenizer):
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
 
+def test_no_completion_token_scores_zero(tokenizer):
+    model = tiny_causal_lm(tokenizer, seed=8)
+    ids, mask, completion = rows(*BATCH_WIDE, len(tokenizer), tokenizer.pad_token_id)
+    with chunk_size(2):
+        got = completion_logps(model, ids, mask, torch.zeros_like(completion))
+    assert got.tolist() == [0.0, 0.0]
+    got.sum().backward()  # an empty chunk loop still has a backward
+    assert model.lm_head.weight.grad.abs().sum() == 0
+
+
 class ScaledHead(nn.Linear):
     """A head the chunked path cannot see through (it is not a plain Linear): doubled logits."""
 

@@ -135,6 +135,7 @@ def _chunked_function():
         @staticmethod
         def forward(ctx, hidden, weight, bias, targets, chunk, dtype):
             out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+            logp = None
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             with torch.autocast(hidden.device.type, enabled=False):
@@ -144,7 +145,8 @@ def _chunked_function():
                     logp = torch.log_softmax(logits, dim=-1)
                     out[s : s + chunk] = logp.gather(1, targets[s : s + chunk, None]).squeeze(1)
             # All tokens in one chunk: its probabilities (chunk x V at most) are kept, not recomputed.
-            kept = logp.exp_() if hidden.shape[0] <= chunk and any(ctx.needs_input_grad[:3]) else None
+            one_chunk = logp is not None and hidden.shape[0] <= chunk
+            kept = logp.exp_() if one_chunk and any(ctx.needs_input_grad[:3]) else None
             ctx.save_for_backward(hidden, weight, bias, targets, kept)
             ctx.chunk, ctx.dtype = chunk, dtype
             return out
