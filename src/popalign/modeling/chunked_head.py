@@ -176,7 +176,9 @@ def _chunked_function():
                     g = g.to(dtype)
                     if need_h:
                         grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
-                    if need_w:
+                    if need_w and dtype == torch.float32:
+                        grad_w.addmm_(g.t(), h)  # in place: no (V, H) product per chunk
+                    elif need_w:
                         grad_w += g.t() @ h  # float32 sum of per-chunk products in the matmul's dtype
                     if need_b:
                         grad_b += g.float().sum(0)
