@@ -65,20 +65,6 @@ PRESETS: dict[str, Shape] = {
         dtype="bfloat16",
         device="cuda",
     ),
-    # The same model with a Llama-3-sized vocabulary, where the LM head's logits outgrow the model.
-    "h200-v128k": Shape(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        batch_size=8,
-        prompt_len=512,
-        completion_len=1536,
-        dtype="bfloat16",
-        device="cuda",
-    ),
     # The code path of the h200 preset at a size a CPU runs in seconds (dry runs).
     "tiny": Shape(
         vocab_size=512,
@@ -92,6 +78,8 @@ PRESETS: dict[str, Shape] = {
         completion_len=32,
     ),
 }
+# The same models with a Llama-3-sized vocabulary, where the LM head's logits outgrow the model.
+PRESETS["h200-v128k"] = replace(PRESETS["h200"], vocab_size=128256)
 PRESETS["tiny-v128k"] = replace(PRESETS["tiny"], vocab_size=128256)
 
 

@@ -23,6 +23,7 @@ from popalign.modeling.logps import completion_logps
 from popalign.modeling.prefix_sharing import shared_prefix_logps, shared_rows
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
+from tests.unit.test_perf_logps import batch as rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -30,19 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_local_tokenizer()
-
-
-def rows(prompt_lens, completion_lens, vocab, pad, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    width = max(p + c for p, c in zip(prompt_lens, completion_lens, strict=True))
-    ids = torch.full((len(prompt_lens), width), pad)
-    mask = torch.zeros_like(ids)
-    completion = torch.zeros_like(ids)
-    for b, (p, c) in enumerate(zip(prompt_lens, completion_lens, strict=True)):
-        ids[b, : p + c] = torch.randint(5, vocab, (p + c,), generator=gen)
-        mask[b, : p + c] = 1
-        completion[b, p : p + c] = 1
-    return ids, mask, completion
 
 
 # Prompts of different lengths take the per-row positions path; equal prompts the batch-wide slice.
