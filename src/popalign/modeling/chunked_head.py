@@ -4,8 +4,9 @@
 only one row at a time, yet computing them through the model's LM head materialises all of them at once
 (the (B, K, V) tensor that, with a 128k vocabulary and 2k-token sequences, is larger than the model) and
 autograd keeps them, in float32, for the backward. :func:`linear_token_logps` computes them ``chunk``
-tokens at a time, keeps only the hidden states and targets, and recomputes each chunk's logits in the
-backward: the same maths as the full-logits path, to float32 rounding, in ``chunk x V`` extra memory.
+tokens at a time, keeps only the hidden states, targets and each token's logsumexp, and recomputes each
+chunk's logits in the backward: the same maths as the full-logits path (bit for bit when one chunk holds
+every token, else to float32 rounding), in ``chunk x V`` extra memory.
 
 :func:`scored_logps` runs a causal LM so that its head computes nothing: a pre-hook on the LM head module
 hands it an empty slice of the hidden states, and a forward hook computes the chunked log-probs of the
@@ -135,25 +136,28 @@ def _chunked_function():
         @staticmethod
         def forward(ctx, hidden, weight, bias, targets, chunk, dtype):
             out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-            logp = None
+            lse = torch.empty_like(out)
+            logits = None
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             with torch.autocast(hidden.device.type, enabled=False):
                 for s in range(0, hidden.shape[0], chunk):
                     logits = torch.nn.functional.linear(hidden[s : s + chunk].to(dtype), w, b).float()
-                    # One fused pass over the chunk; logsumexp's max, subtract and exp are separate passes.
-                    logp = torch.log_softmax(logits, dim=-1)
-                    out[s : s + chunk] = logp.gather(1, targets[s : s + chunk, None]).squeeze(1)
+                    # The full-logits path's formula, so that a token's value is the same on both paths
+                    # whatever the batch around it (log_softmax's CPU kernel rounds by batch shape).
+                    lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
+                    picked = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
+                    out[s : s + chunk] = picked - lse[s : s + chunk]
             # All tokens in one chunk: its probabilities (chunk x V at most) are kept, not recomputed.
-            one_chunk = logp is not None and hidden.shape[0] <= chunk
-            kept = logp.exp_() if one_chunk and any(ctx.needs_input_grad[:3]) else None
-            ctx.save_for_backward(hidden, weight, bias, targets, kept)
+            one_chunk = logits is not None and hidden.shape[0] <= chunk
+            kept = logits.sub_(lse[:, None]).exp_() if one_chunk and any(ctx.needs_input_grad[:3]) else None
+            ctx.save_for_backward(hidden, weight, bias, targets, lse, kept)
             ctx.chunk, ctx.dtype = chunk, dtype
             return out
 
         @staticmethod
         def backward(ctx, grad_out):
-            hidden, weight, bias, targets, kept = ctx.saved_tensors
+            hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
             chunk, dtype = ctx.chunk, ctx.dtype
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
             w = weight.to(dtype)
@@ -168,8 +172,8 @@ def _chunked_function():
                     go = grad_out[s : s + chunk].float()
                     # d logp / d logits = onehot(target) - softmax(logits)
                     if kept is None:
-                        g = torch.softmax(torch.nn.functional.linear(h, w, b).float(), dim=-1)
-                        g.mul_(-go[:, None])
+                        g = torch.nn.functional.linear(h, w, b).float()
+                        g.sub_(lse[s : s + chunk, None]).exp_().mul_(-go[:, None])
                     else:
                         g = kept * -go[:, None]  # a new tensor: the saved one survives retain_graph
                     g.scatter_add_(1, targets[s : s + chunk, None], go[:, None])
@@ -219,7 +223,12 @@ def select_kernel(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[
 
 
 def linear_token_logps(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    chunk: int,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """(N,) float32 log-probs of ``targets`` (N,) under ``softmax(hidden @ weight.T + bias)``.
 
@@ -228,6 +237,8 @@ def linear_token_logps(
         weight: (V, H) LM head weight; bias: (V,) or None.
         targets: (N,) token ids in ``[0, V)``.
         chunk: tokens per chunk of the torch path (the ``chunk x V`` logits are all it holds at once).
+        valid: (N,) bool, rows whose value is used; the others (padding) may hold anything and must get
+            no upstream gradient. None: all rows.
     """
     kernel, _ = select_kernel(hidden, weight, bias)
     _kernels_used.add(kernel)
@@ -235,6 +246,8 @@ def linear_token_logps(
         import torch
 
         function = _liger_function()
+        if valid is not None:
+            targets = targets.masked_fill(~valid, -100)  # Liger's ignore_index: no loss, no gradient
         # (input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing,
         # reduction, softcap, return_z_loss, accum_dtype)
         args = (hidden.contiguous(), weight, targets, bias, None, -100, 0.0, 0.0, "none", None, False)
@@ -251,12 +264,15 @@ def linear_token_logps(
 @contextmanager
 def _scoring_head(
     head: nn.Module, window: slice, mask: Tensor, targets: Tensor, chunk: int
-) -> Iterator[dict[str, Any]]:
-    """While active, ``head``'s call returns the (N,) log-probs of ``targets`` instead of logits.
+) -> Iterator[dict]:
+    """While active, ``head``'s call returns (B, K) log-probs of ``targets`` (B, K) instead of logits.
 
-    The head's input ``(B, K', H)`` is cut to ``[:, window]``, which must be ``mask``'s (B, K); the rows
-    where ``mask`` is True are scored in row-major order against ``targets`` (N,).
+    The head's input (B, K', H) is scored row for row as the head would compute its logits (the same
+    matmul rows, padding included, so each token's value does not depend on the batch around it beyond
+    what the full logits do); ``[:, window]`` of those rows must be ``mask``'s (B, K).
     """
+    import torch
+
     state: dict[str, Any] = {"calls": 0}
 
     def before(module, args):
@@ -264,14 +280,20 @@ def _scoring_head(
         return (args[0][:, :0],) + tuple(args[1:])
 
     def after(module, args, output):
-        hidden = state.pop("hidden")[:, window]
+        hidden = state.pop("hidden")
         state["calls"] += 1
-        if hidden.shape[:2] != mask.shape:
+        keep = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=mask.device)
+        if keep[:, window].shape != mask.shape:
             raise RuntimeError(
                 f"the LM head saw hidden states {tuple(hidden.shape[:2])} where {tuple(mask.shape)} were "
                 "expected; set training.logps_chunk_size=0 for this model"
             )
-        return linear_token_logps(hidden[mask], module.weight, module.bias, targets, chunk)
+        keep[:, window] = mask
+        ids = torch.zeros(keep.shape, dtype=torch.long, device=mask.device)
+        ids[:, window] = targets.masked_fill(~mask, 0)
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        logps = linear_token_logps(rows, module.weight, module.bias, ids.view(-1), chunk, keep.view(-1))
+        return logps.view(keep.shape)[:, window]
 
     pre = head.register_forward_pre_hook(before)
     # First among the forward hooks, so that a DeepSpeed ZeRO-3 release hook runs after the weight's use
@@ -298,7 +320,6 @@ def scored_logps(
     None when the chunked head does not apply (chunking off, or a head it cannot see: said once); the
     caller then takes the full-logits path.
     """
-    import torch
 
     setting = chunk_size_setting()
     if setting == 0:
@@ -308,13 +329,11 @@ def scored_logps(
         report_once(f"log-probs from full logits: {why}")
         return None
     chunk = chunk_tokens(head.weight.shape[0], setting)
-    picked = targets[mask]
-    with _scoring_head(head, window, mask, picked, chunk) as state:
+    with _scoring_head(head, window, mask, targets, chunk) as state:
         logps = model(**forward_kwargs).logits
-    if state["calls"] != 1 or logps.shape != picked.shape:
+    if state["calls"] != 1 or logps.shape != mask.shape:
         raise RuntimeError(
             f"{type(inner).__name__} called its LM head {state['calls']} times or changed its output; set "
             "training.logps_chunk_size=0 for this model"
         )
-    full = torch.zeros(mask.shape, dtype=torch.float32, device=logps.device)
-    return full.masked_scatter(mask, logps)
+    return logps * mask
