@@ -102,7 +102,8 @@ def plain_head(inner: nn.Module) -> tuple[nn.Module | None, str | None]:
     if head is None:
         return None, f"{name} has no output embeddings"
     if type(head) is not torch.nn.Linear:
-        return None, f"the LM head of {name} is a {type(head).__name__}, not a plain Linear"
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"
+        return None, f"the LM head of {name} is a {kind}, not a plain torch.nn.Linear"
     config = getattr(inner, "config", None)
     for key, neutral in _LOGIT_TRANSFORMS.items():
         value = getattr(config, key, neutral)
