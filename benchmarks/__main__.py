@@ -5,6 +5,8 @@ Commands:
   levers    each performance lever measured before and after
   scaling   TRL and popalign step time as sequence length and batch size grow
   memory    peak memory of DPO-PoP vs DPO on a model large enough for a model copy to stand out
+  profile   the torch profiler over real trainer steps of the shared configuration (TRL or popalign)
+  heads     large vocabularies and long sequences: TRL vs popalign with and without the chunked LM head
   pop       the PoP builder alone (benchmarks/pop_build.py)
   margin-cache  what loss.margin_refresh_steps saves (hit rates) and changes (tiny runs, --data DIR)
   gpu       the H200 comparison (benchmarks/gpu_h200.py); --dry-run runs its code path on a CPU
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.pop_build import main as run
     elif command == "memory":
         from benchmarks.memory import main as run
+    elif command == "profile":
+        from benchmarks.profile_step import main as run
+    elif command == "heads":
+        from benchmarks.heads import main as run
     elif command == "margin-cache":
         from benchmarks.margin_cache import main as run
     elif command == "gpu":

@@ -78,6 +78,9 @@ PRESETS: dict[str, Shape] = {
         completion_len=32,
     ),
 }
+# The same models with a Llama-3-sized vocabulary, where the LM head's logits outgrow the model.
+PRESETS["h200-v128k"] = replace(PRESETS["h200"], vocab_size=128256)
+PRESETS["tiny-v128k"] = replace(PRESETS["tiny"], vocab_size=128256)
 
 
 @dataclass
@@ -93,6 +96,8 @@ class RunSpec:
     margin_refresh_steps: int = 1
     weak_pool: int = 0  # >0: weak preferences drawn from this many rows (a warm margin cache)
     weak_after_strong: bool = False  # the order before the memory lever: strong graph first, then weak
+    logps_chunk_size: int | None = None  # popalign's training.logps_chunk_size (0: full logits)
+    gradient_checkpointing: bool = False  # both trainers
     warmup: int = 3
     steps: int = 10
     seed: int = 0

@@ -63,17 +63,19 @@ def _setup_threads(spec: RunSpec) -> None:
         torch.set_num_threads(spec.threads)
 
 
-def run_popalign(spec: RunSpec) -> dict[str, Any]:
+def run_popalign(spec: RunSpec, callbacks: list | None = None) -> dict[str, Any]:
     import numpy as np
 
     from popalign.data.tokenize import TokenizedPreferences
     from popalign.methods import get_method
+    from popalign.modeling.chunked_head import kernels_used, set_chunk_size
     from popalign.train.collate import PairExamples, PreferenceCollator
     from popalign.train.config import LoraSpec, LossSpec, ReferenceSpec
     from popalign.train.setup import apply_lora, training_arguments
     from popalign.train.trainer import PreferenceTrainer
 
     shape = spec.shape
+    set_chunk_size(spec.logps_chunk_size)  # before the reference precompute, as `popalign train` does
     n = _n_preferences(spec)
     prompts, chosen, rejected = synthetic_ids(shape, n, spec.seed)
     tokenized = TokenizedPreferences(prompts, chosen, rejected, fingerprint="benchmark")
@@ -116,10 +118,15 @@ def run_popalign(spec: RunSpec) -> dict[str, Any]:
             loss=LossSpec(margin_refresh_steps=spec.margin_refresh_steps),
             reference=ReferenceSpec(precompute=not spec.live_reference),
         )
+        for callback in callbacks or ():
+            trainer.add_callback(callback)
         timer = StepTimer()
         trainer.add_callback(timer.callback)
         trainer.train()
-        extra = {"weak_forward_rows": getattr(trainer, "weak_forward_rows", None)}
+        extra = {
+            "weak_forward_rows": getattr(trainer, "weak_forward_rows", None),
+            "head_kernels": sorted(kernels_used()),
+        }
     flops = model_flops_per_step(shape, counts, weak_pair=method.needs_weak_pair, lora=spec.lora)
     return {
         **timer.summary(spec.warmup),
@@ -147,7 +154,7 @@ def _precompute_reference(model, tokenized, shape) -> tuple[Any, Any, dict[str, 
 
 
 def _training_spec(spec: RunSpec):
-    """The shared benchmark's optimiser settings (AdamW, constant rate, no checkpointing) as popalign's."""
+    """The shared benchmark's optimiser settings (AdamW, constant rate) as popalign's."""
     from popalign.train.config import TrainingSpec
 
     args = _common_args(spec)
@@ -161,7 +168,7 @@ def _training_spec(spec: RunSpec):
         weight_decay=0.0,
         optim="adamw_torch",
         max_grad_norm=1.0,
-        gradient_checkpointing=False,
+        gradient_checkpointing=spec.gradient_checkpointing,
         bf16=args["bf16"],
         seed=spec.seed,
         logging_steps=args["logging_steps"],
@@ -170,6 +177,7 @@ def _training_spec(spec: RunSpec):
         report_to=["none"],
         progress=False,
         torch_threads=spec.threads,
+        logps_chunk_size=spec.logps_chunk_size,
     )
 
 
@@ -213,7 +221,7 @@ def _trl_dataset(spec: RunSpec):
     )
 
 
-def run_trl(spec: RunSpec) -> dict[str, Any]:
+def run_trl(spec: RunSpec, callbacks: list | None = None) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     shape = spec.shape
@@ -226,7 +234,7 @@ def run_trl(spec: RunSpec) -> dict[str, Any]:
     config = DPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
         warmup_steps=0,
-        gradient_checkpointing=False,
+        gradient_checkpointing=spec.gradient_checkpointing,
         fp16=False,
         precompute_ref_log_probs=not spec.live_reference,
         precompute_ref_batch_size=2 * shape.batch_size,
@@ -257,6 +265,8 @@ def run_trl(spec: RunSpec) -> dict[str, Any]:
         processing_class=word_tokenizer(shape.vocab_size),
     )
     _check_trl_lengths(trainer, spec)
+    for callback in callbacks or ():
+        trainer.add_callback(callback)
     timer = StepTimer()
     trainer.add_callback(timer.callback)
     trainer.train()

@@ -2,8 +2,9 @@
 
 ``log pi(y | x) = sum_t log pi(y_t | x, y_<t)`` over the completion tokens only (paper Eq. 3, where it enters
 the implicit reward ``beta * log pi_theta(y|x) / pi_ref(y|x)``). This is the hot path of training, so the
-forward asks the model for logits of the needed positions only and never materialises a full-vocabulary
-log-softmax.
+forward asks the model for the needed positions only, never materialises a full-vocabulary log-softmax,
+and by default never holds those positions' logits at once either: the LM head runs a chunk of tokens at
+a time (:mod:`popalign.modeling.chunked_head`, ``training.logps_chunk_size``).
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def completion_logps(
 
     Only the logits that predict completion tokens are computed (``logits_to_keep``): per row when the
     model takes positions and the prompts differ in length, else from the batch's first completion
-    position on. Each token's log-prob is ``logit[target] - logsumexp(logits)`` in float32.
+    position on. Each token's log-prob is ``logit[target] - logsumexp(logits)`` in float32, from the
+    chunked head (:func:`popalign.modeling.chunked_head.scored_logps`) unless it is off or cannot see
+    the model's head.
     """
     mask = completion_mask.bool() & attention_mask.bool()
     if mask[:, 0].any():
@@ -120,15 +123,27 @@ def completion_logps(
         if span < seq_len - first:
             return _per_row_logps(model, input_ids, attention_mask, mask, starts, span, average)
 
-    kwargs = {}
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if _accepts_logits_to_keep(model):
         # Logits at positions first-1 .. T-1, i.e. the last T-first+1 positions; the last one is unused.
         kwargs["logits_to_keep"] = seq_len - first + 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
-    # Position p predicts token p+1: keep the logits of positions first-1 .. T-2 for targets first .. T-1.
-    logits = logits[:, -(seq_len - first + 1) : -1]
-    token_logps = masked_token_logps(logits, input_ids[:, first:], mask[:, first:])
+    # Position p predicts token p+1: the logits of positions first-1 .. T-2 score targets first .. T-1.
+    window = slice(-(seq_len - first + 1), -1)
+    token_logps = kept_token_logps(model, kwargs, window, input_ids[:, first:], mask[:, first:])
     return _reduce(token_logps, mask, average)
+
+
+def kept_token_logps(model: nn.Module, forward_kwargs: dict, window: slice, targets: Tensor, mask: Tensor):
+    """(B, K) float32 log-probs of ``targets`` (B, K) where ``mask`` holds, 0 elsewhere, predicted by
+    ``model(**forward_kwargs).logits[:, window]``: through the chunked head where it applies, else from
+    the logits."""
+    from popalign.modeling.chunked_head import scored_logps
+
+    token_logps = scored_logps(model, _innermost(model), forward_kwargs, window, targets, mask)
+    if token_logps is not None:
+        return token_logps
+    logits = model(**forward_kwargs).logits[:, window]
+    return masked_token_logps(logits, targets, mask)
 
 
 def _per_row_logps(model, input_ids, attention_mask, mask, starts, span, average) -> Tensor:
@@ -140,10 +155,13 @@ def _per_row_logps(model, input_ids, attention_mask, mask, starts, span, average
     # A row starting late runs past the end; its clamped duplicates of the last column must not count.
     targets = raw.clamp(max=last)
     valid = mask.gather(1, targets) & (raw <= last)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=targets - 1
-    ).logits
-    token_logps = masked_token_logps(logits, input_ids.gather(1, targets), valid)
+    kwargs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "use_cache": False,
+        "logits_to_keep": targets - 1,
+    }
+    token_logps = kept_token_logps(model, kwargs, slice(None), input_ids.gather(1, targets), valid)
     return _reduce(token_logps, mask, average)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from popalign.modeling.logps import _accepts_logits_to_keep, _innermost, _keeps_positions, masked_token_logps
+from popalign.modeling.logps import _accepts_logits_to_keep, _innermost, _keeps_positions, kept_token_logps
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -149,14 +149,14 @@ def shared_prefix_logps(
     targets = torch.cat([chosen_targets, rejected_targets.clamp(max=last)], dim=1)
     valid = torch.cat([t_c < c[:, None], t_r < r[:, None]], dim=1)
 
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=_positions(segments, c),
-        logits_to_keep=keep,
-        use_cache=False,
-    ).logits
-    token_logps = masked_token_logps(logits, input_ids.gather(1, targets), valid)
+    kwargs = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "position_ids": _positions(segments, c),
+        "logits_to_keep": keep,
+        "use_cache": False,
+    }
+    token_logps = kept_token_logps(model, kwargs, slice(None), input_ids.gather(1, targets), valid)
     chosen_logps = token_logps[:, :c_max].sum(dim=-1)
     rejected_logps = token_logps[:, c_max:].sum(dim=-1)
     if average:

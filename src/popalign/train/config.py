@@ -139,6 +139,13 @@ class TrainingSpec:
         "prompt+chosen+rejected with a block attention mask). Same log-probs up to float rounding; "
         "ignored for reward models and for attention kernels without custom masks (docs/benchmarks.md).",
     )
+    logps_chunk_size: int | None = help_field(
+        None,
+        help="Tokens whose LM-head logits are computed at once when scoring completions (and recomputed in "
+        "the backward), so the (batch, tokens, vocab) logits never exist whole. null: automatic (64 MiB of "
+        "float32 logits per chunk, e.g. 130 tokens at vocab 128,256); 0: off, full logits as a plain "
+        "forward gives them. Same log-probs and gradients to float32 rounding (docs/models.md).",
+    )
     progress: bool = help_field(True, help="Show progress bars.")
 
 

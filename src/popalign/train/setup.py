@@ -87,8 +87,11 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
     import torch
     from transformers import TrainingArguments
 
+    from popalign.modeling.chunked_head import set_chunk_size
+
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
+    set_chunk_size(spec.logps_chunk_size)
     report_to = [r for r in spec.report_to if r != "none"] or "none"
     _check_loggers(report_to)
     args = TrainingArguments(
