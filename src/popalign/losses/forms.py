@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from popalign.losses.registry import lookup, registrar
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -80,19 +82,12 @@ class LossForm:
         )
 
 
-def register_form(cls: type[LossForm]) -> type[LossForm]:
-    """Class decorator: add one instance of ``cls`` to :data:`FORMS` under ``cls.name``."""
-    if cls.name in FORMS:
-        raise ValueError(f"loss form {cls.name!r} is registered twice")
-    FORMS[cls.name] = cls()
-    return cls
+register_form = registrar(FORMS, "loss form")
 
 
 def get_form(name: str) -> LossForm:
     """The form called ``name``; ``ValueError`` listing the valid names otherwise."""
-    if name not in FORMS:
-        raise ValueError(f"unknown loss form {name!r}; valid: {', '.join(FORMS)}")
-    return FORMS[name]
+    return lookup(FORMS, "loss form", name)
 
 
 def _smoothing_in(label_smoothing: float, high: float, name: str, closed: bool) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from popalign.losses.registry import lookup, registrar
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -91,19 +93,12 @@ class MarginSource:
             raise ValueError(f"{table.source}: margin source {self.name!r} needs a per-row 'margin' column")
 
 
-def register_source(cls: type[MarginSource]) -> type[MarginSource]:
-    """Class decorator: add one instance of ``cls`` to :data:`MARGIN_SOURCES` under ``cls.name``."""
-    if cls.name in MARGIN_SOURCES:
-        raise ValueError(f"margin source {cls.name!r} is registered twice")
-    MARGIN_SOURCES[cls.name] = cls()
-    return cls
+register_source = registrar(MARGIN_SOURCES, "margin source")
 
 
 def get_source(name: str) -> MarginSource:
     """The source called ``name``; ``ValueError`` listing the valid names otherwise."""
-    if name not in MARGIN_SOURCES:
-        raise ValueError(f"unknown margin source {name!r}; valid: {', '.join(MARGIN_SOURCES)}")
-    return MARGIN_SOURCES[name]
+    return lookup(MARGIN_SOURCES, "margin source", name)
 
 
 def _needed(value: Tensor | None, what: str, source: MarginSource) -> Tensor:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from popalign.losses.registry import registrar
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -25,11 +27,7 @@ class Weighting:
         raise NotImplementedError
 
 
-def register_weighting(cls: type[Weighting]) -> type[Weighting]:
-    if cls.name in WEIGHTINGS:
-        raise ValueError(f"weighting {cls.name!r} is registered twice")
-    WEIGHTINGS[cls.name] = cls()
-    return cls
+register_weighting = registrar(WEIGHTINGS, "weighting")
 
 
 @register_weighting
