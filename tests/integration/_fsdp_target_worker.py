@@ -20,10 +20,11 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import distribute_tensor
 
 from popalign.modeling.logps import completion_logps
-from popalign.modeling.target import PolyakTarget, local_shard
+from popalign.modeling.target import PolyakTarget
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.fsdp import meta_skeleton, shard_like
+from popalign.train.sharding import ShardedLayout, local_shard
 from popalign.train.trainer import PreferenceTrainer
 
 TAU = 0.3
@@ -121,7 +122,9 @@ def main() -> None:
     if rank == 0:
         torch.save(state, state_path)
     dist.barrier()
-    restored = PolyakTarget(policy, tau=TAU, made_copy=shard_like(meta_skeleton(whole), policy))
+    restored = PolyakTarget(
+        policy, tau=TAU, made_copy=shard_like(meta_skeleton(whole), policy), layout=ShardedLayout()
+    )
     result["fresh_copy_diff"] = _worst(_full(restored.copy), after)
     restored.load_state_dict(torch.load(state_path, weights_only=True))
     result["restored_diff"] = _worst(_full(restored.copy), expected)

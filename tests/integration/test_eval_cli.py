@@ -125,6 +125,38 @@ def test_eval_and_report_end_to_end(runs, ultrafeedback_dir, capsys):
     assert "data:image/png;base64," in (report / "report.html").read_text()
 
 
+def _predictions(folder: Path) -> list[dict]:
+    lines = (folder / "discriminative_predictions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_reference_cache_runs_the_reference_once_for_several_policies(
+    runs, ultrafeedback_dir, tmp_path, monkeypatch
+):
+    import popalign.modeling.reference as reference
+
+    data, dpo, pop = str(ultrafeedback_dir), str(runs["dpo"]), str(runs["pop"])
+    common = ["--data", data, "--limit", "12", "--bootstrap", "10", "--no-progress"]
+    cache = ["--reference-cache-dir", str(tmp_path / "cache")]
+    assert cli(["eval", "discriminative", dpo, *common, "--out", str(tmp_path / "plain")]) == 0
+    assert cli(["eval", "discriminative", dpo, *common, *cache, "--out", str(tmp_path / "first")]) == 0
+    assert len(list((tmp_path / "cache" / "reference").glob("*.npz"))) == 1
+    # A cached reference gives the same rewards as one computed in place.
+    plain, first = _predictions(tmp_path / "plain"), _predictions(tmp_path / "first")
+    np.testing.assert_allclose(
+        [r["predicted_margin"] for r in first], [r["predicted_margin"] for r in plain], rtol=0, atol=1e-9
+    )
+
+    def no_reference_forward(*args, **kwargs):
+        raise AssertionError("the reference ran although its log-probs were cached")
+
+    monkeypatch.setattr(reference, "_distributed_compute", no_reference_forward)
+    # The second policy of the same reference reads the cache: its reference never runs.
+    assert cli(["eval", "discriminative", pop, *common, *cache, "--out", str(tmp_path / "second")]) == 0
+    assert len(_predictions(tmp_path / "second")) == 12
+    assert len(list((tmp_path / "cache" / "reference").glob("*.npz"))) == 1
+
+
 def test_user_errors_exit_2(runs, ultrafeedback_dir, capsys):
     data = str(ultrafeedback_dir)
     assert cli(["eval", "discriminative", "--data", data]) == 2

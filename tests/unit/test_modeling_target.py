@@ -15,12 +15,14 @@ from popalign.modeling.logps import completion_logps
 from popalign.modeling.target import (
     TARGET_ADAPTER,
     PolyakTarget,
+    WholeTensors,
     _lerp_all,
     adapters_disabled,
     is_peft_model,
 )
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
+from popalign.train.sharding import ShardedLayout
 
 # peft reads a deprecated transformers attribute when it wraps a model; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -260,7 +262,7 @@ def test_completion_logps_through_peft_equals_the_full_forward(tokenizer):
 def test_lerp_mixed_dtypes_falls_back_to_per_tensor():
     target = [torch.zeros(3, dtype=torch.bfloat16), torch.zeros(2)]
     source = [torch.full((3,), 2.0), torch.full((2,), 4.0)]
-    _lerp_all(target, source, 0.5)
+    _lerp_all(target, source, 0.5, WholeTensors())
     assert torch.equal(target[0], torch.ones(3, dtype=torch.bfloat16))
     assert torch.equal(target[1], torch.full((2,), 2.0))
 
@@ -290,7 +292,7 @@ def fake_deepspeed(monkeypatch):
 
 def test_zero3_partitioned_target_is_gathered_with_a_modifier_rank(tokenizer, fake_deepspeed):
     model = lora_model(tokenizer)
-    target = PolyakTarget(model, tau=0.5)
+    target = PolyakTarget(model, tau=0.5, layout=ShardedLayout())
     for p in list(live_lora(model).values()) + list(target_lora(model).values()):
         p.ds_id = 0  # what ZeRO-3 partitioning leaves on a parameter
     target.update(model)
@@ -306,9 +308,34 @@ def test_zero3_partitioned_target_is_gathered_with_a_modifier_rank(tokenizer, fa
 def test_full_copy_of_zero3_weights_is_refused(tokenizer, fake_deepspeed):
     policy = tiny_causal_lm(tokenizer, seed=0)
     policy.lm_head.weight.ds_id = 0
-    with pytest.raises(PopalignError, match="ZeRO"):
-        PolyakTarget(policy)
+    with pytest.raises(PopalignError, match="full-copy target cannot be made from ZeRO-3"):
+        PolyakTarget(policy, layout=ShardedLayout())
     assert fake_deepspeed == []
+
+
+@pytest.mark.parametrize("mark", ["ds_id", "to_local"])
+def test_default_layout_refuses_sharded_weights_and_names_the_layout(tokenizer, mark):
+    # Whole-tensor arithmetic on shards would silently update only this process's slice.
+    policy = tiny_causal_lm(tokenizer, seed=0)
+    setattr(policy.lm_head.weight, mark, 0)
+    with pytest.raises(PopalignError, match="sharded.*layout=popalign.train.sharding.ShardedLayout"):
+        PolyakTarget(policy)
+    model = lora_model(tokenizer)
+    setattr(next(iter(live_lora(model).values())), mark, 0)
+    with pytest.raises(PopalignError, match="sharded"):
+        PolyakTarget(model)
+
+
+def test_sharded_layout_on_whole_tensors_is_the_default_arithmetic(tokenizer):
+    policy = tiny_causal_lm(tokenizer, seed=0)
+    plain, sharded = PolyakTarget(policy, tau=0.3), PolyakTarget(policy, tau=0.3, layout=ShardedLayout())
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1)
+    plain.update(policy)
+    sharded.update(policy)
+    a, b = plain.state_dict()["params"], sharded.state_dict()["params"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fsdp_full_copy_needs_fsdp2():

@@ -182,6 +182,13 @@ def _scoring_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--reference", default=None, metavar="PATH", help="reference model of a DPO policy")
     p.add_argument(
+        "--reference-cache-dir",
+        default=None,
+        metavar="DIR",
+        help="cache the reference's log-probs here (as training's reference.cache_dir), so evaluating "
+        "several policies of one reference on the same data runs the reference once (default: no cache)",
+    )
+    p.add_argument(
         "--beta", type=float, default=None, help="DPO beta (default: the run's loss.beta, else 0.1)"
     )
     p.add_argument(
@@ -223,6 +230,7 @@ def _scoring(args: argparse.Namespace):
         batch_size=args.batch_size,
         max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
+        reference_cache_dir=getattr(args, "reference_cache_dir", None),
     )
 
 

@@ -31,6 +31,9 @@ class ScoringOptions:
     batch_size: int = 8
     max_length: int | None = None
     max_prompt_length: int | None = None
+    # Where the reference's log-probs are cached (like training's reference.cache_dir): evaluating several
+    # policies of one reference on the same data then runs the reference once. None: no cache.
+    reference_cache_dir: str | None = None
 
 
 @dataclass

@@ -133,20 +133,34 @@ class PolicyScorer:
 
     kind = "policy"
 
-    def __init__(self, policy, reference, tokenizer, beta: float, spec: TokenizeSpec, batch_size: int = 8):
+    def __init__(
+        self,
+        policy,
+        reference,
+        tokenizer,
+        beta: float,
+        spec: TokenizeSpec,
+        batch_size: int = 8,
+        reference_cache_dir: str | None = None,
+    ):
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.beta, self.spec, self.batch_size = float(beta), spec, batch_size
+        self.reference_cache_dir = reference_cache_dir
 
     def rewards(self, table: PreferenceTable, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(beta * (pc - rc), beta * (pr - rr))``, each ``(N,)`` float64: Eq. 3's implicit rewards."""
         from popalign.losses.rewards import implicit_rewards
-        from popalign.modeling.reference import compute_reference_logps
+        from popalign.modeling.reference import cached_reference_logps, compute_reference_logps
 
         tokenized = tokenize_preferences(table, self.tokenizer, self.spec)
         pad = self.tokenizer.pad_token_id
         kw = {"batch_size": self.batch_size, "progress": progress}
         pc, pr = compute_reference_logps(self.policy, tokenized, pad, desc="policy log-probs", **kw)
-        rc, rr = compute_reference_logps(self.reference, tokenized, pad, desc="reference log-probs", **kw)
+        if self.reference_cache_dir:
+            # Keyed by the reference's weights and the tokenized data, so a hit is the same computation.
+            rc, rr, _ = cached_reference_logps(self.reference, tokenized, pad, self.reference_cache_dir, **kw)
+        else:
+            rc, rr = compute_reference_logps(self.reference, tokenized, pad, desc="reference log-probs", **kw)
         logps = [torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (pc, pr, rc, rr)]
         chosen, rejected = implicit_rewards(*logps, self.beta)
         return chosen.numpy(), rejected.numpy()
@@ -279,6 +293,7 @@ def load_scorer(
     batch_size: int = 8,
     max_length: int | None = None,
     max_prompt_length: int | None = None,
+    reference_cache_dir: str | None = None,
 ) -> tuple[PolicyScorer | RewardModelScorer | FunctionScorer, dict[str, Any]]:
     """The scorer for ``model`` (a folder) or for ``score_fn``, and a record of what was loaded."""
     if score_fn:
@@ -308,4 +323,5 @@ def load_scorer(
     ref_name = resolve_reference(reference, run_config)
     ref_model = load_reference_model(ref_name, policy, run_config, dtype)
     info.update(reference=ref_name, beta=resolve_beta(beta, run_config))
-    return PolicyScorer(policy, ref_model, tokenizer, info["beta"], spec, batch_size), info
+    scorer = PolicyScorer(policy, ref_model, tokenizer, info["beta"], spec, batch_size, reference_cache_dir)
+    return scorer, info

@@ -8,11 +8,10 @@ optimiser step, so margins do not jump with each update. Two storage modes:
 - ``adapter``: for a peft LoRA model, a second adapter ``popalign_target`` next to the live one. The frozen
   base weights are shared, so the target costs only the adapter's size.
 
-Distributed training: under DeepSpeed ZeRO-3 the parameters are partitioned (they carry ``ds_id``); the update
-gathers them first (see :func:`_gathered`). Under FSDP2 the copy is sharded like the policy
-(:mod:`popalign.train.fsdp`, passed in as ``made_copy``) and the update runs on the local shards; with
-LoRA the target adapter lives inside the sharded policy and is sharded like the live one. Elsewhere
-(single process, DDP) the update is element-wise on whole tensors.
+Distributed training: how the parameters lie across processes is a :class:`ParameterLayout` handed in by
+the caller. The default, :class:`WholeTensors`, is right for one process and DDP (every process holds whole
+tensors) and refuses sharded parameters; the trainer passes
+:class:`popalign.train.sharding.ShardedLayout`, which knows DeepSpeed ZeRO-3 partitions and FSDP2 shards.
 """
 
 from __future__ import annotations
@@ -70,25 +69,6 @@ def _rename_adapter(name: str, old: str, new: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _gathered(params: list[torch.Tensor], modified: list[torch.Tensor]) -> Iterator[None]:
-    """Gather ZeRO-3 partitioned parameters for the duration of the block (no-op otherwise).
-
-    ``modified`` are written in the block. DeepSpeed keeps writes to gathered parameters only when a
-    ``modifier_rank`` is given (with None it re-partitions from the old shards); every rank computes the
-    same lerp, so rank 0's result is broadcast.
-    """
-    partitioned = [p for p in params if hasattr(p, "ds_id")]
-    if not partitioned:
-        yield
-        return
-    import deepspeed  # only reachable when parameters come from DeepSpeed
-
-    writes = any(hasattr(p, "ds_id") for p in modified)
-    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if writes else None):
-        yield
-
-
-@contextlib.contextmanager
 def _frozen_state(model: nn.Module) -> Iterator[None]:
     """Restore every parameter's ``requires_grad`` and every module's train/eval flag afterwards.
 
@@ -106,19 +86,16 @@ def _frozen_state(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def local_shard(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's shard of an FSDP2 ``DTensor`` (a view: writes reach the parameter), else the tensor."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def _lerp_all(targets: list[torch.Tensor], sources: list[torch.Tensor], tau: float) -> None:
+def _lerp_all(
+    targets: list[torch.Tensor], sources: list[torch.Tensor], tau: float, layout: ParameterLayout
+) -> None:
     """``target <- target + tau * (source - target)`` for every pair, in place.
 
     Sharded pairs are updated shard by shard: both sides are sharded alike, so this needs no communication.
     """
     import torch
 
-    targets, sources = [local_shard(t) for t in targets], [local_shard(s) for s in sources]
+    targets, sources = [layout.local(t) for t in targets], [layout.local(s) for s in sources]
     plain = all(type(t) is torch.nn.Parameter or type(t) is torch.Tensor for t in targets + sources)
     same = len({(t.device, t.dtype) for t in targets + sources}) == 1
     if plain and same and targets:
@@ -127,6 +104,51 @@ def _lerp_all(targets: list[torch.Tensor], sources: list[torch.Tensor], tau: flo
         return
     for target, source in zip(targets, sources, strict=True):
         target.lerp_(source.to(target.dtype), tau)
+
+
+class ParameterLayout:
+    """How the target's parameters lie across processes: the distributed details the target must respect.
+
+    The Polyak update and the checkpoint code ask a layout instead of knowing about DeepSpeed or FSDP.
+    Subclasses override what their sharding changes; :class:`popalign.train.sharding.ShardedLayout` is the
+    one the trainer uses.
+    """
+
+    def check(self, model: nn.Module, *, full_copy: bool) -> None:
+        """Raise a :class:`PopalignError` if this layout cannot track ``model`` (``full_copy``: copy mode)."""
+
+    def gathered(
+        self, params: list[torch.Tensor], modified: list[torch.Tensor]
+    ) -> contextlib.AbstractContextManager[None]:
+        """A block in which every tensor of ``params`` is whole; writes to ``modified`` must persist."""
+        return contextlib.nullcontext()
+
+    def local(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The part of ``tensor`` this process holds, as a view that writes reach."""
+        return tensor
+
+    def whole_on_first(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Whole tensors of ``params`` for a checkpoint (collective where sharded: every process calls it)."""
+        return params
+
+    def is_sharded(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is a shard that :meth:`shard_of` must cut a checkpoint's value for."""
+        return False
+
+    def shard_of(self, whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """This process's part of the checkpoint value ``whole`` for the parameter ``like``."""
+        return whole
+
+
+class WholeTensors(ParameterLayout):
+    """One process, or DDP: every process holds whole tensors (the default)."""
+
+    def check(self, model: nn.Module, *, full_copy: bool) -> None:
+        if any(hasattr(p, "ds_id") or hasattr(p, "to_local") for p in model.parameters()):
+            raise PopalignError(
+                "the model's parameters are sharded (DeepSpeed ZeRO-3 or FSDP); build the target with "
+                "layout=popalign.train.sharding.ShardedLayout(), as the trainer does"
+            )
 
 
 class PolyakTarget:
@@ -139,6 +161,7 @@ class PolyakTarget:
             None: ``"adapter"`` for a peft model, else ``"copy"``.
         made_copy: copy mode only: a frozen copy equal to the policy made by the caller (an FSDP2-sharded one,
             :func:`popalign.train.fsdp.shard_like`) instead of a deep copy.
+        layout: how the parameters lie across processes (default :class:`WholeTensors`).
 
     At construction the target equals the policy, so every target margin starts at 0.
     """
@@ -150,29 +173,26 @@ class PolyakTarget:
         *,
         mode: Literal["copy", "adapter"] | None = None,
         made_copy: nn.Module | None = None,
+        layout: ParameterLayout | None = None,
     ):
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {tau}")
         self.tau = float(tau)
         self.mode = mode or ("adapter" if made_copy is None and is_peft_model(model) else "copy")
+        if self.mode not in ("copy", "adapter"):
+            raise ValueError(f"mode must be 'copy' or 'adapter', got {mode!r}")
+        self.layout = layout or WholeTensors()
         model = _unwrap(model)
-        if self.mode == "copy" and made_copy is not None:
+        self.layout.check(model, full_copy=self.mode == "copy" and made_copy is None)
+        if made_copy is not None and self.mode == "copy":
             # Made by the caller, e.g. sharded like an FSDP2 policy; it must equal the policy already.
             self.copy = made_copy
         elif self.mode == "copy":
             self._init_copy(model)
-        elif self.mode == "adapter":
-            self._init_adapter(model)
         else:
-            raise ValueError(f"mode must be 'copy' or 'adapter', got {mode!r}")
+            self._init_adapter(model)
 
     def _init_copy(self, model: nn.Module) -> None:
-        if any(hasattr(p, "ds_id") for p in model.parameters()):
-            raise PopalignError(
-                "a full-copy target cannot be made from ZeRO-3 partitioned weights; train with LoRA "
-                "(the target is then a second adapter), use ZeRO stage 2, or shard the target with the "
-                "policy under FSDP2 (configs/accelerate/fsdp.yaml)"
-            )
         self.copy = copy.deepcopy(model)
         self.copy.eval()
         self.copy.requires_grad_(False)
@@ -190,7 +210,8 @@ class PolyakTarget:
         import torch
 
         pairs = self._adapter_pairs(model)
-        with torch.no_grad(), _gathered([p for pair in pairs for p in pair], [t for _, t in pairs]):
+        gathered = self.layout.gathered([p for pair in pairs for p in pair], [t for _, t in pairs])
+        with torch.no_grad(), gathered:
             for live, target in pairs:
                 target.copy_(live)
         for _, target in pairs:
@@ -226,8 +247,9 @@ class PolyakTarget:
             return
         model = _unwrap(model)
         pairs = self._copy_pairs(model) if self.mode == "copy" else self._adapter_pairs(model)
-        with torch.no_grad(), _gathered([p for pair in pairs for p in pair], [t for _, t in pairs]):
-            _lerp_all([t for _, t in pairs], [live for live, _ in pairs], self.tau)
+        gathered = self.layout.gathered([p for pair in pairs for p in pair], [t for _, t in pairs])
+        with torch.no_grad(), gathered:
+            _lerp_all([t for _, t in pairs], [live for live, _ in pairs], self.tau, self.layout)
             if self.mode == "copy":
                 buffers = dict(model.named_buffers())
                 for name, buf in self.copy.named_buffers():
@@ -268,8 +290,7 @@ class PolyakTarget:
             params = self.copy.state_dict()
         else:
             params = {name: p.detach() for name, p in self._target_params().items()}
-        if any(hasattr(v, "full_tensor") for v in params.values()):
-            params = _gather_to_first(params)
+        params = self.layout.whole_on_first(params)
         return {"mode": self.mode, "tau": self.tau, "params": params}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -282,7 +303,7 @@ class PolyakTarget:
             )
         if self.mode == "copy":
             named = dict(self.copy.state_dict())
-            if not any(hasattr(v, "full_tensor") for v in named.values()):
+            if not any(self.layout.is_sharded(v) for v in named.values()):
                 self.copy.load_state_dict(state["params"])
                 return
         else:
@@ -291,7 +312,7 @@ class PolyakTarget:
             raise PopalignError(f"the checkpoint's {self.mode} target does not match this model's")
         with torch.no_grad():
             for name, value in state["params"].items():
-                local_shard(named[name]).copy_(_shard_of(value, named[name]))
+                self.layout.local(named[name]).copy_(self.layout.shard_of(value, named[name]))
 
     def _target_params(self) -> dict[str, torch.Tensor]:
         """Adapter mode: the target adapter's parameters by name, looked up afresh (wrappers swap them)."""
@@ -300,32 +321,6 @@ class PolyakTarget:
             for name, p in self.model.named_parameters()
             if _rename_adapter(name, TARGET_ADAPTER, self.live) is not None
         }
-
-
-def _gather_to_first(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Whole CPU tensors of (possibly sharded) ``params`` on the first process, ``{}`` on the others."""
-    import torch.distributed as dist
-
-    first = not dist.is_initialized() or dist.get_rank() == 0
-    gathered = {}
-    for name, value in params.items():
-        # One tensor at a time, so no process ever holds more than one gathered tensor on the device.
-        whole = value.full_tensor() if hasattr(value, "full_tensor") else value
-        if first:
-            gathered[name] = whole.detach().cpu()
-    return gathered
-
-
-def _shard_of(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """This process's shard of ``whole`` laid out like the parameter ``like`` (``whole`` if not sharded)."""
-    if not hasattr(like, "device_mesh"):
-        return whole
-    from torch.distributed.tensor import distribute_tensor
-
-    # Every process read the same checkpoint, so each cuts its own shard with no communication.
-    return distribute_tensor(
-        whole.to(local_shard(like).device), like.device_mesh, like.placements, src_data_rank=None
-    ).to_local()
 
 
 @contextlib.contextmanager

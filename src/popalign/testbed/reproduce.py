@@ -166,7 +166,9 @@ def _evaluate(
         limit=cfg.test_rows,
         out=str(out),
         names=[name],
-        scoring=ScoringOptions(batch_size=64 if cfg.generative else 8, device="cpu"),
+        scoring=ScoringOptions(
+            batch_size=64 if cfg.generative else 8, device="cpu", reference_cache_dir=str(layout.cache)
+        ),
         boot=boot,
         progress=False,
         # The report draws its own figures from the per-run JSON; per-run PNGs would go unused.
@@ -197,7 +199,7 @@ def _evaluate_validation(cfg: ReproduceConfig, layout: Layout, model_dir: Path, 
 
     out = str(model_dir / tuning.VALIDATION_DIR)
     boot = BootstrapOptions(n_resamples=cfg.bootstrap, seed=seed)
-    scoring = ScoringOptions(batch_size=64, device="cpu")
+    scoring = ScoringOptions(batch_size=64, device="cpu", reference_cache_dir=str(layout.cache))
     common = {"split": "validation", "out": out, "names": [name], "progress": False}
     run_discriminative([str(model_dir)], str(layout.data), scoring=scoring, boot=boot, plots=False, **common)
     run_generate(

@@ -23,7 +23,7 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from popalign.errors import PopalignError
-from popalign.modeling.target import local_shard
+from popalign.train.sharding import local_shard
 
 if TYPE_CHECKING:
     from torch import nn

@@ -79,15 +79,16 @@ def _unsharded_peft(model: Any, adapter: str, state_dict: dict[str, Any]) -> Any
     would partition the new model collectively while only this process builds it.
     """
     import torch
-    from peft import get_peft_model
     from torch.distributed.fsdp import FSDPModule
+
+    from popalign.train.setup import peft_wrap
 
     base = model.get_base_model()
     # fully_shard swaps classes for FSDP subclasses; the plain class is the first one that is not.
     cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
     with torch.device("meta"):
         plain = cls(copy.deepcopy(base.config))
-    rebuilt = get_peft_model(plain, copy.deepcopy(model.peft_config[adapter]), adapter_name=adapter)
+    rebuilt = peft_wrap(plain, copy.deepcopy(model.peft_config[adapter]), adapter_name=adapter)
     result = rebuilt.load_state_dict(state_dict, strict=False, assign=True)
     empty = [name for name, p in rebuilt.named_parameters() if p.is_meta]
     if result.missing_keys or result.unexpected_keys or empty:

@@ -68,10 +68,27 @@ def build_model_and_tokenizer(
     return model, tokenizer
 
 
+def peft_wrap(model: Any, config: Any, **kwargs: Any) -> Any:
+    """``peft.get_peft_model``, without the deprecation warning peft's own attribute lookup sets off.
+
+    peft reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates; the warning says
+    nothing a popalign user can act on, so it is silenced here and only here.
+    """
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        return get_peft_model(model, config, **kwargs)
+
+
 def apply_lora(model: Any, spec: LoraSpec, *, reward_model: bool = False) -> Any:
     if not spec.enabled:
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     config = LoraConfig(
         r=spec.r,
@@ -80,7 +97,7 @@ def apply_lora(model: Any, spec: LoraSpec, *, reward_model: bool = False) -> Any
         target_modules=list(spec.target_modules),
         task_type=TaskType.SEQ_CLS if reward_model else TaskType.CAUSAL_LM,
     )
-    return get_peft_model(model, config)
+    return peft_wrap(model, config)
 
 
 def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any):

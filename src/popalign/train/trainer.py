@@ -29,6 +29,7 @@ from popalign.modeling.target import PolyakTarget, adapters_disabled
 from popalign.train.config import LossSpec, ReferenceSpec, TargetSpec
 from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
 from popalign.train.margin_cache import WeakRewardCache, select_pairs
+from popalign.train.sharding import ShardedLayout
 
 TARGET_STATE = "popalign_target.pt"
 MARGIN_CACHE_STATE = "popalign_margin_cache-{process}.pt"
@@ -89,7 +90,7 @@ class PreferenceTrainer(Trainer):
             if self._fsdp_full_copy(f"the Polyak target (loss.margin_source={method.margin})"):
                 self._target_skeleton = meta_skeleton(self.model)
             else:
-                self.target = PolyakTarget(self.model, self.tau)
+                self.target = PolyakTarget(self.model, self.tau, layout=ShardedLayout())
                 if self.target.mode == "copy":
                     # Under DeepSpeed the Trainer leaves the model on the CPU until prepare(); the copy
                     # must live where the policy will run.
@@ -144,7 +145,7 @@ class PreferenceTrainer(Trainer):
             offload_policy=plugin.cpu_offload,
         )
         self._target_skeleton = None
-        self.target = PolyakTarget(self.model, self.tau, made_copy=made)
+        self.target = PolyakTarget(self.model, self.tau, made_copy=made, layout=ShardedLayout())
 
     # ---- forward passes -------------------------------------------------------------------------
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
