@@ -2,9 +2,9 @@
 
     python -m benchmarks heads [--steps 3] [--warmup 2] [--points NAME ...] [--json FILE]
 
-A 2-layer Llama of hidden 256 (the shared configuration's widths) at vocab 4,096, 32,000 and 128,256 on
-sequences of 256 tokens (4 pairs of 64 + 192), and at vocab 128,256 on sequences of 1,024 (2 pairs of
-256 + 768) and 2,048 (1 pair of 512 + 1,536) tokens, where the batch is reduced so that TRL fits. At each
+A 2-layer Llama of hidden 256 (the shared configuration's widths) at vocab 4,096, 32,000 and 128,256, each
+on sequences of 256 tokens (4 pairs of 64 + 192), 1,024 (2 pairs of 256 + 768) and 2,048 (1 pair of
+512 + 1,536), the batch reduced with the length so that TRL fits (the 3 x 3 grid). At each
 point: TRL's DPO, popalign's DPO with the chunked head (the default) and with full logits
 (``logps_chunk_size=0``, the path before it), and popalign's DPO-PoP; at the longest sequence also both
 trainers with gradient checkpointing. Each configuration runs in its own process (its own peak RSS).
@@ -21,12 +21,14 @@ from benchmarks.common import RunSpec, Shape
 BASE = Shape(num_hidden_layers=2)
 
 # name -> (shape changes, configurations)
+# Sequence length -> (pairs per step, prompt tokens, completion tokens): every step trains on 1,024 tokens
+# per side, so the points differ in length, not in work.
+SEQUENCES = {256: (4, 64, 192), 1024: (2, 256, 768), 2048: (1, 512, 1536)}
+VOCABS = {"v4k": 4096, "v32k": 32000, "v128k": 128256}
 POINTS: dict[str, dict[str, Any]] = {
-    "v4k-s256": {"vocab_size": 4096, "batch_size": 4, "prompt_len": 64, "completion_len": 192},
-    "v32k-s256": {"vocab_size": 32000, "batch_size": 4, "prompt_len": 64, "completion_len": 192},
-    "v128k-s256": {"vocab_size": 128256, "batch_size": 4, "prompt_len": 64, "completion_len": 192},
-    "v128k-s1024": {"vocab_size": 128256, "batch_size": 2, "prompt_len": 256, "completion_len": 768},
-    "v128k-s2048": {"vocab_size": 128256, "batch_size": 1, "prompt_len": 512, "completion_len": 1536},
+    f"{v}-s{seq}": {"vocab_size": size, "batch_size": b, "prompt_len": p, "completion_len": c}
+    for v, size in VOCABS.items()
+    for seq, (b, p, c) in SEQUENCES.items()
 }
 
 # name -> (RunSpec fields, what the row is)
