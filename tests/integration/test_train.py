@@ -127,6 +127,33 @@ def test_reward_model_pop_with_live_margin(tmp_path):
     assert math.isfinite(run_train(cfg)["metrics"]["train_loss"])
 
 
+def test_reference_precompute_obeys_the_process_settings(tmp_path, monkeypatch):
+    import popalign.modeling.reference as reference
+    from popalign.modeling.chunked_head import chunk_size_setting, set_chunk_size
+
+    seen = {}
+    compute = reference.compute_reference_logps
+
+    def recording(*args, **kwargs):
+        seen.update(threads=torch.get_num_threads(), chunk=chunk_size_setting())
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(reference, "compute_reference_logps", recording)
+    before, chunk_before = torch.get_num_threads(), chunk_size_setting()
+    threads = 1 if before > 1 else 2
+    try:
+        overrides = (
+            "training.max_steps=1",
+            f"training.torch_threads={threads}",
+            "training.logps_chunk_size=7",
+        )
+        run_train(config(tmp_path, *overrides))
+    finally:
+        torch.set_num_threads(before)
+        set_chunk_size(chunk_before)
+    assert seen == {"threads": threads, "chunk": 7}
+
+
 def test_first_loss_is_log_two_when_policy_equals_reference(tmp_path):
     # At initialisation policy = reference = target, so every implicit reward and PoP margin is 0.
     for method in ("dpo", "dpo-pop-iter"):

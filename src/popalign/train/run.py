@@ -89,13 +89,13 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, tests).
     """
     from popalign.data.tokenize import tokenize_preferences, truncation_warning
-    from popalign.modeling.chunked_head import set_chunk_size
     from popalign.modeling.reference import cached_reference_logps
     from popalign.modeling.target import adapters_disabled
     from popalign.train.collate import PreferenceCollator
     from popalign.train.setup import (
         announce,
         apply_lora,
+        apply_process_settings,
         build_model_and_tokenizer,
         finish_run,
         finished_run,
@@ -111,6 +111,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         return done
     out, resume, table, report = start_run(cfg)
     check_data(method, table)
+    apply_process_settings(cfg.training)  # the reference precompute runs before training_arguments
     reward_model = method.reward_model
     model, tokenizer = build_model_and_tokenizer(
         cfg.model, texts=_training_texts(table), reward_model=reward_model
@@ -121,7 +122,6 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
     info: dict[str, Any] = {"data": vars(report), "tokenize": tokenized.stats, "method": vars(method)}
 
     ref_c = ref_r = None
-    set_chunk_size(cfg.training.logps_chunk_size)  # the precompute runs before training_arguments
     if not reward_model and cfg.reference.precompute and not method.loss_form.reference_free:
         with adapters_disabled(model):
             ref_c, ref_r, info["reference"] = cached_reference_logps(

@@ -100,15 +100,25 @@ def apply_lora(model: Any, spec: LoraSpec, *, reward_model: bool = False) -> Any
     return peft_wrap(model, config)
 
 
-def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any):
+def apply_process_settings(spec: TrainingSpec) -> None:
+    """The settings that hold for the whole process (torch's CPU threads, the LM head's chunk size).
+
+    Applied before any model runs, so that the reference precompute obeys them as training does.
+    """
     import torch
-    from transformers import TrainingArguments
 
     from popalign.modeling.chunked_head import set_chunk_size
 
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
     set_chunk_size(spec.logps_chunk_size)
+
+
+def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any):
+    import torch
+    from transformers import TrainingArguments
+
+    apply_process_settings(spec)
     report_to = [r for r in spec.report_to if r != "none"] or "none"
     _check_loggers(report_to)
     args = TrainingArguments(
