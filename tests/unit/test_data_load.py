@@ -582,6 +582,25 @@ def test_round_trip_without_scores(tmp_path, suffix):
     assert again.fingerprint() == table.fingerprint() and not again.has_scores
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+@pytest.mark.parametrize("scores", [True, False])
+def test_round_trip_keeps_the_margin_column(tmp_path, suffix, scores):
+    # The margin column is data of its own (the ``margin`` source reads it), not the scores' difference.
+    extra = {"score_chosen": [3.0, 5.0], "score_rejected": [1.0, 4.0]} if scores else {}
+    table = PreferenceTable(
+        ids=["a", "b"],
+        prompts=["p", "q"],
+        chosen=["x", "y"],
+        rejected=["z", "w"],
+        margin=[0.25, 7.5],
+        **extra,
+    )
+    save_preferences(table, tmp_path / f"t{suffix}")
+    again, _ = load_preferences(tmp_path / f"t{suffix}")
+    assert again.margin is not None and again.margin.tolist() == [0.25, 7.5]
+    assert again.has_scores is scores
+
+
 def test_save_rejects_other_extensions(tmp_path):
     table = PreferenceTable(ids=["a"], prompts=["p"], chosen=["x"], rejected=["z"])
     with pytest.raises(DataError, match="use .jsonl or .parquet"):

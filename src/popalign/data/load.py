@@ -265,7 +265,8 @@ def save_preferences(table: PreferenceTable, path: str | Path) -> None:
     """Write ``table`` as ``.jsonl`` or ``.parquet``, atomically; :func:`load_preferences` reads it back.
 
     Columns: ``id``, ``prompt`` (text, or a message list for multi-turn prompts), ``chosen``,
-    ``rejected`` and, with scores, ``score_chosen``, ``score_rejected`` and ``margin``. In Parquet a
+    ``rejected``, with scores ``score_chosen`` and ``score_rejected``, and ``margin``: the data's own
+    margin column where it has one, else the scores' difference. In Parquet a
     column has one type, so when any prompt is multi-turn every prompt is stored as messages; a lone
     user message reads back as text.
     """
@@ -296,5 +297,9 @@ def save_preferences(table: PreferenceTable, path: str | Path) -> None:
         arrays["score_chosen"] = pa.array(table.score_chosen, pa.float64())
         arrays["score_rejected"] = pa.array(table.score_rejected, pa.float64())
         arrays["margin"] = pa.array(table.margins, pa.float64())
+    if table.margin is not None:
+        # The data's own margin column (the ``margin`` source reads it) wins over the scores' difference,
+        # as in the JSON Lines rows.
+        arrays["margin"] = pa.array(table.margin, pa.float64())
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(arrays), tmp)
