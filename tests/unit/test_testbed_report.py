@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from popalign.config import load_config
 from popalign.testbed import figures
-from popalign.testbed.report import _finite, render_html, render_markdown
+from popalign.testbed.plan import Layout
+from popalign.testbed.report import _control_blocks, _finite, _margin_blocks, render_html, render_markdown
 from popalign.testbed.sections import interval as _interval
+from popalign.testbed.settings import ReproduceConfig
 
 
 def test_margin_summary_by_hand():
@@ -54,3 +58,36 @@ def test_pages_render_the_same_blocks(tmp_path):
     page = render_html(blocks, "Title")
     assert "&lt;checked&gt;" in page and "<td>dpo</td>" in page
     assert page.count("data:image/png;base64,") == 1 and "m.png" not in page
+
+
+UF = Path(__file__).resolve().parents[3] / "shared" / "data" / "ultrafeedback-binarized-sample"
+
+
+def _cfg(*overrides: str) -> ReproduceConfig:
+    return load_config(ReproduceConfig, None, list(overrides))
+
+
+@pytest.mark.skipif(not UF.is_dir(), reason="the UltraFeedback sample is beside the repository")
+def test_margin_table_counts_the_rows_training_used(tmp_path):
+    cfg = _cfg(f"data={UF}", "train_rows=320", f"compare_data={UF}", f"output_dir={tmp_path}")
+    blocks, stats = _margin_blocks(cfg, Layout.of(cfg), tmp_path)
+    assert {label: s["n"] for label, s in stats.items()} == {
+        "train (the rows used)": 320,
+        "UltraFeedback sample train": 1000,
+    }
+    assert blocks[0][0] == "table" and [row[1] for row in blocks[0][1][1]] == ["320", "1000"]
+
+    # The whole sample compared with itself is one row, not the same row twice.
+    cfg = _cfg(f"data={UF}", f"compare_data={UF}", f"output_dir={tmp_path}")
+    _, stats = _margin_blocks(cfg, Layout.of(cfg), tmp_path)
+    assert {label: s["n"] for label, s in stats.items()} == {"train (the rows used)": 1000}
+
+
+def test_controls_section_says_when_none_were_configured():
+    verdicts = [{"group": "control", "claim": "c", "source": "s", "paper": None, "metric": "accuracy",
+                 "subject": "a", "against": "b", "subject_value": math.nan, "against_value": math.nan,
+                 "difference": [math.nan, math.nan, math.nan], "verdict": "not run"}]  # fmt: skip
+    none = _control_blocks(_cfg("controls=[]"), verdicts)
+    assert [b[0] for b in none] == ["h2", "p"] and none[1][1].startswith("Not run: this configuration")
+    both = _control_blocks(_cfg(), verdicts)
+    assert [b[0] for b in both] == ["h2", "p", "table"] and both[2][1][1][0][-1] == "not run"

@@ -46,13 +46,14 @@ def margin_summary(margins: np.ndarray) -> dict[str, float]:
     }
 
 
-def load_margins(path: str | Path) -> np.ndarray | None:
-    """Training margins of a scored preference dataset, or None when it is not there."""
+def load_margins(path: str | Path, limit: int | None = None) -> np.ndarray | None:
+    """Training margins of a scored preference dataset (its first ``limit`` rows), or None when it is not
+    there."""
     if not path or not Path(path).exists():
         return None
     from popalign.data.load import load_preferences
 
-    table, _ = load_preferences(str(path), split="train", tie_policy="keep")
+    table, _ = load_preferences(str(path), split="train", tie_policy="keep", limit=limit)
     return table.margins if table.has_scores else None
 
 

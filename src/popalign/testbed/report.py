@@ -26,7 +26,7 @@ from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
 from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all
 from popalign.testbed.sections import fmt, interval
-from popalign.testbed.settings import BASELINE, ReproduceConfig
+from popalign.testbed.settings import BASELINE, CONTROLS, NOMARGIN, STEPS_MATCHED, ReproduceConfig
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", (headers, rows)) | ("img", caption, path)
 TITLE = "DPO-PoP on the testbed: the paper's experiments, reproduced on a CPU"
@@ -175,6 +175,25 @@ def _verdict_table(verdicts: list[dict[str, Any]], group: str) -> tuple[list[str
     return headers, rows
 
 
+def _control_blocks(cfg, verdicts: list[dict[str, Any]]) -> list[Block]:
+    blocks: list[Block] = [("h2", "Controls the paper lacks: margin effect or resampling effect?")]
+    if not cfg.controls:
+        # A table of "not run" rows would read as a failure; the configuration chose not to run them.
+        return blocks + [
+            (
+                "p",
+                f"Not run: this configuration's `controls` is empty. Add {', '.join(CONTROLS)} "
+                "to `controls` to tell the PoP margin's effect from the effect of more steps.",
+            )
+        ]
+    return blocks + [
+        ("p", f"{STEPS_MATCHED} is vanilla DPO trained for as many optimiser steps as DPO-PoP-random "
+              f"(k = {cfg.pop.k:g} passes over the preferences); {NOMARGIN} samples PoP pairs like "
+              "DPO-PoP but trains the stronger preference without any margin (Eq. 3 on PoP pairs)."),
+        ("table", _verdict_table(verdicts, "control")),
+    ]  # fmt: skip
+
+
 def _method_table(methods: dict[str, Any], groups: tuple[str, ...], columns: list[tuple[str, str, float]]):
     headers = ["Run", "Seeds", "Steps", *[c[1] for c in columns]]
     rows = []
@@ -233,15 +252,25 @@ def _figure_blocks(summary: dict[str, Any], out: Path) -> list[Block]:
 
 
 def _margin_blocks(cfg: ReproduceConfig, layout: Layout, out: Path) -> tuple[list[Block], dict[str, Any]]:
-    named = [("testbed train" if cfg.generative else "train", figures.load_margins(layout.data))]
-    uf = figures.load_margins(cfg.compare_data) if cfg.compare_data else None
     blocks: list[Block] = []
+    named: list[tuple[str, np.ndarray]] = []
+    # The rows training used: the real-model track may train on the first train_rows of its data.
+    used = figures.load_margins(layout.data, cfg.train_rows)
+    if used is None:
+        blocks.append(
+            ("p", f"The training data at {layout.data} has no scores, so it has no margins to show.")
+        )
+    else:
+        named.append(("testbed train" if cfg.generative else "train (the rows used)", used))
+    uf = figures.load_margins(cfg.compare_data) if cfg.compare_data else None
     if uf is None:
         where = cfg.compare_data or "(compare_data is empty)"
         blocks.append(("p", f"The UltraFeedback sample was not found at {where}; no comparison was made."))
-    else:
+    elif used is None or not (_same_file(layout.data, cfg.compare_data) and len(uf) == len(used)):
         named.append(("UltraFeedback sample train", uf))
     stats = {label: figures.margin_summary(m) for label, m in named}
+    if not named:
+        return blocks, stats
     keys = ["n", "mean", "sd", "ties", "q25", "median", "q75", "ge3"]
     headers = ["Data", "n", "mean", "sd", "tie share", "q25", "median", "q75", "share >= 3"]
     rows = [[label, *[str(s[k]) if k == "n" else fmt(s[k], 2) for k in keys]] for label, s in stats.items()]
@@ -249,6 +278,10 @@ def _margin_blocks(cfg: ReproduceConfig, layout: Layout, out: Path) -> tuple[lis
     path = figures.plot_margin_histograms(named, out / "margins.png")
     blocks.append(("img", "Margin distributions (density)", path))
     return blocks, stats
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _sweep_blocks(summary: dict[str, Any], cfg: ReproduceConfig, out: Path) -> list[Block]:
@@ -347,13 +380,7 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
         ("table", _verdict_table(summary["verdicts"], "paper")),
         ("p", RULE),
     ]
-    blocks += [
-        ("h2", "Controls the paper lacks: margin effect or resampling effect?"),
-        ("p", "dpo-steps-matched is vanilla DPO trained for as many optimiser steps as DPO-PoP-random "
-              f"(k = {cfg.pop.k:g} passes over the preferences); dpo-pop-nomargin samples PoP pairs like "
-              "DPO-PoP but trains the stronger preference without any margin (Eq. 3 on PoP pairs)."),
-        ("table", _verdict_table(summary["verdicts"], "control")),
-    ]  # fmt: skip
+    blocks += _control_blocks(cfg, summary["verdicts"])
     blocks += sections.frontier_blocks(summary["frontier"], summary["verdicts"], out)
     if tuned:
         blocks += sections.tuning_blocks(summary["tuning"], cfg.tuning.learning_rate_factors)
