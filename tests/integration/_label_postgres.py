@@ -4,23 +4,41 @@ cluster started from the installed server binaries (Debian's ``postgresql`` pack
 
 The cluster lives in a temporary folder, listens on a free loopback port and a private socket
 folder, runs as the ``postgres`` user when the tests run as root (the server refuses root), and is
-stopped and removed when the test process ends. One cluster serves the whole test session.
+stopped and removed when the test process ends, however it ends: at exit, or by a watcher process
+when the test process is killed (SIGTERM and SIGKILL skip ``atexit``). One cluster serves the whole
+test session.
 """
 
 from __future__ import annotations
 
 import atexit
 import glob
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 
 import pytest
 
 URL_VAR = "POPALIGN_TEST_POSTGRES_URL"
 _state: dict[str, str] = {}
+
+# Runs detached: waits for the test process to go, then stops the cluster and removes its folder.
+_WATCHER = """
+import json, os, shutil, subprocess, sys, time
+pid, stop, root = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+while os.path.isdir(root):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        subprocess.run(stop, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+        break
+    time.sleep(1)
+"""
 
 
 def _bin_dir() -> str | None:
@@ -68,13 +86,20 @@ def _start() -> str:
         f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(root, "log"), "-w", "-t", "60", "start"
     )
 
+    stop_cmd = [*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]
+
     def stop() -> None:
-        subprocess.run(
-            [*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True
-        )
+        subprocess.run(stop_cmd, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
     atexit.register(stop)
+    subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, str(os.getpid()), json.dumps(stop_cmd), root],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "popalign_labels")
     return f"postgresql+psycopg://postgres@127.0.0.1:{port}/popalign_labels"
 
