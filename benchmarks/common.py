@@ -98,6 +98,7 @@ class RunSpec:
     weak_after_strong: bool = False  # the order before the memory lever: strong graph first, then weak
     logps_chunk_size: int | None = None  # popalign's training.logps_chunk_size (0: full logits)
     gradient_checkpointing: bool = False  # both trainers
+    optim: str = "adamw_torch_fused"  # both trainers' optimiser (transformers' and popalign's default)
     warmup: int = 3
     steps: int = 10
     seed: int = 0

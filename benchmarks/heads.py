@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds hold under load)")
     p.add_argument("--points", nargs="+", default=list(POINTS), help=f"of: {', '.join(POINTS)}")
     p.add_argument("--configs", nargs="+", default=None, help="only these configurations at each point")
+    p.add_argument(
+        "--optim",
+        default=RunSpec.optim,
+        help="both trainers' optimiser (transformers' names; default: both trainers' default)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per configuration")
     p.add_argument("--json", default=None, help="where to write the JSON (default runs/bench/heads.json)")
     args = p.parse_args(argv)
@@ -143,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.train_step import machine, run_config, write_report
 
-    report: dict[str, Any] = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "points": {}}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "optim": args.optim,
+        "points": {},
+    }
     lines: list[str] = []
     for point in args.points:
         if point not in POINTS:
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup=args.warmup,
                 steps=args.steps,
                 threads=args.threads,
+                optim=args.optim,
                 **fields,
             )
             print(f"[heads] {spec.name} ...", file=sys.stderr, flush=True)

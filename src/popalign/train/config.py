@@ -117,7 +117,10 @@ class TrainingSpec:
     warmup_ratio: float = help_field(0.03, help="Fraction of steps spent warming up the learning rate.")
     weight_decay: float = help_field(0.05, help="AdamW weight decay.")
     optim: str = help_field(
-        "adamw_torch", help="Optimiser (transformers' names: adamw_torch, sgd, adafactor, ...)."
+        "adamw_torch_fused",
+        help="Optimiser (transformers' names: adamw_torch_fused, adamw_torch, sgd, adafactor, ...). The "
+        "fused AdamW (transformers' default) updates each tensor in one kernel, without the per-tensor "
+        "temporaries of adamw_torch.",
     )
     max_grad_norm: float = help_field(1.0, help="Gradient clipping norm.")
     gradient_checkpointing: bool = help_field(False, help="Trade compute for memory (the paper: True).")
