@@ -1,6 +1,7 @@
 """Large vocabularies and long sequences: peak memory and step time of TRL and popalign, chunked LM head.
 
     python -m benchmarks heads [--steps 3] [--warmup 2] [--points NAME ...] [--json FILE]
+    python -m benchmarks heads --markdown FILE.json ...   # earlier runs' grid as a Markdown table
 
 A 2-layer Llama of hidden 256 (the shared configuration's widths) at vocab 4,096, 32,000 and 128,256, each
 on sequences of 256 tokens (4 pairs of 64 + 192), 1,024 (2 pairs of 256 + 768) and 2,048 (1 pair of
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RunSpec, Shape
@@ -120,6 +122,42 @@ def format_point(name: str, shape: Shape, rows: dict[str, dict], summary: dict[s
     return lines
 
 
+def markdown_rows(report: dict[str, Any]) -> list[str]:
+    """The grid as the rows of docs/benchmarks.md's table (one line per configuration, point first)."""
+    lines = [
+        "| point | configuration | CPU s/step | wall s/step | peak RSS MiB | CPU vs TRL | RSS vs TRL |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, point in report["points"].items():
+        shape, summary, labels = point["shape"], point["summary"], variants(name)
+        where = (
+            f"vocab {shape['vocab_size']:,}, seq {shape['prompt_len'] + shape['completion_len']:,},"
+            f" {shape['batch_size']} pair{'s' if shape['batch_size'] > 1 else ''}"
+        )
+        if report.get("optim", "adamw_torch") != RunSpec.optim:
+            where += f", {report.get('optim', 'adamw_torch')}"
+        for key, row in point["results"].items():
+            if "error" in row:
+                lines.append(f"| {where} | {labels[key][1]} | failed: {row['error']} | | | | |")
+            else:
+                ratios = summary.get(
+                    key, {"cpu_vs_trl": 1.0, "rss_vs_trl": 1.0} if key.startswith("trl") else {}
+                )
+                lines.append(
+                    f"| {where} | {labels[key][1]} | {row['cpu_s']:.2f} | {row['step_s']:.2f} |"
+                    f" {row['peak_rss_mib']:,.0f} | {_fmt(ratios.get('cpu_vs_trl'))} |"
+                    f" {_fmt(ratios.get('rss_vs_trl'))} |"
+                )
+            where = ""
+        extra = summary.get("pop_extra")
+        if extra:
+            lines.append(
+                f"| | DPO-PoP over DPO: {extra['extra_mib']:.0f} MiB, {extra['copies']:.2f} model copies"
+                f" (a copy: {extra['model_copy_mib']:.0f} MiB) | | | | | |"
+            )
+    return lines
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -142,7 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per configuration")
     p.add_argument("--json", default=None, help="where to write the JSON (default runs/bench/heads.json)")
+    p.add_argument(
+        "--markdown",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="run nothing: print the grid of these earlier runs' JSON files as a Markdown table",
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        import json
+
+        for i, path in enumerate(args.markdown):
+            rows = markdown_rows(json.loads(Path(path).read_text()))
+            print("\n".join(rows if i == 0 else rows[2:]))
+        return 0
 
     from dataclasses import replace
 
@@ -186,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{report['machine']['date']}  median of {args.steps} steps after {args.warmup} warm-up steps")
     print("\n".join(lines))
+    print()
+    print("\n".join(markdown_rows(report)))
     for name, check in report["targets"].items():
         state = "n/a" if check["met"] is None else ("met" if check["met"] else "MISSED")
         print(f"target {name:<52} {_fmt(check['value']):>6}  {state}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from benchmarks.common import Shape, ids_to_text, model_flops_per_step, synthetic_ids, word_tokenizer
-from benchmarks.heads import point_summary
+from benchmarks.heads import markdown_rows, point_summary
 from benchmarks.heads import targets as heads_targets
 from benchmarks.margin_cache import replay_hit_rate
 from benchmarks.profile_step import kind_of
@@ -92,6 +92,20 @@ def test_heads_point_ratios_and_targets():
     checks = heads_targets({"points": {"v128k-s256": {"summary": summary}}})
     assert [c["met"] for c in checks.values()] == [True, True, True, False]
     assert all(c["met"] is None for c in heads_targets({"points": {}}).values())
+
+    shape = {"vocab_size": 128256, "prompt_len": 512, "completion_len": 1536, "batch_size": 1}
+    report = {
+        "optim": "adamw_torch",
+        "points": {"v128k-s2048": {"shape": shape, "results": rows, "summary": summary}},
+    }
+    table = markdown_rows(report)
+    assert (
+        table[2]
+        == "| vocab 128,256, seq 2,048, 1 pair, adamw_torch | TRL DPO | 10.00 | 10.00 | 4,000 | 1.00 | 1.00 |"
+    )
+    assert table[3] == "|  | popalign DPO, chunked head | 5.00 | 5.00 | 1,800 | 0.50 | 0.45 |"
+    assert "| TRL DPO, gradient checkpointing | failed: exit 1 |" in table[-2]
+    assert table[-1].startswith("| | DPO-PoP over DPO: 60 MiB, 1.50 model copies")
 
 
 def test_rounds_keep_the_least_disturbed_run():
