@@ -23,8 +23,8 @@ from benchmarks.common import RunSpec, Shape
 BASE = Shape(num_hidden_layers=2)
 
 # name -> (shape changes, configurations)
-# Sequence length -> (pairs per step, prompt tokens, completion tokens): every step trains on 1,024 tokens
-# per side, so the points differ in length, not in work.
+# Sequence length -> (pairs per step, prompt tokens, completion tokens): the batch shrinks with the length so
+# that TRL fits (2,048 tokens per step at 256, 4,096 at 1,024 and 2,048).
 SEQUENCES = {256: (4, 64, 192), 1024: (2, 256, 768), 2048: (1, 512, 1536)}
 VOCABS = {"v4k": 4096, "v32k": 32000, "v128k": 128256}
 POINTS: dict[str, dict[str, Any]] = {
