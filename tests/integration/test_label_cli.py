@@ -268,3 +268,19 @@ def test_an_old_database_is_refused_untouched(tmp_path):
     with pytest.raises(PopalignError, match="schema version 1; this popalign reads version 2"):
         make_engine(path)
     assert sa.inspect(engine).get_table_names() == ["meta"]
+
+
+def test_server_stops_when_its_wake_up_pipe_is_gone(tmp_path, ultrafeedback_dir):
+    """A trigger that has closed itself (seen once in a full test run: EBADF in stop) must not keep
+    stop() from closing the server and ending its thread."""
+    from popalign.label.server import build_context, start_server
+
+    ctx = build_context(tmp_path / "labels.sqlite", subset(ultrafeedback_dir, tmp_path, 4))
+    server = start_server(ctx)
+    with urllib.request.urlopen(f"{server.url}/login", timeout=30) as resp:
+        assert resp.status == 200
+    server.server.trigger.close()  # what its loop does when the pipe reports an error or its end
+    server.stop(timeout=10)
+    assert not server.thread.is_alive()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.url}/login", timeout=5)

@@ -118,7 +118,12 @@ class RunningServer:
             for channel in list(self.server._map.values()):
                 channel.close()
 
-        self.server.trigger.pull_trigger(_close_all)
+        try:
+            self.server.trigger.pull_trigger(_close_all)
+        except OSError:
+            # The trigger's pipe is closed (its loop saw it end), so nothing can wake the loop: close the
+            # channels from here; the loop ends at its next poll, when its map is empty.
+            _close_all()
         self.thread.join(timeout)
         self.server.task_dispatcher.shutdown(timeout=timeout)
 
