@@ -128,14 +128,15 @@ def markdown_rows(report: dict[str, Any]) -> list[str]:
         "| point | configuration | CPU s/step | wall s/step | peak RSS MiB | CPU vs TRL | RSS vs TRL |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    optim = report.get("optim", "adamw_torch")  # runs from before the option all used adamw_torch
     for name, point in report["points"].items():
         shape, summary, labels = point["shape"], point["summary"], variants(name)
         where = (
             f"vocab {shape['vocab_size']:,}, seq {shape['prompt_len'] + shape['completion_len']:,},"
             f" {shape['batch_size']} pair{'s' if shape['batch_size'] > 1 else ''}"
         )
-        if report.get("optim", "adamw_torch") != RunSpec.optim:
-            where += f", {report.get('optim', 'adamw_torch')}"
+        if optim != RunSpec.optim:
+            where += f", {optim}"
         for key, row in point["results"].items():
             if "error" in row:
                 lines.append(f"| {where} | {labels[key][1]} | failed: {row['error']} | | | | |")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,16 +59,13 @@ def test_pages_render_the_same_blocks(tmp_path):
     assert page.count("data:image/png;base64,") == 1 and "m.png" not in page
 
 
-UF = Path(__file__).resolve().parents[3] / "shared" / "data" / "ultrafeedback-binarized-sample"
-
-
 def _cfg(*overrides: str) -> ReproduceConfig:
     return load_config(ReproduceConfig, None, list(overrides))
 
 
-@pytest.mark.skipif(not UF.is_dir(), reason="the UltraFeedback sample is beside the repository")
-def test_margin_table_counts_the_rows_training_used(tmp_path):
-    cfg = _cfg(f"data={UF}", "train_rows=320", f"compare_data={UF}", f"output_dir={tmp_path}")
+def test_margin_table_counts_the_rows_training_used(tmp_path, ultrafeedback_dir):
+    uf = ultrafeedback_dir
+    cfg = _cfg(f"data={uf}", "train_rows=320", f"compare_data={uf}", f"output_dir={tmp_path}")
     blocks, stats = _margin_blocks(cfg, Layout.of(cfg), tmp_path)
     assert {label: s["n"] for label, s in stats.items()} == {
         "train (the rows used)": 320,
@@ -78,7 +74,7 @@ def test_margin_table_counts_the_rows_training_used(tmp_path):
     assert blocks[0][0] == "table" and [row[1] for row in blocks[0][1][1]] == ["320", "1000"]
 
     # The whole sample compared with itself is one row, not the same row twice.
-    cfg = _cfg(f"data={UF}", f"compare_data={UF}", f"output_dir={tmp_path}")
+    cfg = _cfg(f"data={uf}", f"compare_data={uf}", f"output_dir={tmp_path}")
     _, stats = _margin_blocks(cfg, Layout.of(cfg), tmp_path)
     assert {label: s["n"] for label, s in stats.items()} == {"train (the rows used)": 1000}
 

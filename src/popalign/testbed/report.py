@@ -175,7 +175,7 @@ def _verdict_table(verdicts: list[dict[str, Any]], group: str) -> tuple[list[str
     return headers, rows
 
 
-def _control_blocks(cfg, verdicts: list[dict[str, Any]]) -> list[Block]:
+def _control_blocks(cfg: ReproduceConfig, verdicts: list[dict[str, Any]]) -> list[Block]:
     blocks: list[Block] = [("h2", "Controls the paper lacks: margin effect or resampling effect?")]
     if not cfg.controls:
         # A table of "not run" rows would read as a failure; the configuration chose not to run them.
