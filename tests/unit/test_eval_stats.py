@@ -142,10 +142,17 @@ def test_t_test_hand_values_over_three_seeds():
     assert res.n == 3
 
 
-def test_t_test_cannot_infer_from_one_value_or_constant_values():
-    for values in ([0.3], [0.1, 0.1, 0.1], []):
+def test_t_test_cannot_infer_from_one_value():
+    for values in ([0.3], []):
         res = t_test(np.array(values))
         assert math.isnan(res.p) and math.isnan(res.low) and math.isnan(res.high)
+
+
+def test_constant_values_take_the_limit_of_zero_spread():
+    # The same difference in every replication: certain, as the t statistic goes to infinity.
+    assert (t_test(np.array([0.1, 0.1, 0.1])).p, t_test(np.array([0.1, 0.1])).low) == (0.0, 0.1)
+    assert t_test(np.zeros(3)).p == 1.0
+    assert tost(np.zeros(3), 0.05) == 0.0 and tost(np.full(3, 0.2), 0.05) == 1.0
 
 
 def test_tost_hand_values():

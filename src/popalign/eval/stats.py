@@ -204,16 +204,20 @@ class TTest:
 def t_test(values: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> TTest:
     """``scipy.stats.ttest_1samp`` of ``values`` against 0, with its ``confidence`` interval for the mean.
 
-    With fewer than two values, or values that do not vary, nothing can be inferred: the interval and the
-    p-value are ``nan`` (a constant non-zero difference over seeds is a fact of these seeds, not a test).
+    With fewer than two values nothing can be inferred: interval and p-value are ``nan``. Values that do
+    not vary at all (a difference that is exactly the same in every replication, e.g. two runs that are
+    the same run) get the test's limit as the spread goes to 0: the interval is the value itself and p is
+    1 when it is 0, else 0 (scipy returns ``nan`` there).
     """
     from scipy.stats import ttest_1samp
 
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     mean = float(v.mean()) if len(v) else float("nan")
-    if len(v) < 2 or np.ptp(v) == 0:
+    if len(v) < 2:
         return TTest(mean, float("nan"), float("nan"), float("nan"), len(v), confidence)
+    if _constant(v):
+        return TTest(mean, mean, mean, 1.0 if mean == 0 else 0.0, len(v), confidence)
     res = ttest_1samp(v, 0.0)
     ci = res.confidence_interval(confidence)
     return TTest(mean, float(ci.low), float(ci.high), float(res.pvalue), len(v), confidence)
@@ -223,7 +227,8 @@ def tost(values: np.ndarray, bound: float) -> float:
     """Two one-sided t tests (TOST) of equivalence: the p-value that the mean lies inside ``(-bound, bound)``.
 
     The larger of the one-sided p-values of ``mean > -bound`` and ``mean < bound`` (Schuirmann, 1987); a
-    small value supports "no difference larger than ``bound``". ``nan`` where :func:`t_test` has none.
+    small value supports "no difference larger than ``bound``". ``nan`` with fewer than two values; for
+    values that do not vary, the limit as in :func:`t_test`: 0 inside the bounds, 1 outside.
     """
     from scipy.stats import ttest_1samp
 
@@ -231,11 +236,19 @@ def tost(values: np.ndarray, bound: float) -> float:
         raise ValueError(f"the equivalence bound must be positive, got {bound}")
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
-    if len(v) < 2 or np.ptp(v) == 0:
+    if len(v) < 2:
         return float("nan")
+    if _constant(v):
+        return 0.0 if abs(v.mean()) < bound else 1.0
     above = ttest_1samp(v, -bound, alternative="greater").pvalue
     below = ttest_1samp(v, bound, alternative="less").pvalue
     return float(max(above, below))
+
+
+def _constant(v: np.ndarray) -> bool:
+    # Equal up to float rounding (a difference computed twice the same way, e.g. 0.5 and 0.5000000001):
+    # scipy's moments lose all precision there.
+    return bool(np.ptp(v) <= 1e-12 * (1.0 + np.abs(v).max()))
 
 
 def holm(pvalues: Any) -> np.ndarray:
