@@ -26,6 +26,7 @@ TINY = [
     "generation.batch_size=32",
     "bootstrap=50",
     "progress=false",
+    "workers=1",
 ]
 
 
@@ -258,7 +259,6 @@ def test_tuning_picks_each_setting_on_validation_prompts_only(tmp_path, ultrafee
         "controls=[]",
         "task.validation_prompts=24",
         "tuning.learning_rate_factors=[0.5,1,4]",
-        "curve.points=2",
     )
     outcome = reproduce(cfg)
     assert "dpo-pop-random_lr4/seed-0" in outcome["ran"] and "dpo_lr0p5/seed-0" in outcome["ran"]

@@ -196,8 +196,31 @@ def test_missing_methods_are_not_run():
 
 
 def test_every_claim_names_known_runs_and_metrics():
-    known = set(cl.PAPER_METHODS) | {cl.STEPS_MATCHED, cl.NOMARGIN}
+    known = set(cl.PAPER_METHODS) | {cl.STEPS_MATCHED, cl.NOMARGIN, cl.ORACLE}
     for c in cl.CLAIMS:
         assert c.subject in known and (c.other is None or c.other in known)
         assert c.metric in cl.METRIC_NAMES
     assert len({c.id for c in cl.CLAIMS}) == len(cl.CLAIMS)
+
+
+def test_a_margin_claim_waits_for_its_positive_control():
+    # PoP-random clearly beats the no-margin control in Spearman in every seed...
+    good = {s: noisy(0.2, s) for s in SEEDS}
+    results = {
+        "dpo-pop-random": [run("dpo-pop-random", good[s], s) for s in SEEDS],
+        cl.NOMARGIN: [run(cl.NOMARGIN, noisy(3.0, 50 + s), s) for s in SEEDS],
+        "dpo": [run("dpo", noisy(3.0, 70 + s), s) for s in SEEDS],
+    }
+    margin = claim("nomargin-spearman")
+    # ...but without the oracle arm the testbed has not shown it can see a margin: no verdict.
+    (alone,) = cl.decide([cl.judge_claim(margin, results)])
+    assert alone.verdict == cl.UNRESOLVED and "oracle-spearman not run" in alone.note
+    assert alone.p_difference_adjusted < cl.ALPHA  # its own test stays on record
+    # With an oracle arm whose effect is detected, the claim gets its verdict.
+    results[cl.ORACLE] = [run(cl.ORACLE, noisy(0.2, 90 + s), s) for s in SEEDS]
+    verdicts = cl.decide([cl.judge_claim(margin, results), cl.judge_claim(claim("oracle-spearman"), results)])
+    assert [v.verdict for v in verdicts] == [cl.REPRODUCED, cl.REPRODUCED]
+    # An oracle no better than vanilla DPO: the positive control fails and the margin claim is withdrawn.
+    results[cl.ORACLE] = [run(cl.ORACLE, noisy(3.0, 70 + s), s) for s in SEEDS]
+    verdicts = cl.decide([cl.judge_claim(margin, results), cl.judge_claim(claim("oracle-spearman"), results)])
+    assert verdicts[1].verdict != cl.REPRODUCED and verdicts[0].verdict == cl.UNRESOLVED

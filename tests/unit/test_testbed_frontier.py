@@ -7,7 +7,7 @@ import pytest
 
 from popalign.testbed import claims as cl
 from popalign.testbed import frontier as fr
-from popalign.testbed.curves import Curve, curve_steps
+from popalign.testbed.curves import Curve, curve_steps, select_points
 from popalign.testbed.plan import RunSpec
 from popalign.testbed.results import RunResult
 
@@ -157,7 +157,22 @@ def test_summary_holds_curves_table_and_verdicts():
     assert len(s["verdicts"]) == 2 * len(fr.FRONTIER_CLAIMS)
 
 
-def test_curve_steps_are_evenly_spaced_and_end_at_the_last_step():
-    assert curve_steps(125, 6) == [21, 42, 62, 83, 104, 125]
-    assert curve_steps(4, 6) == [1, 2, 3, 4]
+def test_snapshots_share_one_spacing_and_end_at_the_last_step():
+    # The same spacing in every run: a run with twice the steps has twice the snapshots.
+    assert curve_steps(12, 5) == [5, 10, 12]
+    assert len(curve_steps(250, 5)) == 2 * len(curve_steps(125, 5)) == 50
+    assert curve_steps(4, 5) == [4]
     assert curve_steps(10, 0) == []
+
+
+def test_select_points_spaces_checkpoints_by_kl():
+    # By hand, ratio 1.5 and gap 0.1 from the start (KL 0): 0.1 is kept because 0.2 > 0.1; 0.2 because
+    # 0.3 > max(0.15, 0.2); 0.3 and 0.4 likewise; 0.5 is skipped (0.6 is not above max(0.6, 0.5)); 0.6 is
+    # kept (0.7 > 0.6); 0.7 skipped (0.8 <= max(0.9, 0.7)); the final model always.
+    slow = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert select_points(slow, 1.5, 0.1) == [0, 1, 2, 3, 5, 7]
+    # A jump keeps every snapshot before it, so the jump itself is the only wide bracket; after it the
+    # flat tail is sampled sparsely.
+    jump = [0.3, 0.6, 0.9, 30.0, 31.0, 32.0, 33.0]
+    assert select_points(jump, 1.5, 0.1) == [0, 1, 2, 3, 6]
+    assert select_points([2.0], 1.5, 0.1) == [0]

@@ -41,7 +41,7 @@ import numpy as np
 
 from popalign.testbed import claims as cl
 from popalign.testbed.results import RunResult
-from popalign.testbed.settings import BASELINE, NOMARGIN
+from popalign.testbed.settings import BASELINE, NOMARGIN, ORACLE
 
 # Methods compared with vanilla DPO at matched KL, and the control question the margin answers.
 FRONTIER_CLAIMS: list[cl.Claim] = [
@@ -56,7 +56,11 @@ FRONTIER_CLAIMS: list[cl.Claim] = [
     cl.Claim("kl-nomargin", "At matched KL, PoP sampling without margin scores higher than vanilla DPO",
              "frontier", "better", "reward_at_kl", NOMARGIN, BASELINE, group="frontier"),
     cl.Claim("kl-margin", "The PoP margin matters at matched KL: DPO-PoP-random beats PoP sampling without "
-             "margin", "frontier", "better", "reward_at_kl", "dpo-pop-random", NOMARGIN, group="frontier"),
+             "margin", "frontier", "better", "reward_at_kl", "dpo-pop-random", NOMARGIN, group="frontier",
+             control="kl-oracle"),
+    cl.Claim("kl-oracle", "Positive control: at matched KL, the oracle margin (from r*) scores higher than "
+             "vanilla DPO", "positive control", "better", "reward_at_kl", ORACLE, BASELINE,
+             group="frontier"),
 ]  # fmt: skip
 OUTSIDE = "outside range"
 # The largest interpolation error (in r*) a resolved value may carry: a quarter of the equivalence bound of
@@ -232,22 +236,24 @@ def judge_matched(claim: cl.Claim, results: dict[str, list[RunResult]], budget: 
     if any(r.curve is None for r in subject + other):
         return cl.Verdict(claim, cl.NOT_RUN)
     if not (in_range(subject, budget) and in_range(other, budget)):
-        return cl.Verdict(claim, OUTSIDE, against=claim.other)
+        return cl.Verdict(claim, OUTSIDE, against=claim.other, where=budget.key)
     broken = unresolved_seeds(subject, budget) + unresolved_seeds(other, budget)
     if broken:
         note = "interpolated between distant checkpoints: " + "; ".join(broken)
-        return cl.Verdict(claim, cl.UNRESOLVED, against=claim.other, note=note)
+        return cl.Verdict(claim, cl.UNRESOLVED, against=claim.other, note=note, where=budget.key)
     every = {r.seed: np.arange(len(r.truth))[None, :] for r in subject + other}
     mine = {r.seed: float(reward_at_budget(r, every[r.seed], budget)[0]) for r in subject}
     theirs = {r.seed: float(reward_at_budget(r, every[r.seed], budget)[0]) for r in other}
     seeds = sorted(set(mine) & set(theirs))
-    return cl.measured(
+    verdict = cl.measured(
         claim,
         [mine[s] - theirs[s] for s in seeds],
         float(np.mean([mine[s] for s in seeds])),
         claim.other,
         float(np.mean([theirs[s] for s in seeds])),
     )
+    verdict.where = budget.key
+    return verdict
 
 
 def _point_stat(field: str, p: int):

@@ -25,7 +25,7 @@ from popalign.testbed import figures, sections, tuning
 from popalign.testbed import verdict_report as vr
 from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
-from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all
+from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all, summarise_margins
 from popalign.testbed.sections import fmt, interval
 from popalign.testbed.settings import BASELINE, CONTROLS, NOMARGIN, STEPS_MATCHED, ReproduceConfig
 
@@ -117,7 +117,7 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
     judged = [(v, {}) for v in cl.judge_claims(results)]
     frontier = summarise_frontier(results, cfg.curve.budget_fractions, boot)
     if frontier is not None:
-        judged += [(v, {"budget": b.label, "budget_key": b.key}) for b, v in frontier.pop("verdicts")]
+        judged += [(v, {"budget": b.label}) for b, v in frontier.pop("verdicts")]
     selection = tuning.select_settings(cfg, layout, runs) if tuning.enabled(cfg) else None
     if selection:
         tuned = tuning.judge_tuned(results, selection)
@@ -131,6 +131,7 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
         "methods": methods,
         "verdicts": verdicts,
         "frontier": frontier,
+        "margin_trace": summarise_margins(results),
         "tuning": selection,
         "margin_split": float(np.median(test[test != 0])) if len(test) else None,
         "_results": results,
@@ -325,6 +326,7 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     budgets = (summary["frontier"] or {}).get("budgets", [])
     tuned = bool(summary["tuning"])
     blocks += vr.preregistered_blocks(cfg.preregistered, summary["verdicts"])
+    blocks += vr.positive_control_blocks(summary["verdicts"])
     text = sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative)
     blocks.append(("p", text))
     blocks += [
@@ -334,6 +336,7 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     ]
     blocks += _control_blocks(cfg, summary["verdicts"])
     blocks += sections.frontier_blocks(summary["frontier"], summary["verdicts"], out)
+    blocks += sections.margin_trace_blocks(summary["margin_trace"])
     if tuned:
         blocks += sections.tuning_blocks(summary["tuning"], cfg.tuning.learning_rate_factors)
         blocks.append(("table", vr.verdict_table(summary["verdicts"], "tuned")))

@@ -26,7 +26,15 @@ from popalign.config import config_to_dict, load_config, save_config
 from popalign.errors import PopalignError
 from popalign.io import atomic_write_json
 from popalign.testbed import tuning
-from popalign.testbed.curves import curve_steps, evaluate_curve, evaluate_point, snapshot_callback
+from popalign.testbed.curves import (
+    curve_steps,
+    drop_snapshots,
+    evaluate_curve,
+    evaluate_point,
+    screen_curve,
+    select_points,
+    snapshot_callback,
+)
 from popalign.testbed.plan import Layout, RunSpec, plan_runs, run_steps, sft_overrides, train_overrides
 from popalign.testbed.settings import BASELINE, ReproduceConfig
 
@@ -240,16 +248,51 @@ def _point_evaluator(cfg: ReproduceConfig, layout: Layout, seed: int, reference:
     return evaluate
 
 
+def _screen_kl(cfg: ReproduceConfig, layout: Layout, seed: int, reference: str, model_dir: Path) -> float:
+    """A snapshot's mean KL to ``reference`` on the first ``curve.screen_prompts`` test prompts."""
+    import tempfile
+
+    from popalign.eval.pipeline import BootstrapOptions, run_generate
+
+    # The screen needs the mean alone; its interval would cost resamples for nothing.
+    boot = BootstrapOptions(n_resamples=1, seed=seed)
+    with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
+        (record,) = run_generate(
+            [str(model_dir)],
+            str(layout.data),
+            spec=_generate_spec(cfg, seed),
+            split="test",
+            limit=cfg.curve.screen_prompts,
+            out=tmp,
+            names=["screen"],
+            device="cpu",
+            reference=reference,
+            boot=boot,
+            progress=False,
+        )
+    return float(record["kl"]["value"])
+
+
 def _evaluate_curve(
     cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, steps: list[int], final: int, sft: str
-) -> None:
-    """Step 0 (the SFT model, shared by every run of ``seed``) and each snapshot of the run."""
+) -> list[int]:
+    """Step 0 (the SFT model, shared by every run of ``seed``), then the snapshots kept by their KL.
+
+    Returns the evaluated steps (:mod:`popalign.testbed.curves`: screen, select, evaluate).
+    """
     evaluate = _point_evaluator(cfg, layout, seed, sft)
     evaluate(Path(sft), layout.origin(seed) / "eval", "sft")
     folder = layout.run(spec.name, seed)
+    final_kl = json.loads((folder / "eval" / "generate.json").read_text("utf-8"))["kl"]["value"]
+    screened = screen_curve(folder, steps, final, final_kl, lambda m: _screen_kl(cfg, layout, seed, sft, m))
+    kept = [
+        steps[i] for i in select_points([screened[s] for s in steps], cfg.curve.max_ratio, cfg.curve.min_gap)
+    ]
+    drop_snapshots(folder, kept)
     evaluate_curve(
-        folder, steps, final, folder / "eval", lambda m, e, step: evaluate(m, e, f"{spec.name}@{step}")
+        folder, kept, final, folder / "eval", lambda m, e, step: evaluate(m, e, f"{spec.name}@{step}")
     )
+    return kept
 
 
 def _mean_reward(outputs_file: Path) -> float:
@@ -310,13 +353,13 @@ def ensure_run(
     overrides = train_overrides(cfg, layout, spec, seed, steps, sft_model)
     train_cfg = load_config(TrainConfig, None, overrides)
     # Tuning variants are compared at the end of their epoch only; their curves would go unused.
-    points = curve_steps(steps, cfg.curve.points) if spec.group != "tune" and cfg.generative else []
+    points = curve_steps(steps, cfg.curve.every) if spec.group != "tune" and cfg.generative else []
     validate = tuning.enabled(cfg)
     fingerprint = settings_fingerprint(
         overrides,
         generation=config_to_dict(cfg.generation),
         bootstrap=cfg.bootstrap,
-        curve=points,
+        curve={"steps": points, "screen": [cfg.curve.screen_prompts, cfg.curve.max_ratio, cfg.curve.min_gap]},
         **({"validation": True} if validate else {}),
     )
     if _check_marker(read_marker(folder / DONE), fingerprint, f"run {spec.name} seed {seed}", folder):
@@ -338,8 +381,7 @@ def ensure_run(
         if baseline is not None and cfg.generative and not (baseline / "model_outputs.json").is_file():
             raise PopalignError(f"{baseline}: vanilla DPO's replies are missing; it must run first")
         _evaluate(cfg, layout, folder, spec.name, seed, baseline)
-        if points:
-            _evaluate_curve(cfg, layout, spec, seed, points, steps, sft_model)
+        kept = _evaluate_curve(cfg, layout, spec, seed, points, steps, sft_model) if points else []
         if validate:
             _evaluate_validation(cfg, layout, folder, spec.name, seed)
     record = {
@@ -351,7 +393,7 @@ def ensure_run(
         "k": spec.k,
         "noise": spec.noise,
         "steps": trained["steps"],
-        "curve_steps": points,
+        "curve_steps": kept,
         "train_loss": trained["metrics"].get("train_loss"),
         "seconds": time.time() - start,
     }
@@ -359,16 +401,39 @@ def ensure_run(
     return True, record
 
 
+def _seed_job(cfg: ReproduceConfig, seed: int, lines: Any) -> list[str]:
+    """Every run of ``seed`` in this (worker) process, vanilla DPO first; one line on ``lines`` per run."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    layout = Layout.of(cfg)
+    sft = read_marker(layout.sft / DONE)
+    table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
+    ran = []
+    for spec in plan_runs(cfg):
+        if ensure_run(cfg, layout, spec, seed, table, sft["model"])[0]:
+            ran.append(f"{spec.name}/seed-{seed}")
+        lines.put(f"{spec.name} seed {seed}")
+    return ran
+
+
 def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> dict[str, Any]:
     """Run (or resume) the whole reproduction; returns the report paths and what ran now.
 
-    ``on_run_done(spec, seed)`` is called after each run finished in this call (tests interrupt through it).
+    ``on_run_done(spec, seed)`` is called after each run finished in this call (tests interrupt through it);
+    it needs ``workers = 1`` (everything in this process).
     """
+    import dataclasses
+
     import torch
     from tqdm.auto import tqdm
 
     from popalign.testbed.report import write_report
+    from popalign.testbed.workers import run_seeds
 
+    if on_run_done is not None and cfg.workers > 1:
+        raise PopalignError("reproduce: on_run_done needs workers=1")
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -386,15 +451,20 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
         bar.set_postfix_str("sft")
         sft = ensure_sft(cfg, layout)
         bar.update()
-        table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
-        for spec, seed in jobs:
-            bar.set_postfix_str(f"{spec.name} seed {seed}")
-            now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])
-            if now:
-                ran.append(f"{spec.name}/seed-{seed}")
-                if on_run_done is not None:
-                    on_run_done(spec, seed)
-            bar.update()
+        if cfg.workers > 1 and len(cfg.seeds) > 1:
+            # Per-step bars of several processes would garble one terminal: the stage bar speaks for them.
+            quiet = dataclasses.replace(cfg, progress=False)
+            ran = run_seeds(_seed_job, quiet, cfg.seeds, cfg.workers, bar)
+        else:
+            table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
+            for spec, seed in jobs:
+                bar.set_postfix_str(f"{spec.name} seed {seed}")
+                now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])
+                if now:
+                    ran.append(f"{spec.name}/seed-{seed}")
+                    if on_run_done is not None:
+                        on_run_done(spec, seed)
+                bar.update()
         bar.set_postfix_str("report")
         # The settings every finished stage agreed with (a mismatch would have stopped us above).
         save_config(cfg, layout.root / "reproduce.yaml")

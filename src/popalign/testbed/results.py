@@ -8,6 +8,7 @@ can be checked against each other.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,15 @@ from popalign.testbed.curves import Curve, load_curve, point_dir
 from popalign.testbed.plan import Layout, RunSpec
 
 DISCRIMINATIVE = ("accuracy", "pearson", "spearman", "accuracy_low", "accuracy_high")
+# Training-log means read at each curve checkpoint (the trainer logs means over every example since its
+# previous log, and the testbed logs at each snapshot): the margin the loss used, the policy's own reward
+# margins on the same strong pairs, and the shares of PoP margins clipped to 0 and to M_max.
+MARGIN_LOGS = {
+    "margin": "margin/used",
+    "reward_margin": "rewards/margins",
+    "clipped_low": "pop/clipped_low",
+    "clipped_high": "pop/clipped_high",
+}
 GENERATIVE = ("win_rate", "median_advantage", "mean_reward")
 
 
@@ -30,7 +40,8 @@ class RunResult:
     ``predicted``/``truth``: predicted and ground-truth margins ``(N,)``; ``advantages``: r* advantage over
     vanilla DPO's reply per test prompt ``(N,)`` (None for vanilla DPO itself); ``rewards``: r* of each reply
     (None when replies were not judged: the real-model track);
-    ``curve``: the training curve (:mod:`popalign.testbed.curves`) when the run recorded one.
+    ``curve``: the training curve (:mod:`popalign.testbed.curves`) when the run recorded one;
+    ``margins``: the :data:`MARGIN_LOGS` at each curve step after the start (``nan`` where not logged).
     """
 
     spec: RunSpec
@@ -44,6 +55,7 @@ class RunResult:
     discriminative: dict[str, Any]
     judge: dict[str, Any] | None
     curve: Curve | None = None
+    margins: dict[str, np.ndarray] | None = None
     credit: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,8 +89,9 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / "judgements.jsonl")}
         advantages = np.array([by_id[i] for i in ids], dtype=np.float64)
     done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
-    curve = None
+    curve, margins = None, None
     if done.get("curve_steps"):
+        margins = margin_trace(folder / "trainer_state.json", done["curve_steps"])
         points = [(0, layout.origin(seed) / "eval")]
         points += [
             (s, ev if s == done["steps"] else point_dir(folder, s) / "eval") for s in done["curve_steps"]
@@ -98,7 +111,57 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         discriminative=json.loads((ev / "discriminative.json").read_text(encoding="utf-8")),
         judge=judge,
         curve=curve,
+        margins=margins,
     )
+
+
+def margin_trace(state_file: Path, steps: list[int]) -> dict[str, np.ndarray]:
+    """:data:`MARGIN_LOGS` at each of ``steps`` from a run's ``trainer_state.json``: the log at that step,
+    else the last one before it; ``nan`` where there is none (e.g. a run that logs no PoP margin)."""
+    history = (
+        json.loads(state_file.read_text(encoding="utf-8"))["log_history"] if state_file.is_file() else []
+    )
+    logs = sorted((h for h in history if "loss" in h), key=lambda h: h["step"])
+    out = {}
+    for name, key in MARGIN_LOGS.items():
+        values = []
+        for step in steps:
+            before = [h for h in logs if h["step"] <= step and key in h]
+            values.append(float(before[-1][key]) if before else float("nan"))
+        out[name] = np.array(values, dtype=np.float64)
+    return out
+
+
+def summarise_margins(results: dict[str, list[RunResult]]) -> dict[str, list[dict[str, float]]]:
+    """Per run with a margin, per curve checkpoint: step, KL and the margin logs, means over seeds.
+
+    ``ratio`` is the mean margin over the mean reward margin of the policy on the same strong pairs: how
+    large the margin is against what the policy already separates. Runs whose margin is 0 throughout
+    (vanilla DPO, the no-margin controls) are left out; so are runs whose seeds have different curves.
+    """
+    out = {}
+    for name, runs in results.items():
+        if any(r.margins is None or r.curve is None for r in runs):
+            continue
+        steps = runs[0].curve.steps[1:]
+        if any(len(r.curve.steps) != len(steps) + 1 for r in runs):
+            continue
+        stack = {k: np.stack([r.margins[k] for r in runs]) for k in MARGIN_LOGS}
+        if not np.nan_to_num(np.abs(stack["margin"])).any():
+            continue
+        kl = np.stack([r.curve.kl[1:].mean(axis=1) for r in runs]).mean(axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a log no seed has stays nan, silently
+            means = {k: np.nanmean(v, axis=0) for k, v in stack.items()}
+        rows = []
+        for i in range(len(steps)):
+            row = {"step": float(np.mean([r.curve.steps[i + 1] for r in runs])), "kl": float(kl[i])}
+            row.update({k: float(means[k][i]) for k in MARGIN_LOGS})
+            rm = row["reward_margin"]
+            row["ratio"] = row["margin"] / rm if np.isfinite(rm) and rm != 0 else float("nan")
+            rows.append(row)
+        out[name] = rows
+    return out
 
 
 def margin_split(truth: np.ndarray) -> float:

@@ -19,11 +19,16 @@ BASELINE = "dpo"
 STEPS_MATCHED = "dpo-steps-matched"
 NOMARGIN = "dpo-pop-nomargin"
 CONTROLS = [STEPS_MATCHED, NOMARGIN]
+# The positive control: DPO whose margin comes from the ground-truth reward r* itself (the oracle margin).
+ORACLE = "dpo-margin-oracle"
 POP_METHODS = ["dpo-pop-iter", "dpo-pop-random"]
 # The default pre-registered contrasts (claim ids of testbed/claims.py and testbed/frontier.py): the
 # questions the testbed exists to answer, fixed before any run. The margin's effect at matched KL, for
-# each sampler; the paper's two headline claims; the steps control.
+# each sampler, and the positive controls that must be detected first (the oracle margin's effect); the
+# paper's two headline claims; the steps control.
 PREREGISTERED = [
+    "oracle-spearman",
+    "kl-oracle@final",
     "kl-margin@final",
     "nomargin-spearman",
     "random-beats-dpo",
@@ -99,11 +104,21 @@ class GenerationSettings:
 
 @dataclass
 class CurveSettings:
-    points: int = help_field(
-        6,
-        help="Checkpoints per run evaluated for the training curves and the reward-KL frontier, evenly "
-        "spaced and including the end (0: final models only, no frontier).",
+    every: int = help_field(
+        5,
+        help="Save a snapshot every N optimiser steps for the training curves and the reward-KL frontier "
+        "(the same spacing in every run; 0: final models only, no frontier).",
     )
+    screen_prompts: int = help_field(
+        64,
+        help="Test prompts whose replies estimate each snapshot's KL cheaply, to choose which to evaluate.",
+    )
+    max_ratio: float = help_field(
+        1.5,
+        help="Evaluated checkpoints are spaced by screened KL: the next one is the last snapshot before KL "
+        "exceeds max_ratio times (and min_gap nats beyond) the previous one's.",
+    )
+    min_gap: float = help_field(0.1, help="Smallest KL step (nats) between evaluated checkpoints.")
     budget_fractions: list[float] = help_field(
         default_factory=lambda: [0.25, 0.5, 0.75],
         help="KL budgets of the matched-KL table besides vanilla DPO's final KL, as fractions of the common "
@@ -179,6 +194,11 @@ class ReproduceConfig:
         help="torch CPU threads (None: torch's default, all cores). 1: the tiny model gains nothing from "
         "more, and one thread cannot stall when other processes compete for the cores.",
     )
+    workers: int = help_field(
+        2,
+        help="Seeds trained side by side, each in its own process with `threads` torch threads (1: all in "
+        "this process, one after another). Results do not depend on it.",
+    )
     compare_data: str = help_field(
         "../shared/data/ultrafeedback-binarized-sample",
         help="UltraFeedback preferences whose margins the report compares with the testbed's ('' to skip).",
@@ -202,6 +222,8 @@ class ReproduceConfig:
             raise ConfigError("tuning needs the testbed's validation prompts; it does not run with data")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: each seed once, got {self.seeds}")
         if BASELINE not in self.methods:
@@ -222,7 +244,12 @@ class ReproduceConfig:
                 "tuning.learning_rate_factors needs positive factors and task.validation_prompts >= 2: "
                 "settings are picked on validation prompts, never on the test ones"
             )
-        if self.curve.points < 0 or any(not 0 < f <= 1 for f in self.curve.budget_fractions):
-            raise ConfigError("curve.points must be >= 0 and curve.budget_fractions in (0, 1]")
+        c = self.curve
+        if c.every < 0 or c.screen_prompts < 2 or c.max_ratio <= 1 or c.min_gap < 0:
+            raise ConfigError(
+                "curve.every must be >= 0, curve.screen_prompts >= 2, curve.max_ratio > 1, curve.min_gap >= 0"
+            )
+        if any(not 0 < f <= 1 for f in c.budget_fractions):
+            raise ConfigError("curve.budget_fractions must lie in (0, 1]")
         if self.max_prompt_length >= self.max_length:
             raise ConfigError("max_prompt_length must be smaller than max_length")
