@@ -143,7 +143,7 @@ def screen_curve(
     """The screened KL of every snapshot of a finished run: ``{step: kl}`` (the final: ``final_kl``).
 
     ``screen(model_dir)`` estimates one snapshot's KL; each answer is recorded in ``curve/screen.json``
-    at once, so a resumed run screens only what is missing.
+    at once, so a resumed run screens only what is missing. The file ends with the final model's KL too.
     """
     from popalign.io import atomic_write_json
 
@@ -151,6 +151,7 @@ def screen_curve(
     done = {}
     if path.is_file():
         done = {int(k): float(v) for k, v in json.loads(path.read_text("utf-8")).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
     for step in steps:
         if step == final_step or step in done:
             continue
@@ -159,7 +160,9 @@ def screen_curve(
             raise FileNotFoundError(f"{folder}: the snapshot of step {step} is missing")
         done[step] = float(screen(folder))
         atomic_write_json(path, {str(k): v for k, v in sorted(done.items())})
-    return {**{s: done[s] for s in steps if s != final_step}, final_step: float(final_kl)}
+    done[final_step] = float(final_kl)
+    atomic_write_json(path, {str(k): v for k, v in sorted(done.items())})
+    return {s: done[s] for s in steps}
 
 
 def drop_snapshots(run_dir: Path, keep: list[int]) -> None:
