@@ -10,7 +10,7 @@ import pytest
 
 from popalign.config import load_config
 from popalign.testbed.reproduce import reproduce
-from popalign.testbed.settings import CONTROLS, PAPER_METHODS, ReproduceConfig
+from popalign.testbed.settings import CONTROLS, PAPER_METHODS, STEPS_MATCHED_CONTROLS, ReproduceConfig
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +70,17 @@ def test_report_numbers_match_the_per_run_json(straight):
             assert seed["win_rate"] == pytest.approx(judge["win_rate"]["value"])
             assert seed["median_advantage"] == pytest.approx(judge["median_advantage"]["value"])
             assert seed["mean_reward"] == pytest.approx(judge["mean_score"])
-    done = json.loads((out / "runs" / "dpo-steps-matched" / "seed-0" / "done.json").read_text())
-    assert done["steps"] == results["methods"]["dpo-pop-random"]["steps"][0]
+    for pop_method, control in STEPS_MATCHED_CONTROLS.items():
+        done = json.loads((out / "runs" / control / "seed-0" / "done.json").read_text())
+        assert done["steps"] == results["methods"][pop_method]["steps"][0]
+    # The PoP arms trained on the annotators' judgements, written as an ordinary label file.
+    done = json.loads((out / "runs" / "dpo-pop-random" / "seed-0" / "done.json").read_text())
+    assert (
+        done["pop_labels"]["pairs"]
+        == json.loads((out / "runs" / "dpo-pop-random" / "seed-0" / "run_info.json").read_text())["examples"][
+            "examples"
+        ]
+    )
 
 
 def test_verdicts_follow_the_rule(straight):

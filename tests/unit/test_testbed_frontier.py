@@ -10,6 +10,7 @@ from popalign.testbed import frontier as fr
 from popalign.testbed.curves import Curve, curve_steps
 from popalign.testbed.plan import RunSpec
 from popalign.testbed.results import RunResult
+from popalign.testbed.settings import NOMARGIN
 
 N = 40
 
@@ -63,8 +64,8 @@ def _results(shift: float) -> dict[str, list[RunResult]]:
     """Vanilla DPO ends at KL 2; DPO-PoP-random goes to KL 6, ``shift`` r* above DPO at equal KL."""
     dpo = [_run("dpo", s, [0, 1, 2], [7, 8, 8.5]) for s in (0, 1)]
     pop = [_run("dpo-pop-random", s, [0, 2, 4, 6], [7, 8.5 + shift, 7, 6]) for s in (0, 1)]
-    short = [_run("dpo-pop-nomargin", s, [0, 0.5, 1.0], [7, 7.5, 8]) for s in (0, 1)]
-    return {"dpo": dpo, "dpo-pop-random": pop, "dpo-pop-nomargin": short}
+    short = [_run(NOMARGIN, s, [0, 0.5, 1.0], [7, 7.5, 8]) for s in (0, 1)]
+    return {"dpo": dpo, "dpo-pop-random": pop, NOMARGIN: short}
 
 
 BOOT = {"n_resamples": 300, "seed": 0}
@@ -97,7 +98,7 @@ def test_matched_kl_verdicts_and_a_budget_outside_a_curve():
     nomargin = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-nomargin")
     outside = fr.judge_matched(nomargin, results, final, BOOT)
     assert outside.verdict == fr.OUTSIDE and np.isnan(outside.difference)
-    assert np.isnan(fr.at_budget(results["dpo-pop-nomargin"], None, final, BOOT)).all()
+    assert np.isnan(fr.at_budget(results[NOMARGIN], None, final, BOOT)).all()
     # Inside every curve, by hand: at KL 0.5 DPO scores 7 + 0.5 * (8 - 7) = 7.5, the no-margin control 7.5;
     # at KL 0.25 DPO-PoP-random scores 7 + (0.25 / 2) * (9 - 7) = 7.25.
     inside = fr.judge_matched(nomargin, results, half, BOOT)
@@ -116,7 +117,7 @@ def test_summary_holds_curves_table_and_verdicts():
     s = fr.summarise_frontier(_results(0.5), [0.5], BOOT)
     assert [b["label"] for b in s["budgets"]] == ["vanilla DPO's final KL", "50% of the common range"]
     assert [p["kl"][0] for p in s["curves"]["dpo"]] == pytest.approx([0.0, 1.0, 2.0])
-    assert s["table"]["dpo-pop-nomargin"]["vanilla DPO's final KL"]["in_range"] is False
+    assert s["table"][NOMARGIN]["vanilla DPO's final KL"]["in_range"] is False
     assert s["table"]["dpo-pop-random"]["max_kl"] == pytest.approx(6.0)
     # KL 2 is first reached at the checkpoint with KL 2, after the start (KL 0): the bracket it leans on.
     assert s["table"]["dpo-pop-random"]["vanilla DPO's final KL"]["between_kl"] == pytest.approx((0.0, 2.0))
