@@ -299,8 +299,10 @@ def train_overrides(
         *(_model(cfg) if cfg.model.name_or_path else []),
         *cfg.train_settings,
     ]
-    if spec.strategy:
-        out.append(f"pop.strategy={spec.strategy}")
+    if spec.uses_pop:
+        # Also where a preset fixes it: with a label file the trainer keeps pop.strategy as given, and the
+        # saved config.yaml should name the sampler the labels were drawn with.
+        out.append(f"pop.strategy={pop_strategy(spec)}")
     if pop_labels is not None:
         out.append(f"pop_labels={pop_labels}")
     if spec.matched_to:

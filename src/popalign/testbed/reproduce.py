@@ -330,7 +330,7 @@ def ensure_run(
 
     folder = layout.run(spec.name, seed)
     # Judged PoP labels are drawn on the true margins, which only the raw records carry.
-    rows = read_split(layout.data, "train") if cfg.judged_pop else None
+    rows = read_split(layout.data, "train")[: cfg.train_rows] if cfg.judged_pop else None
     truth = true_margins(rows) if rows is not None else None
     steps = run_steps(cfg, table, spec, seed, truth)
     labels, label_summary = None, None

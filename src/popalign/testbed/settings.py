@@ -81,7 +81,10 @@ class PreferenceSettings:
 @dataclass
 class PoPSettings:
     k: float = help_field(2.0, help="PoP data multiplier: k * |D_pref| pairs (the paper: 2).")
-    min_gap: float = help_field(1.0, help="Smallest score-margin gap of a PoP pair (the paper: 1).")
+    min_gap: float = help_field(
+        1.0,
+        help="Smallest margin gap of a PoP pair, on the true margins when judged (the paper: 1, on scores).",
+    )
     noise: float = help_field(
         0.0,
         help="Injected PoP label noise: flip probability (Appendix F; main runs: 0), on top of the judge's.",
