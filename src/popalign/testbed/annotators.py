@@ -203,6 +203,7 @@ def write_judged_labels(
     true = true_margins(rows)
     pairs = build_pop(true, replace(pop, noise=0.0))
     strong, weak = pairs.strong_idx, pairs.weak_idx
+    # Streams of their own: the judgements and flips never move the sampler's pairs (stream of pop.seed).
     judge_seed, flip_seed = np.random.SeedSequence([pop.seed, 4]).spawn(2)
     right = judge(true[strong], true[weak], judge_noise, np.random.default_rng(judge_seed))
     flipped = np.random.default_rng(flip_seed).random(strong.size) < pop.noise

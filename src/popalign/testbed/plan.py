@@ -139,10 +139,14 @@ class Layout:
         """Step 0 of every training curve of ``seed``: the SFT model's replies sampled with that seed."""
         return self.root / "origin" / f"seed-{seed}"
 
-    def pop_labels(self, pop: PoPSpec) -> Path:
-        """The annotators' PoP label file of one sampler setting (shared by the runs that sample alike)."""
+    def pop_labels(self, pop: PoPSpec, task: str) -> Path:
+        """The annotators' PoP label file of one sampler setting on the task data with fingerprint ``task``.
+
+        Shared by the runs that sample alike; the name holds everything the file depends on, so a file
+        made for other data or settings is never reused (and a run's fingerprint covers the name).
+        """
         name = f"{pop.strategy}-k{_number(pop.k)}-gap{_number(pop.min_gap)}-noise{_number(pop.noise)}"
-        return self.root / "pop_labels" / f"{name}-seed{pop.seed}.jsonl"
+        return self.root / "pop_labels" / f"{name}-seed{pop.seed}-{task}.jsonl"
 
 
 def pop_strategy(spec: RunSpec) -> str:
@@ -182,7 +186,7 @@ def ensure_pop_labels(
     from popalign.testbed.annotators import write_judged_labels
 
     pop = pop_spec(cfg, spec, seed)
-    path = layout.pop_labels(pop)
+    path = layout.pop_labels(pop, cfg.task.fingerprint())
     summary_path = path.with_suffix(".json")
     if summary_path.is_file():
         return path, json.loads(summary_path.read_text(encoding="utf-8"))
