@@ -164,3 +164,24 @@ def test_injected_noise_flips_judged_labels(small, tmp_path):
     pop = PoPSpec(strategy="random", k=1.0, min_gap=1.0, seed=0, noise=1.0)
     summary = write_judged_labels(rows, pop, 0.0, tmp_path / "flipped.jsonl")
     assert summary["flipped"] == summary["pairs"] == summary["label_errors"]
+
+
+def test_the_task_record_follows_the_samplers_gap_without_remaking_the_data(tmp_path):
+    from popalign.config import load_config
+    from popalign.testbed.plan import Layout
+    from popalign.testbed.reproduce import ensure_data
+    from popalign.testbed.settings import ReproduceConfig
+
+    def cfg(gap: float) -> ReproduceConfig:
+        sizes = ["task.train_prompts=120", "task.test_prompts=10"]
+        return load_config(ReproduceConfig, None, [f"output_dir={tmp_path}", *sizes, f"pop.min_gap={gap}"])
+
+    layout = Layout.of(cfg(1.0))
+    first = ensure_data(cfg(1.0), layout)["annotators"]["pop_label_error"]
+    train = (layout.data / "train.jsonl").read_bytes()
+    wider = ensure_data(cfg(2.0), layout)["annotators"]["pop_label_error"]
+    assert (first["min_gap"], wider["min_gap"]) == (1.0, 2.0)
+    assert wider["judged_pairs"] < first["judged_pairs"] and wider["judged"] < first["judged"]
+    assert (layout.data / "train.jsonl").read_bytes() == train
+    record = json.loads((layout.data / "task.json").read_text())
+    assert record["annotators"]["pop_label_error"] == wider
