@@ -98,6 +98,17 @@ def test_default_annotators_miscalibrate_margins(small, tmp_path):
     assert stats["pop_label_error"]["judged"] < stats["pop_label_error"]["scores"]
     pool = AnnotatorPool.draw(SMALL)
     assert {r["annotator"] for r in rows} <= set(range(SMALL.annotators)) and pool.scales.shape == (20,)
+    assert (
+        stats["pool"]["scales"] == pool.scales.tolist() and stats["pool"]["offsets"] == pool.offsets.tolist()
+    )
+    # Without noise, each score is the recorded annotator's reading of r*, up to rounding and clipping.
+    quiet = replace(SMALL, noise=0.0)
+    make_dataset(quiet, tmp_path / "quiet")
+    for r in read_split(tmp_path / "quiet", "train"):
+        a = r["annotator"]
+        for side in ("chosen", "rejected"):
+            reading = 5.5 + pool.offsets[a] + pool.scales[a] * (r[f"true_{side}"] - 5.5)
+            assert abs(r[f"score_{side}"] - np.clip(reading, 1, 10)) <= 0.25 + 1e-9
 
 
 def test_oracle_margins_are_the_true_margins_at_the_score_margins_size(small):

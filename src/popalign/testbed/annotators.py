@@ -166,7 +166,8 @@ def annotator_statistics(rows: list[dict], spec: AnnotatorSettings, min_gap: flo
     """What the annotator model does to the training preferences ``rows``, for the task record.
 
     The correlation (Pearson and Spearman) of observed and true margins, the oracle arm's scale, the PoP
-    label error of judgements and of score-derived labels (:func:`pop_label_errors`), and the pool.
+    label error of judgements and of score-derived labels (:func:`pop_label_errors`), and the pool (every
+    annotator's scale and offset, and their quartiles).
     """
     from scipy.stats import pearsonr, spearmanr
 
@@ -181,6 +182,9 @@ def annotator_statistics(rows: list[dict], spec: AnnotatorSettings, min_gap: flo
             "annotators": spec.annotators,
             "scale_quartiles": np.percentile(pool.scales, [25, 50, 75]).tolist(),
             "offset_quartiles": np.percentile(pool.offsets, [25, 50, 75]).tolist(),
+            # Each record's ``annotator`` indexes these, so any analysis can undo or redo the model.
+            "scales": pool.scales.tolist(),
+            "offsets": pool.offsets.tolist(),
         },
     }
 

@@ -166,8 +166,10 @@ def pop_spec(cfg: ReproduceConfig, spec: RunSpec, seed: int) -> PoPSpec:
 
 
 def pop_pairs(cfg: ReproduceConfig, table, spec: RunSpec, seed: int, truth: np.ndarray | None = None) -> int:
-    """How many PoP pairs ``spec`` trains on: drawn on the true margins ``truth`` (judged labels, as
-    :func:`ensure_pop_labels` draws them) or, without them, built by the trainer from the score margins.
+    """How many PoP pairs ``spec`` trains on.
+
+    With ``truth`` (the true margins) the pairs of its judged label file (:func:`ensure_pop_labels` draws
+    them alike); without, the pairs the trainer builds from the score margins.
     """
     from popalign.pop.build import build_pop, build_pop_for_table
 
