@@ -10,7 +10,7 @@ import pytest
 
 from popalign.config import load_config
 from popalign.testbed.reproduce import reproduce
-from popalign.testbed.settings import CONTROLS, PAPER_METHODS, ReproduceConfig
+from popalign.testbed.settings import CONTROLS, PAPER_METHODS, STEPS_MATCHED_CONTROLS, ReproduceConfig
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,17 @@ def test_report_numbers_match_the_per_run_json(straight):
             assert seed["win_rate"] == pytest.approx(judge["win_rate"]["value"])
             assert seed["median_advantage"] == pytest.approx(judge["median_advantage"]["value"])
             assert seed["mean_reward"] == pytest.approx(judge["mean_score"])
-    done = json.loads((out / "runs" / "dpo-steps-matched" / "seed-0" / "done.json").read_text())
-    assert done["steps"] == results["methods"]["dpo-pop-random"]["steps"][0]
+    for pop_method, control in STEPS_MATCHED_CONTROLS.items():
+        done = json.loads((out / "runs" / control / "seed-0" / "done.json").read_text())
+        assert done["steps"] == results["methods"][pop_method]["steps"][0]
+    # The PoP arms trained on the annotators' judgements, written as an ordinary label file.
+    done = json.loads((out / "runs" / "dpo-pop-random" / "seed-0" / "done.json").read_text())
+    assert (
+        done["pop_labels"]["pairs"]
+        == json.loads((out / "runs" / "dpo-pop-random" / "seed-0" / "run_info.json").read_text())["examples"][
+            "examples"
+        ]
+    )
 
 
 def test_verdicts_follow_the_rule(straight):
@@ -223,8 +232,9 @@ def test_sweeps_add_the_appendix_tables_and_figures(tmp_path, ultrafeedback_dir)
     assert (tmp_path / "report" / "sweep_k.png").is_file() and (
         tmp_path / "report" / "sweep_noise.png"
     ).is_file()
-    pairs = tmp_path / "runs" / "dpo-pop-random_noise0p5" / "seed-0" / "run_info.json"
-    assert json.loads(pairs.read_text())["examples"]["pop"]["settings"]["noise"] == 0.5
+    done = json.loads((tmp_path / "runs" / "dpo-pop-random_noise0p5" / "seed-0" / "done.json").read_text())
+    # Appendix F's flips are injected into the judged label file, which the trainer reads as given.
+    assert done["noise"] == 0.5 and 0 < done["pop_labels"]["flipped"] < done["pop_labels"]["pairs"]
 
 
 def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, ultrafeedback_dir, monkeypatch):

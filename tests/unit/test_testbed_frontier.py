@@ -10,6 +10,7 @@ from popalign.testbed import frontier as fr
 from popalign.testbed.curves import Curve, curve_steps, select_points
 from popalign.testbed.plan import RunSpec
 from popalign.testbed.results import RunResult
+from popalign.testbed.settings import NOMARGIN
 
 N = 40
 
@@ -63,8 +64,8 @@ def _results(shift: float) -> dict[str, list[RunResult]]:
     """Vanilla DPO ends at KL 2; DPO-PoP-random goes to KL 6, ``shift`` r* above DPO at equal KL."""
     dpo = [_run("dpo", s, [0, 1, 2], [7, 8, 8.5]) for s in (0, 1)]
     pop = [_run("dpo-pop-random", s, [0, 2, 4, 6], [7, 8.5 + shift, 7, 6]) for s in (0, 1)]
-    short = [_run("dpo-pop-nomargin", s, [0, 0.5, 1.0], [7, 7.5, 8]) for s in (0, 1)]
-    return {"dpo": dpo, "dpo-pop-random": pop, "dpo-pop-nomargin": short}
+    short = [_run(NOMARGIN, s, [0, 0.5, 1.0], [7, 7.5, 8]) for s in (0, 1)]
+    return {"dpo": dpo, "dpo-pop-random": pop, NOMARGIN: short}
 
 
 BOOT = {"n_resamples": 300, "seed": 0}
@@ -99,13 +100,20 @@ def test_matched_kl_verdicts_and_a_budget_outside_a_curve():
     # The no-margin control never reaches KL 2: reported as outside its range, never extrapolated.
     outside = judged("kl-nomargin", results, final)
     assert outside.verdict == fr.OUTSIDE and np.isnan(outside.difference)
-    assert np.isnan(fr.at_budget(results["dpo-pop-nomargin"], None, final, BOOT)).all()
+    assert np.isnan(fr.at_budget(results[NOMARGIN], None, final, BOOT)).all()
     # At KL 0.5 and 0.25, DPO's and DPO-PoP-random's values would be read off the straight line from the
     # start (KL 0) to their first checkpoints (KL 1 and 2): unresolved, no test is run.
     for budget in (quarter, half):
         for claim_id in ("kl-nomargin", "kl-random"):
             v = judged(claim_id, results, budget)
             assert v.verdict == cl.UNRESOLVED and "KL 0-" in v.note and not v.tested
+
+
+def test_a_missing_method_is_not_run():
+    results = _results(0.5)
+    del results["dpo-pop-random"]
+    claim = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-random")
+    assert fr.judge_matched(claim, results, fr.budgets(results, [])[0]).verdict == cl.NOT_RUN
 
 
 def test_resolution_rule_by_hand():
@@ -148,7 +156,7 @@ def test_summary_holds_curves_table_and_verdicts():
     s = fr.summarise_frontier(_results(0.5), [0.5], BOOT)
     assert [b["label"] for b in s["budgets"]] == ["vanilla DPO's final KL", "50% of the common range"]
     assert [p["kl"][0] for p in s["curves"]["dpo"]] == pytest.approx([0.0, 1.0, 2.0])
-    assert s["table"]["dpo-pop-nomargin"]["vanilla DPO's final KL"]["in_range"] is False
+    assert s["table"][NOMARGIN]["vanilla DPO's final KL"]["in_range"] is False
     assert s["table"]["dpo-pop-random"]["max_kl"] == pytest.approx(6.0)
     # KL 2 is first reached at the checkpoint with KL 2, after the start (KL 0): the bracket it leans on,
     # resolved since the budget falls on the checkpoint itself.

@@ -35,7 +35,15 @@ from popalign.testbed.curves import (
     select_points,
     snapshot_callback,
 )
-from popalign.testbed.plan import Layout, RunSpec, plan_runs, run_steps, sft_overrides, train_overrides
+from popalign.testbed.plan import (
+    Layout,
+    RunSpec,
+    ensure_pop_labels,
+    plan_runs,
+    run_steps,
+    sft_overrides,
+    train_overrides,
+)
 from popalign.testbed.settings import BASELINE, ReproduceConfig
 
 SCORE_FN = "popalign.testbed.task:reward"
@@ -52,6 +60,13 @@ PointEval = Callable[[Path, Path, str], None]
 # folder or changing threads must not invalidate its finished runs.
 _IGNORED = ("output_dir", "data.path", "model.name_or_path", "reference.cache_dir", "training.progress")
 _IGNORED += ("training.torch_threads",)
+# Files under output_dir: their name says what they hold (the settings they were made with), not their folder.
+_NAME_ONLY = ("pop_labels",)
+
+
+def _kept(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}={Path(value).name}" if key in _NAME_ONLY else override
 
 
 def settings_fingerprint(overrides: list[str], **extra: Any) -> str:
@@ -60,7 +75,7 @@ def settings_fingerprint(overrides: list[str], **extra: Any) -> str:
     Only what reproduce sets is hashed, so a new setting with a default elsewhere in popalign does not
     invalidate finished runs.
     """
-    kept = sorted(o for o in overrides if o.split("=", 1)[0] not in _IGNORED)
+    kept = sorted(_kept(o) for o in overrides if o.split("=", 1)[0] not in _IGNORED)
     text = json.dumps({"settings": kept, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -136,7 +151,8 @@ def load_preferences_or_fail(path: str, split: str, limit: int | None = None):
 
 def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     """The testbed's preference files (made once; a different task in the folder is an error)."""
-    from popalign.testbed.make_data import make_dataset
+    from popalign.testbed.annotators import annotator_statistics
+    from popalign.testbed.make_data import make_dataset, read_split
 
     if cfg.data:  # the real-model track reads its preferences where they are
         for split in ("train", "test"):
@@ -144,9 +160,14 @@ def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
         return {"source": cfg.data}
     marker = read_marker(layout.data / "task.json")
     if _check_marker(marker, cfg.task.fingerprint(), "the task data", layout.data):
+        if marker["annotators"]["pop_label_error"]["min_gap"] != cfg.pop.min_gap:
+            # The same files; only the PoP statistics depend on the sampler's gap.
+            rows = read_split(layout.data, "train")
+            marker["annotators"] = annotator_statistics(rows, cfg.task, cfg.pop.min_gap)
+            atomic_write_json(layout.data / "task.json", marker)
         return marker
     start = time.time()
-    record = make_dataset(cfg.task, layout.data)
+    record = make_dataset(cfg.task, layout.data, cfg.pop.min_gap)
     record["seconds"] = time.time() - start
     atomic_write_json(layout.data / "task.json", record)
     return record
@@ -345,12 +366,20 @@ def ensure_run(
     cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, table, sft_model: str
 ) -> tuple[bool, dict[str, Any]]:
     """Train and evaluate one (run, seed) unless already done; returns ``(ran_now, done record)``."""
+    from popalign.testbed.annotators import true_margins
+    from popalign.testbed.make_data import read_split
     from popalign.train.config import TrainConfig
     from popalign.train.run import run_train
 
     folder = layout.run(spec.name, seed)
-    steps = run_steps(cfg, table, spec, seed)
-    overrides = train_overrides(cfg, layout, spec, seed, steps, sft_model)
+    # Judged PoP labels are drawn on the true margins, which only the raw records carry.
+    rows = read_split(layout.data, "train")[: cfg.train_rows] if cfg.judged_pop else None
+    truth = true_margins(rows) if rows is not None else None
+    steps = run_steps(cfg, table, spec, seed, truth)
+    labels, label_summary = None, None
+    if rows is not None and spec.uses_pop:
+        labels, label_summary = ensure_pop_labels(cfg, layout, spec, seed, rows)
+    overrides = train_overrides(cfg, layout, spec, seed, steps, sft_model, labels)
     train_cfg = load_config(TrainConfig, None, overrides)
     # Tuning variants are compared at the end of their epoch only; their curves would go unused.
     points = curve_steps(steps, cfg.curve.every) if spec.group != "tune" and cfg.generative else []
@@ -394,6 +423,7 @@ def ensure_run(
         "noise": spec.noise,
         "steps": trained["steps"],
         "curve_steps": kept,
+        "pop_labels": label_summary,
         "train_loss": trained["metrics"].get("train_loss"),
         "seconds": time.time() - start,
     }

@@ -15,22 +15,33 @@ from popalign.testbed.make_data import TaskSpec
 # The six methods of the paper's Section 4.2, in its order; vanilla DPO is the generative baseline.
 PAPER_METHODS = ["dpo", "dpo-margin", "dpo-margin-gt", "dpo-sbt", "dpo-pop-iter", "dpo-pop-random"]
 BASELINE = "dpo"
-# The two controls the paper lacks: vanilla DPO given PoP's step count, PoP sampling without the margin.
-STEPS_MATCHED = "dpo-steps-matched"
-NOMARGIN = "dpo-pop-nomargin"
-CONTROLS = [STEPS_MATCHED, NOMARGIN]
-# The positive control: DPO whose margin comes from the ground-truth reward r* itself (the oracle margin).
-ORACLE = "dpo-margin-oracle"
 POP_METHODS = ["dpo-pop-iter", "dpo-pop-random"]
+# The controls the paper lacks, one of each per PoP sampler (keyed by its PoP method): vanilla DPO given
+# that sampler's step count, and that sampler's PoP pairs without the margin.
+STEPS_MATCHED_CONTROLS = {
+    "dpo-pop-iter": "dpo-steps-matched-iter",
+    "dpo-pop-random": "dpo-steps-matched-random",
+}
+NOMARGIN_CONTROLS = {"dpo-pop-iter": "dpo-pop-nomargin-iter", "dpo-pop-random": "dpo-pop-nomargin-random"}
+NOMARGIN_METHOD = "dpo-pop-nomargin"  # the preset the no-margin controls train
+# DPO-PoP-random's, the paper's generative winner: the controls the claims about it name.
+STEPS_MATCHED = STEPS_MATCHED_CONTROLS["dpo-pop-random"]
+NOMARGIN = NOMARGIN_CONTROLS["dpo-pop-random"]
+# The positive control: DPO with the oracle margin oracle_scale * (r*(chosen) - r*(rejected)).
+ORACLE = "dpo-margin-oracle"
+ORACLE_METHOD = "dpo-margin-column"  # the preset it trains: the margin is the data's margin column
+CONTROLS = [*STEPS_MATCHED_CONTROLS.values(), *NOMARGIN_CONTROLS.values(), ORACLE]
 # The default pre-registered contrasts (claim ids of testbed/claims.py and testbed/frontier.py): the
-# questions the testbed exists to answer, fixed before any run. The margin's effect at matched KL, for
-# each sampler, and the positive controls that must be detected first (the oracle margin's effect); the
-# paper's two headline claims; the steps control.
+# questions the testbed exists to answer, fixed before any run. First the positive controls that must be
+# detected before any margin verdict (the oracle margin's effect); then the PoP margin's effect at matched
+# KL and in Spearman, for each sampler; the paper's two headline claims; the steps controls.
 PREREGISTERED = [
     "oracle-spearman",
     "kl-oracle@final",
     "kl-margin@final",
+    "kl-margin-iter@final",
     "nomargin-spearman",
+    "nomargin-iter-spearman",
     "random-beats-dpo",
     "acc-best",
     "steps-winrate",
@@ -86,12 +97,19 @@ class PreferenceSettings:
 @dataclass
 class PoPSettings:
     k: float = help_field(2.0, help="PoP data multiplier: k * |D_pref| pairs (the paper: 2).")
-    min_gap: float = help_field(1.0, help="Smallest score-margin gap of a PoP pair (the paper: 1).")
-    noise: float = help_field(0.0, help="PoP label noise: flip probability (Appendix F; main runs: 0).")
-    nomargin_strategy: str = help_field(
-        "random",
-        help="Sampling of the dpo-pop-nomargin control: random (the control of DPO-PoP-random, the paper's "
-        "generative winner) or iterative.",
+    min_gap: float = help_field(
+        1.0,
+        help="Smallest margin gap of a PoP pair, on the true margins when judged (the paper: 1, on scores).",
+    )
+    noise: float = help_field(
+        0.0,
+        help="Injected PoP label noise: flip probability (Appendix F; main runs: 0), on top of the judge's.",
+    )
+    judged: bool = help_field(
+        True,
+        help="Testbed: PoP labels are the annotators' judgements of the true margins (task.judge_noise), "
+        "pairs drawn on the true margins, passed to training as a label file (pop_labels); false: pairs "
+        "built from the score margins, as the paper does. Real data (data=...) has no true margins: scores.",
     )
 
 
@@ -216,6 +234,11 @@ class ReproduceConfig:
         """Whether replies are judged: only the testbed's task has a ground-truth reward to judge them."""
         return not self.data
 
+    @property
+    def judged_pop(self) -> bool:
+        """Whether PoP labels are the annotators' judgements of the true margins (the testbed's only)."""
+        return self.generative and self.pop.judged
+
     def validate(self) -> None:
         self.task.validate()
         if self.data and self.tuning.learning_rate_factors:
@@ -234,8 +257,10 @@ class ReproduceConfig:
         for c in self.controls:
             if c not in CONTROLS:
                 raise ConfigError(f"controls: {c!r} is not one of {', '.join(CONTROLS)}")
-        if self.pop.nomargin_strategy not in ("random", "iterative"):
-            raise ConfigError("pop.nomargin_strategy must be random or iterative")
+        if self.data and ORACLE in self.controls:
+            raise ConfigError(
+                f"controls: {ORACLE} needs the testbed's true rewards; it does not run with data"
+            )
         if any(k <= 0 for k in self.sweeps.k) or any(not 0 <= e <= 1 for e in self.sweeps.noise):
             raise ConfigError("sweeps.k must be positive and sweeps.noise in [0, 1]")
         factors = self.tuning.learning_rate_factors
