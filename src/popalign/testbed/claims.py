@@ -41,7 +41,18 @@ import numpy as np
 
 from popalign.eval.stats import holm, t_test, tost
 from popalign.testbed.results import GENERATIVE, RunResult, margin_split, metric, metric_batch
-from popalign.testbed.settings import BASELINE, NOMARGIN, ORACLE, PAPER_METHODS, STEPS_MATCHED
+from popalign.testbed.settings import (
+    BASELINE,
+    NOMARGIN,
+    NOMARGIN_CONTROLS,
+    ORACLE,
+    PAPER_METHODS,
+    STEPS_MATCHED,
+    STEPS_MATCHED_CONTROLS,
+)
+
+NOMARGIN_ITER = NOMARGIN_CONTROLS["dpo-pop-iter"]
+STEPS_MATCHED_ITER = STEPS_MATCHED_CONTROLS["dpo-pop-iter"]
 
 Kind = Literal["best", "worst", "better", "above", "equivalent"]
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = "reproduced", "not reproduced", "inconclusive", "not run"
@@ -132,8 +143,8 @@ CLAIMS: list[Claim] = [
     Claim("fig2-high", "DPO-PoP-random is more accurate than DPO-PoP-iter on high-margin preferences",
           "Figure 2b", "better", "accuracy_high", "dpo-pop-random", "dpo-pop-iter",
           paper="PoP-iter's upper curve drops"),
-    Claim("steps-acc", "DPO-PoP-iter's accuracy is not just more steps: it beats step-matched vanilla DPO",
-          "control", "better", "accuracy", "dpo-pop-iter", STEPS_MATCHED, group="control"),
+    Claim("steps-acc", "DPO-PoP-iter's accuracy is not just more steps: it beats vanilla DPO given its step "
+          "count", "control", "better", "accuracy", "dpo-pop-iter", STEPS_MATCHED_ITER, group="control"),
     Claim("steps-winrate", "DPO-PoP-random's win rate is not just more steps: it beats step-matched DPO",
           "control", "better", "win_rate", "dpo-pop-random", STEPS_MATCHED, group="control"),
     Claim("nomargin-winrate", "The PoP margin matters: DPO-PoP-random beats PoP sampling without margin "
@@ -142,9 +153,21 @@ CLAIMS: list[Claim] = [
     Claim("nomargin-spearman", "The PoP margin matters: DPO-PoP-random has a higher Spearman than PoP "
           "sampling without margin", "control", "better", "spearman", "dpo-pop-random", NOMARGIN,
           group="control", control="oracle-spearman"),
+    Claim("nomargin-iter-accuracy", "The PoP margin matters: DPO-PoP-iter is more accurate than its PoP "
+          "sampling without margin", "control", "better", "accuracy", "dpo-pop-iter", NOMARGIN_ITER,
+          group="control", control="oracle-accuracy"),
+    Claim("nomargin-iter-spearman", "The PoP margin matters: DPO-PoP-iter has a higher Spearman than its PoP "
+          "sampling without margin", "control", "better", "spearman", "dpo-pop-iter", NOMARGIN_ITER,
+          group="control", control="oracle-spearman"),
     Claim("oracle-spearman", "Positive control: the oracle margin (from r*) raises the Spearman correlation "
           "of implicit and true margins over vanilla DPO", "positive control", "better", "spearman", ORACLE,
           BASELINE, group="positive-control"),
+    Claim("oracle-accuracy", "Positive control: the oracle margin (from r*) raises test accuracy over "
+          "vanilla DPO", "positive control", "better", "accuracy", ORACLE, BASELINE,
+          group="positive-control"),
+    Claim("oracle-over-gt", "The oracle margin beats the score margin (DPO-margin-gt) in Spearman: "
+          "calibration of the margin matters", "control", "better", "spearman", ORACLE, "dpo-margin-gt",
+          group="control"),
     Claim("oracle-winrate", "Positive control: the oracle margin's replies beat vanilla DPO's (win rate "
           "above 50%)", "positive control", "above", "win_rate", ORACLE, threshold=0.5,
           group="positive-control"),

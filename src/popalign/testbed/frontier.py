@@ -41,7 +41,7 @@ import numpy as np
 
 from popalign.testbed import claims as cl
 from popalign.testbed.results import RunResult
-from popalign.testbed.settings import BASELINE, NOMARGIN, ORACLE
+from popalign.testbed.settings import BASELINE, NOMARGIN, NOMARGIN_CONTROLS, ORACLE
 
 # Methods compared with vanilla DPO at matched KL, and the control question the margin answers.
 FRONTIER_CLAIMS: list[cl.Claim] = [
@@ -58,6 +58,9 @@ FRONTIER_CLAIMS: list[cl.Claim] = [
     cl.Claim("kl-margin", "The PoP margin matters at matched KL: DPO-PoP-random beats PoP sampling without "
              "margin", "frontier", "better", "reward_at_kl", "dpo-pop-random", NOMARGIN, group="frontier",
              control="kl-oracle"),
+    cl.Claim("kl-margin-iter", "The PoP margin matters at matched KL: DPO-PoP-iter beats its PoP sampling "
+             "without margin", "frontier", "better", "reward_at_kl", "dpo-pop-iter",
+             NOMARGIN_CONTROLS["dpo-pop-iter"], group="frontier", control="kl-oracle"),
     cl.Claim("kl-oracle", "Positive control: at matched KL, the oracle margin (from r*) scores higher than "
              "vanilla DPO", "positive control", "better", "reward_at_kl", ORACLE, BASELINE,
              group="frontier"),

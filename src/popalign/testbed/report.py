@@ -27,7 +27,13 @@ from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
 from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all, summarise_margins
 from popalign.testbed.sections import fmt, interval
-from popalign.testbed.settings import BASELINE, CONTROLS, NOMARGIN, STEPS_MATCHED, ReproduceConfig
+from popalign.testbed.settings import (
+    BASELINE,
+    CONTROLS,
+    NOMARGIN_CONTROLS,
+    STEPS_MATCHED_CONTROLS,
+    ReproduceConfig,
+)
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", (headers, rows)) | ("img", caption, path)
 TITLE = "DPO-PoP on the testbed: the paper's experiments, reproduced on a CPU"
@@ -150,9 +156,11 @@ def _control_blocks(cfg: ReproduceConfig, verdicts: list[dict[str, Any]]) -> lis
             )
         ]
     return blocks + [
-        ("p", f"{STEPS_MATCHED} is vanilla DPO trained for as many optimiser steps as DPO-PoP-random "
-              f"(k = {cfg.pop.k:g} passes over the preferences); {NOMARGIN} samples PoP pairs like "
-              "DPO-PoP but trains the stronger preference without any margin (Eq. 3 on PoP pairs)."),
+        ("p", f"{', '.join(STEPS_MATCHED_CONTROLS.values())}: vanilla DPO trained for as many optimiser "
+              f"steps as {', '.join(STEPS_MATCHED_CONTROLS)} (k = {cfg.pop.k:g}); "
+              f"{', '.join(NOMARGIN_CONTROLS.values())}: the PoP pairs of each sampler, the stronger "
+              "preference trained without any margin (Eq. 3 on PoP pairs). A claim that the margin matters "
+              "gets a verdict only once its positive control (the oracle margin) is detected."),
         ("table", vr.verdict_table(verdicts, "control")),
     ]  # fmt: skip
 

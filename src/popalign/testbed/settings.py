@@ -174,7 +174,8 @@ class ReproduceConfig:
 
     output_dir: str = help_field("runs/reproduce", help="Everything goes here; a rerun resumes from it.")
     seeds: list[int] = help_field(
-        default_factory=lambda: [0, 1, 2], help="Seeds of data order, PoP pairs and sampling, one run each."
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        help="Seeds of data order, PoP pairs and sampling, one run each: the unit of replication.",
     )
     methods: list[str] = help_field(
         default_factory=lambda: list(PAPER_METHODS), help="The paper's methods to run (dpo is the baseline)."

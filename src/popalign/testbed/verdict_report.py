@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from popalign.config import ConfigError
 from popalign.testbed import claims as cl
 from popalign.testbed import sections
+from popalign.testbed.frontier import FINAL, FRONTIER_CLAIMS
 from popalign.testbed.sections import fmt, interval
 
 
@@ -132,8 +134,8 @@ POSITIVE_TEXT = (
 
 def positive_control_blocks(verdicts: list[dict[str, Any]]) -> list[tuple]:
     """Second in the report: the oracle margin's effect, and what follows for the margin claims."""
-    controls = [v for v in verdicts if v["id"].startswith("oracle-") or v["id"] == "kl-oracle"]
-    controls = [v for v in controls if not v["id"].endswith("@tuned")]
+    named = {c.control for c in (*cl.CLAIMS, *FRONTIER_CLAIMS) if c.control}
+    controls = [v for v in verdicts if v["id"] in named]
     if not controls:
         return []
     rows = []
@@ -165,3 +167,18 @@ def positive_control_blocks(verdicts: list[dict[str, Any]]) -> list[tuple]:
         ("table", (headers, rows)),
         ("p", outcome),
     ]
+
+
+def check_preregistered(keys: list[str], fractions: list[float]) -> None:
+    """Every pre-registered contrast names a claim; matched-KL ones a budget of this configuration.
+
+    Raises:
+        ConfigError: naming the first unknown entry and the valid ones.
+    """
+    budgets = [FINAL, *(f"range{round(f * 100)}" for f in fractions)]
+    valid = [c.id for c in cl.CLAIMS] + [f"{c.id}@{b}" for c in FRONTIER_CLAIMS for b in budgets]
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(
+                f"preregistered: {key!r} is not a claim of this report; valid: {', '.join(valid)}"
+            )
