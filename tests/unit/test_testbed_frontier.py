@@ -184,3 +184,37 @@ def test_select_points_spaces_checkpoints_by_kl():
     jump = [0.3, 0.6, 0.9, 30.0, 31.0, 32.0, 33.0]
     assert select_points(jump, 1.5, 0.1) == [0, 1, 2, 3, 6]
     assert select_points([2.0], 1.5, 0.1) == [0]
+
+
+def _snapshots(tmp_path, steps):
+    from popalign.testbed.curves import point_dir
+
+    for s in steps:
+        point_dir(tmp_path, s).mkdir(parents=True)
+        (point_dir(tmp_path, s) / "config.json").write_text("{}")
+
+
+def test_screen_bisects_only_where_kl_grows_fast(tmp_path):
+    from popalign.testbed.curves import screen_curve
+
+    # KL 0.05 per step up to step 10, a jump to 4 by step 13, then flat again.
+    kl = {s: 0.05 * s for s in range(1, 11)} | {11: 0.6, 12: 2.0, 13: 4.0}
+    kl |= {s: 4.0 + 0.05 * (s - 13) for s in range(14, 21)}
+    _snapshots(tmp_path, range(1, 20))
+    asked = []
+
+    def screen(folder):
+        step = int(folder.name.split("-")[1])
+        asked.append(step)
+        return kl[step]
+
+    settings = {"every": 5, "max_ratio": 1.5, "min_gap": 0.1}
+    out = screen_curve(tmp_path, list(range(1, 21)), 20, kl[20], screen, **settings)
+    # By hand (module doc): steps 5, 10, 15 first; then the middles of the gaps that grow too fast,
+    # 3, 8, 13; then 2, 7, 12; then 11. The flat stretches (14-19, and 1) are never screened.
+    assert sorted(asked) == [2, 3, 5, 7, 8, 10, 11, 12, 13, 15]
+    assert list(out) == [2, 3, 5, 7, 8, 10, 11, 12, 13, 15, 20] and out[20] == kl[20]
+    # A rerun reads screen.json and asks nothing again.
+    asked.clear()
+    assert screen_curve(tmp_path, list(range(1, 21)), 20, kl[20], screen, **settings) == out
+    assert asked == []

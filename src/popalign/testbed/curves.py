@@ -6,12 +6,14 @@ about KL 10. So checkpoints are chosen by KL, not by step:
 
 1. **Snapshots.** During training a callback saves the policy every ``curve.every`` optimiser steps (the
    same spacing in every run, so a run with twice the steps has twice the snapshots).
-2. **Screen.** Each snapshot's ``KL(pi || pi_SFT)`` is estimated cheaply from replies to the first
-   ``curve.screen_prompts`` test prompts (:func:`screen_curve`; recorded in ``curve/screen.json``).
-3. **Select.** A rule on the screened KL alone (never on r*) keeps the subset :func:`select_points`: each
-   kept snapshot is the last one before the KL would grow past ``curve.max_ratio`` times (and
-   ``curve.min_gap`` nats beyond) the previous kept one, so kept points are dense where KL grows fast and
-   sparse where it is flat. The final model is always kept.
+2. **Screen.** A snapshot's ``KL(pi || pi_SFT)`` is estimated cheaply from replies to the first
+   ``curve.screen_prompts`` test prompts: every ``curve.screen_every``-th snapshot, then, by bisection,
+   the snapshots inside any gap where KL grows faster than the spacing below allows (:func:`screen_curve`;
+   recorded in ``curve/screen.json``).
+3. **Select.** A rule on the screened KL alone (never on r*) keeps the subset :func:`select_points` of the
+   screened snapshots: each kept one is the last before the KL would grow past ``curve.max_ratio`` times
+   (and ``curve.min_gap`` nats beyond) the previous kept one, so kept points are dense where KL grows fast
+   and sparse where it is flat. The final model is always kept.
 4. **Evaluate.** Each kept point is evaluated by the code behind ``popalign eval``: replies to all test
    prompts sampled with the run's seed (``run_generate``, with the KL estimate against the SFT model),
    judged by ``r*`` against vanilla DPO's final replies of the same seed (``run_judge``).
@@ -24,6 +26,7 @@ exists and a screen when ``screen.json`` has it, so an interrupted run resumes w
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -138,31 +141,60 @@ def evaluate_point(
 
 
 def screen_curve(
-    run_dir: Path, steps: list[int], final_step: int, final_kl: float, screen: Callable[[Path], float]
+    run_dir: Path,
+    steps: list[int],
+    final_step: int,
+    final_kl: float,
+    screen: Callable[[Path], float],
+    *,
+    every: int,
+    max_ratio: float,
+    min_gap: float,
 ) -> dict[int, float]:
-    """The screened KL of every snapshot of a finished run: ``{step: kl}`` (the final: ``final_kl``).
+    """The screened KL of the snapshots worth screening: ``{step: kl}`` in step order (final: ``final_kl``).
 
-    ``screen(model_dir)`` estimates one snapshot's KL; each answer is recorded in ``curve/screen.json``
-    at once, so a resumed run screens only what is missing. The file ends with the final model's KL too.
+    Every ``every``-th snapshot is screened first; wherever KL then grows past :func:`select_points`'
+    spacing between two screened neighbours with unscreened snapshots between them, the middle one is
+    screened too, until every such gap is closed or has no snapshot left inside (bisection). KL is screened
+    densely where it grows fast and sparsely where it is flat. ``screen(model_dir)`` estimates one
+    snapshot's KL; each answer is recorded in ``curve/screen.json`` at once, so a resumed run screens only
+    what is missing. The file ends with the final model's KL too.
     """
     from popalign.io import atomic_write_json
 
     path = Path(run_dir) / CURVE_DIR / SCREEN_FILE
-    done = {}
+    done: dict[int, float] = {}
     if path.is_file():
         done = {int(k): float(v) for k, v in json.loads(path.read_text("utf-8")).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    for step in steps:
-        if step == final_step or step in done:
-            continue
+    done[final_step] = float(final_kl)
+    available = sorted(set(steps) | {final_step})
+
+    def measure(step: int) -> None:
+        if step in done:
+            return
         folder = point_dir(run_dir, step)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: the snapshot of step {step} is missing")
         done[step] = float(screen(folder))
         atomic_write_json(path, {str(k): v for k, v in sorted(done.items())})
-    done[final_step] = float(final_kl)
+
+    for step in available[every - 1 :: every]:
+        measure(step)
+    while True:
+        points = [(0, 0.0), *sorted((s, done[s]) for s in done if s in available)]
+        wide = [
+            (a, b)
+            for (a, ka), (b, kb) in itertools.pairwise(points)
+            if kb > max(max_ratio * ka, ka + min_gap) and any(a < s < b for s in available)
+        ]
+        if not wide:
+            break
+        for a, b in wide:
+            inside = [s for s in available if a < s < b]
+            measure(inside[len(inside) // 2])
     atomic_write_json(path, {str(k): v for k, v in sorted(done.items())})
-    return {s: done[s] for s in steps}
+    return {s: done[s] for s in available if s in done}
 
 
 def drop_snapshots(run_dir: Path, keep: list[int]) -> None:

@@ -159,10 +159,19 @@ def evaluate_curve_points(
     evaluate(Path(sft), layout.origin(seed) / "eval", "sft")
     folder = layout.run(spec.name, seed)
     final_kl = json.loads((folder / "eval" / "generate.json").read_text("utf-8"))["kl"]["value"]
-    screened = screen_curve(folder, steps, final, final_kl, lambda m: _screen_kl(cfg, layout, seed, sft, m))
-    kept = [
-        steps[i] for i in select_points([screened[s] for s in steps], cfg.curve.max_ratio, cfg.curve.min_gap)
-    ]
+    c = cfg.curve
+    screened = screen_curve(
+        folder,
+        steps,
+        final,
+        final_kl,
+        lambda m: _screen_kl(cfg, layout, seed, sft, m),
+        every=c.screen_every,
+        max_ratio=c.max_ratio,
+        min_gap=c.min_gap,
+    )
+    order = list(screened)
+    kept = [order[i] for i in select_points([screened[s] for s in order], c.max_ratio, c.min_gap)]
     drop_snapshots(folder, kept)
     evaluate_curve(
         folder, kept, final, folder / "eval", lambda m, e, step: evaluate(m, e, f"{spec.name}@{step}")

@@ -229,8 +229,8 @@ def _common(cfg: ReproduceConfig, data: Path) -> list[str]:
         "training.lr_scheduler_type=cosine",
         "training.report_to=none",
         "training.progress=false",
-        # Logged at every snapshot, so each curve checkpoint has the margins of the steps just before it.
-        f"training.logging_steps={cfg.curve.every or 10}",
+        # Logged at every screened snapshot, so each curve checkpoint has the margins of the steps before it.
+        f"training.logging_steps={cfg.curve.screen_every if cfg.curve.every else 10}",
         "training.save_total_limit=1",
         f"training.torch_threads={cfg.threads if cfg.threads else 'null'}",
     ]

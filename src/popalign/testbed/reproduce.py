@@ -232,7 +232,11 @@ def ensure_run(
         overrides,
         generation=config_to_dict(cfg.generation),
         bootstrap=cfg.bootstrap,
-        curve={"steps": points, "screen": [cfg.curve.screen_prompts, cfg.curve.max_ratio, cfg.curve.min_gap]},
+        # The budgets are the report's business: changing them must not retrain anything.
+        curve={
+            "steps": points,
+            **{k: v for k, v in config_to_dict(cfg.curve).items() if k != "budget_fractions"},
+        },
         **({"validation": True} if validate else {}),
     )
     if _check_marker(read_marker(folder / DONE), fingerprint, f"run {spec.name} seed {seed}", folder):

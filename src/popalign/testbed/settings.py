@@ -123,9 +123,14 @@ class GenerationSettings:
 @dataclass
 class CurveSettings:
     every: int = help_field(
-        5,
+        1,
         help="Save a snapshot every N optimiser steps for the training curves and the reward-KL frontier "
         "(the same spacing in every run; 0: final models only, no frontier).",
+    )
+    screen_every: int = help_field(
+        5,
+        help="Screen the KL of every Nth snapshot first; snapshots between two screened ones are screened "
+        "(by bisection) only where KL grows faster than max_ratio allows.",
     )
     screen_prompts: int = help_field(
         64,
@@ -271,9 +276,10 @@ class ReproduceConfig:
                 "settings are picked on validation prompts, never on the test ones"
             )
         c = self.curve
-        if c.every < 0 or c.screen_prompts < 2 or c.max_ratio <= 1 or c.min_gap < 0:
+        if c.every < 0 or c.screen_every < 1 or c.screen_prompts < 2 or c.max_ratio <= 1 or c.min_gap < 0:
             raise ConfigError(
-                "curve.every must be >= 0, curve.screen_prompts >= 2, curve.max_ratio > 1, curve.min_gap >= 0"
+                "curve.every must be >= 0, curve.screen_every >= 1, curve.screen_prompts >= 2, "
+                "curve.max_ratio > 1, curve.min_gap >= 0"
             )
         if any(not 0 < f <= 1 for f in c.budget_fractions):
             raise ConfigError("curve.budget_fractions must lie in (0, 1]")
