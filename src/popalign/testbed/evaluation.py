@@ -62,7 +62,7 @@ def evaluate(
     run_generate(
         [str(model_dir)],
         data,
-        spec=_generate_spec(cfg, seed),
+        spec=generate_spec(cfg, seed),
         split="test",
         out=str(out),
         names=[name],
@@ -86,11 +86,11 @@ def evaluate_validation(cfg: ReproduceConfig, layout: Layout, model_dir: Path, n
     common = {"split": "validation", "out": out, "names": [name], "progress": False}
     run_discriminative([str(model_dir)], str(layout.data), scoring=scoring, boot=boot, plots=False, **common)
     run_generate(
-        [str(model_dir)], str(layout.data), spec=_generate_spec(cfg, seed), device="cpu", kl=False, **common
+        [str(model_dir)], str(layout.data), spec=generate_spec(cfg, seed), device="cpu", kl=False, **common
     )
 
 
-def _generate_spec(cfg: ReproduceConfig, seed: int):
+def generate_spec(cfg: ReproduceConfig, seed: int):
     from popalign.eval.generate import GenerateSpec
 
     g = cfg.generation
@@ -113,7 +113,7 @@ def _point_evaluator(cfg: ReproduceConfig, layout: Layout, seed: int, reference:
             eval_dir,
             name=name,
             data=str(layout.data),
-            spec=_generate_spec(cfg, seed),
+            spec=generate_spec(cfg, seed),
             reference=reference,
             baseline=layout.run(BASELINE, seed) / "eval",
             score_fn=SCORE_FN,
@@ -123,29 +123,39 @@ def _point_evaluator(cfg: ReproduceConfig, layout: Layout, seed: int, reference:
     return evaluate
 
 
-def _screen_kl(cfg: ReproduceConfig, layout: Layout, seed: int, reference: str, model_dir: Path) -> float:
-    """A snapshot's mean KL to ``reference`` on the first ``curve.screen_prompts`` test prompts."""
-    import tempfile
+class KLScreen:
+    """The cheap KL screen of one run's snapshots: ``KLScreen(...)(model_dir)`` is the snapshot's mean KL
+    to the SFT model on the first ``curve.screen_prompts`` test prompts, sampled as the full evaluation
+    samples them. The prompts, the tokenizer and the reference are loaded once per run (at the first
+    snapshot: a resumed run with nothing left to screen loads nothing), not once per snapshot.
+    """
 
-    from popalign.eval.pipeline import BootstrapOptions, run_generate
+    def __init__(self, cfg: ReproduceConfig, layout: Layout, seed: int, reference: str) -> None:
+        self.cfg, self.layout, self.seed, self.reference_path = cfg, layout, seed, reference
+        self.loaded: tuple | None = None
 
-    # The screen needs the mean alone; its interval would cost resamples for nothing.
-    boot = BootstrapOptions(n_resamples=1, seed=seed)
-    with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
-        (record,) = run_generate(
-            [str(model_dir)],
-            str(layout.data),
-            spec=_generate_spec(cfg, seed),
-            split="test",
-            limit=cfg.curve.screen_prompts,
-            out=tmp,
-            names=["screen"],
-            device="cpu",
-            reference=reference,
-            boot=boot,
-            progress=False,
-        )
-    return float(record["kl"]["value"])
+    def _load(self) -> tuple:
+        from popalign.eval.pipeline import eval_data, load_eval_table
+        from popalign.modeling.load import load_causal_lm, load_tokenizer
+
+        if self.loaded is None:
+            data = eval_data(str(self.layout.data), "test", None, self.cfg.curve.screen_prompts)
+            prompts = list(load_eval_table(data)[0].prompts)
+            reference = load_causal_lm(self.reference_path).eval()
+            self.loaded = (prompts, load_tokenizer(self.reference_path), reference)
+        return self.loaded
+
+    def __call__(self, model_dir: Path) -> float:
+        import numpy as np
+
+        from popalign.eval.generate import generate_responses
+        from popalign.modeling.load import load_causal_lm
+
+        prompts, tokenizer, reference = self._load()
+        model = load_causal_lm(str(model_dir)).eval()
+        spec = generate_spec(self.cfg, self.seed)
+        samples = generate_responses(model, tokenizer, prompts, spec, progress=False, reference=reference)
+        return float(np.mean(samples.kl))
 
 
 def evaluate_curve_points(
@@ -165,7 +175,7 @@ def evaluate_curve_points(
         steps,
         final,
         final_kl,
-        lambda m: _screen_kl(cfg, layout, seed, sft, m),
+        KLScreen(cfg, layout, seed, sft),
         every=c.screen_every,
         max_ratio=c.max_ratio,
         min_gap=c.min_gap,
