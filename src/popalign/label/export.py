@@ -317,14 +317,18 @@ def export_hf(engine: Any, project: Project, out_dir: str | Path, all_pairs: boo
     )
     about = f"PoP labels collected with popalign label, project {project.name!r}: {project.to_json()}"
     info = datasets.DatasetInfo(description=about, features=features)
-    ds = datasets.Dataset.from_list(records, features=features, info=info)
+    # Column-wise, so that no records still give every column: from_list([]) infers no columns and
+    # then fails against the declared features.
+    columns = {name: [r[name] for r in records] for name in features}
+    ds = datasets.Dataset.from_dict(columns, features=features, info=info)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists() and not (out_dir / "state.json").is_file():
         raise PopalignError(f"{out_dir} exists and is not a datasets folder; choose another -o")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        ds.save_to_disk(str(tmp / "ds"))
+        # An empty dataset would otherwise be saved as zero shards, which load_from_disk cannot read.
+        ds.save_to_disk(str(tmp / "ds"), num_shards=1 if len(ds) == 0 else None)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         (tmp / "ds").rename(out_dir)
