@@ -16,6 +16,8 @@ field.
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ import numpy as np
 
 from popalign.data.formats import read_file, read_folder
 from popalign.data.schema import PreferenceTable
-from popalign.errors import DataError
+from popalign.errors import DataError, PopalignError
+from popalign.io import atomic_open, atomic_path
 from popalign.pop.build import META_FORMAT
 from popalign.pop.pairs import PoPPairs
 from popalign.pop.stats import pair_statistics
@@ -33,7 +36,7 @@ LABEL_COLUMNS = ("id_a", "id_b", "stronger")
 LABEL_FORMATS = (".jsonl", ".csv", ".parquet")
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_label_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(row number, record)`` for each label row, read by the preference data layer's readers."""
     raw = read_folder(path, "train") if path.is_dir() else read_file(path)
     yield from zip(raw.row_numbers, raw.rows, strict=True)
@@ -78,7 +81,7 @@ def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
     seen: dict[tuple[int, int], int] = {}
     strong: list[int] = []
     weak: list[int] = []
-    for row, rec in _rows(path):
+    for row, rec in read_label_rows(path):
         id_a, id_b, stronger = (_present(rec, name, file, row) for name in LABEL_COLUMNS)
         for name, pid in (("id_a", id_a), ("id_b", id_b)):
             if pid not in position:
@@ -123,3 +126,28 @@ def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
         ),
     }
     return PoPPairs(strong_idx, weak_idx, flipped, meta)
+
+
+def write_labels(rows: list[dict], path: str | Path) -> Path:
+    """Write the rows as ``.jsonl``, ``.csv`` or ``.parquet`` (by suffix), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in LABEL_FORMATS:
+        raise PopalignError(f"the label file must end in {', '.join(LABEL_FORMATS)} (got {path.name})")
+    if suffix == ".jsonl":
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif suffix == ".csv":
+        with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = {name: pa.array([r[name] for r in rows], type=pa.string()) for name in LABEL_COLUMNS}
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.table(columns), tmp)
+    return path
