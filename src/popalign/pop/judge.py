@@ -14,6 +14,7 @@ each one, so a killed run resumes where it stopped and nothing is asked twice.
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,6 +122,7 @@ class Asker:
         self.tokens = {"prompt": 0, "completion": 0, "prompt_cached": 0, "completion_cached": 0}
         self.questions = {"asked": 0, "from_cache": 0}
         self.progress = None
+        self._lock = threading.Lock()  # the counters are shared by the worker threads
 
     def _pref(self, row: int) -> dict[str, str]:
         t = self.table
@@ -133,22 +135,21 @@ class Asker:
         )
         key = question_key(spec.model, messages, spec.sampling())
         answer = self.cache.get(key)
-        suffix = ""
-        if answer is None:
+        cached = answer is not None
+        if not cached:
             answer = self.client.ask(messages, spec.sampling())
             self.cache.put(key, answer)
-            self.questions["asked"] += 1
-        else:
-            self.questions["from_cache"] += 1
-            suffix = "_cached"
-        self._count_tokens(answer, suffix)
-        if self.progress is not None:
-            self.progress.update(1)
+        self._count(answer, cached)
         return answer.text
 
-    def _count_tokens(self, answer: Answer, suffix: str) -> None:
-        self.tokens["prompt" + suffix] += answer.prompt_tokens or 0
-        self.tokens["completion" + suffix] += answer.completion_tokens or 0
+    def _count(self, answer: Answer, cached: bool) -> None:
+        suffix = "_cached" if cached else ""
+        with self._lock:
+            self.questions["from_cache" if cached else "asked"] += 1
+            self.tokens["prompt" + suffix] += answer.prompt_tokens or 0
+            self.tokens["completion" + suffix] += answer.completion_tokens or 0
+            if self.progress is not None:
+                self.progress.update(1)
 
     def ask(self, pool: ThreadPoolExecutor, questions: list[Question]) -> list[Verdict]:
         futures = [
@@ -156,7 +157,7 @@ class Asker:
             for q in questions
         ]
         flat = [f for pair in futures for f in pair]
-        done, _ = wait(flat, return_when=FIRST_EXCEPTION)
+        wait(flat, return_when=FIRST_EXCEPTION)
         failed = next((f for f in flat if f.done() and f.exception() is not None), None)
         if failed is not None:
             for f in flat:
@@ -208,7 +209,7 @@ def judge_pairs(
 def _iterative(table, margins, pop: PoPSpec, spec: JudgeSpec, asker: Asker, pool, bar):
     k = int(pop.k)
     sampler = IterativeQuestions(margins, len(table), pop.min_gap, k, spec.max_candidates or 4 * k, pop.seed)
-    bar.total = 2 * k * len(table)  # at least; more where the judge calls candidates stronger
+    bar.total = 2 * k * len(table)  # an estimate: short anchors ask fewer, lost candidates more
     verdicts: list[Verdict] = []
     while questions := sampler.next_round():
         for v in asker.ask(pool, questions):
