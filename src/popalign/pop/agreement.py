@@ -26,17 +26,17 @@ from typing import Any
 import numpy as np
 
 from popalign.data.schema import PreferenceTable
-from popalign.errors import DataError
-from popalign.pop.labels import read_label_rows
+from popalign.pop.labels import SAME, iter_labels
 from popalign.pop.stats import margin_buckets
 
-SAME = -1  # the stored "stronger" of a pair judged about the same
+SAME_ROW = -1  # the stored "stronger" of a pair judged about the same
+PICKS = ("a", "b", SAME)
 LEVEL = 0.95
 
 
 @dataclass
 class Judgements:
-    """Verdicts by unordered pair ``(low row, high row)``: the stronger row, or :data:`SAME`."""
+    """Verdicts by unordered pair ``(low row, high row)``: the stronger row, or :data:`SAME_ROW`."""
 
     source: str
     verdicts: dict[tuple[int, int], int] = field(default_factory=dict)
@@ -46,41 +46,14 @@ class Judgements:
 
 def load_judgements(path: str | Path, table: PreferenceTable) -> Judgements:
     """Read a label or records file against ``table``; errors name the file, row and field."""
-    file = str(path)
-    position = {str(pid): i for i, pid in enumerate(table.ids)}
-    out = Judgements(file)
-    for row, rec in read_label_rows(Path(path)):
-        pos = []
-        for name in ("id_a", "id_b"):
-            pid = rec.get(name)
-            if pid is None or str(pid) not in position:
-                raise DataError(
-                    f"id {pid!r} is not in the preference dataset", file=file, row=row, field=name
-                )
-            pos.append(position[str(pid)])
-        a, b = pos
-        key = (min(a, b), max(a, b))
-        if key in out.verdicts or a == b:
-            raise DataError(
-                "a pair judged twice, or a preference with itself", file=file, row=row, field="id_b"
-            )
-        if rec.get("first") in ("a", "b", "same") and rec.get("second") in ("a", "b", "same"):
+    out = Judgements(str(path))
+    for _, rec, a, b, winner in iter_labels(path, table, open_verdicts=True):
+        if rec.get("first") in PICKS and rec.get("second") in PICKS:
             out.orders.append((rec["first"], rec["second"]))
-        stronger = rec.get("stronger")
-        if stronger is None or str(stronger).strip() == "":
+        if winner is None:
             out.no_verdict += 1
-            continue
-        value = str(stronger).strip()
-        if value.lower() == "same":
-            out.verdicts[key] = SAME
-        elif value.lower() in ("a", "b"):
-            out.verdicts[key] = a if value.lower() == "a" else b
-        elif value in (str(table.ids[a]), str(table.ids[b])):
-            out.verdicts[key] = a if value == str(table.ids[a]) else b
         else:
-            raise DataError(
-                f"{value!r} is not a, b, same or one of the pair's ids", file=file, row=row, field="stronger"
-            )
+            out.verdicts[(min(a, b), max(a, b))] = SAME_ROW if winner == SAME else winner
     return out
 
 
@@ -126,7 +99,7 @@ def score_agreement(j: Judgements, margins: np.ndarray) -> dict[str, Any]:
     gap = np.abs(margins[lo] - margins[hi])
     score_side = np.where(margins[lo] > margins[hi], lo, hi)
     usable = gap > 1e-9  # equal margins: the scores name no stronger side
-    tie = said == SAME
+    tie = said == SAME_ROW
     agree = (said == score_side) & usable
     bucket, b_lo, b_hi = margin_buckets(gap[usable]) if usable.any() else (np.zeros(0, int), [], [])
     level = 1 - (1 - LEVEL) / max(len(b_lo), 1)
@@ -166,7 +139,7 @@ def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
 
 
 def _answer(key: tuple[int, int], stronger: int) -> str:
-    return "same" if stronger == SAME else ("low" if stronger == key[0] else "high")
+    return SAME if stronger == SAME_ROW else ("low" if stronger == key[0] else "high")
 
 
 def label_agreement(a: Judgements, b: Judgements) -> dict[str, Any]:

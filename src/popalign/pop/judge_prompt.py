@@ -23,9 +23,9 @@ import string
 from pathlib import Path
 
 from popalign.errors import PopalignError
+from popalign.pop.labels import SAME
 
 SIDES = ("a", "b")
-SAME = "same"
 FIELDS = tuple(f"{part}_{side}" for side in SIDES for part in ("prompt", "chosen", "rejected"))
 PLACEHOLDERS = (*FIELDS, "answer_format")
 

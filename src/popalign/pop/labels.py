@@ -64,12 +64,18 @@ def _stronger_is_a(value: str, id_a: str, id_b: str, file: str, row: int) -> boo
     )
 
 
-def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
-    """Read people's PoP labels into :class:`PoPPairs` over ``table`` (``flipped`` all ``False``).
+SAME = "same"  # "about the same": a verdict, but no label (only where ``open_verdicts``)
 
-    ``table`` needs no scores; when it has them, ``meta["appearances"]`` also counts the labels that
-    disagree with the score margins. Raises :class:`DataError` for an unknown id, a pair of a preference
-    with itself, a bad ``stronger`` value, a missing field or a pair judged twice (in either order).
+
+def iter_labels(
+    path: str | Path, table: PreferenceTable, open_verdicts: bool = False
+) -> Iterator[tuple[int, dict[str, Any], int, int, int | str | None]]:
+    """``(row number, record, a, b, verdict)`` per row, ``a``/``b`` row positions in ``table``.
+
+    ``verdict`` is the stronger row position; with ``open_verdicts`` also :data:`SAME` or ``None`` (an
+    empty ``stronger``: no verdict), as a judge's records file has. Raises :class:`DataError` naming the
+    file, row and field for an unknown id, a pair of a preference with itself, a bad ``stronger`` value,
+    a missing field or a pair judged twice (in either order).
     """
     path = Path(path)
     file = str(path)
@@ -79,10 +85,8 @@ def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
         raise DataError("PoP label file not found", file=file)
     position = {str(pid): i for i, pid in enumerate(table.ids)}
     seen: dict[tuple[int, int], int] = {}
-    strong: list[int] = []
-    weak: list[int] = []
     for row, rec in read_label_rows(path):
-        id_a, id_b, stronger = (_present(rec, name, file, row) for name in LABEL_COLUMNS)
+        id_a, id_b = (_present(rec, name, file, row) for name in ("id_a", "id_b"))
         for name, pid in (("id_a", id_a), ("id_b", id_b)):
             if pid not in position:
                 raise DataError(
@@ -105,9 +109,28 @@ def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
                 field="id_b",
             )
         seen[key] = row
-        a_wins = _stronger_is_a(stronger, id_a, id_b, file, row)
-        strong.append(a if a_wins else b)
-        weak.append(b if a_wins else a)
+        raw = rec.get("stronger")
+        if open_verdicts and (raw is None or not str(raw).strip()):
+            yield row, rec, a, b, None
+            continue
+        stronger = _present(rec, "stronger", file, row)
+        if open_verdicts and stronger.lower() == SAME:
+            yield row, rec, a, b, SAME
+            continue
+        yield row, rec, a, b, a if _stronger_is_a(stronger, id_a, id_b, file, row) else b
+
+
+def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
+    """Read people's PoP labels into :class:`PoPPairs` over ``table`` (``flipped`` all ``False``).
+
+    ``table`` needs no scores; when it has them, ``meta["appearances"]`` also counts the labels that
+    disagree with the score margins. Rows are checked as :func:`iter_labels` says.
+    """
+    strong: list[int] = []
+    weak: list[int] = []
+    for _, _, a, b, winner in iter_labels(path, table):
+        strong.append(winner)
+        weak.append(b if winner == a else a)
     strong_idx = np.asarray(strong, dtype=np.int64)
     weak_idx = np.asarray(weak, dtype=np.int64)
     flipped = np.zeros(strong_idx.size, dtype=bool)
@@ -115,7 +138,7 @@ def load_pop_labels(path: str | Path, table: PreferenceTable) -> PoPPairs:
         "format": META_FORMAT,
         "settings": {"strategy": "labels"},
         "source": {
-            "labels": file,
+            "labels": str(path),
             "path": table.source,
             "fingerprint": table.fingerprint(),
             "preferences": len(table),
