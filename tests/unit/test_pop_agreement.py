@@ -96,7 +96,7 @@ def test_position_consistency_from_records(tmp_path):
         {"id_a": "p0", "id_b": "p2", "stronger": "same", "first": "a", "second": "b"},  # first shown twice
         {"id_a": "p1", "id_b": "p2", "stronger": None, "first": None, "second": "a"},
     ]
-    got = position_consistency(load_judgements(write(tmp_path / "r.jsonl", rows), table()))
+    got = position_consistency(load_judgements(write(tmp_path / "r.jsonl", rows), table()).orders)
     # Picks of the first shown: pair 1: first "b" no, second "b" yes; pair 2: both yes -> 3 of 4.
     assert got["pairs"] == 2 and got["consistent"] == 0.5 and got["picked_first_shown"] == 0.75
 

@@ -238,11 +238,13 @@ def test_random_run_gives_the_labels_the_scores_give_and_a_rerun_asks_nothing(fa
     assert summary["questions"] == {"asked": 12, "from_cache": 0}
     assert summary["tokens"]["prompt"] == 1200 and summary["tokens"]["completion"] == 12
     # A judge without position bias picks the first shown in exactly one of each pair's two orders.
-    assert summary["position"] == {
-        "answers_a_or_b": 12,
-        "picked_the_first_shown": 0.5,
-        "consistent_share": 1.0,
-    }
+    pos = summary["position"]
+    assert (pos["pairs"], pos["answers_a_or_b"], pos["picked_first_shown"], pos["consistent"]) == (
+        6,
+        12,
+        0.5,
+        1.0,
+    )
     rows = label_rows(verdicts, table, pop, spec_for(fake))
     from popalign.pop.labels import write_labels
 

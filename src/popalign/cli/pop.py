@@ -282,14 +282,18 @@ def run_judge(args: argparse.Namespace) -> int:
 def format_judge_summary(s: dict) -> str:
     """A few lines: pairs and verdicts, questions asked and cached, position bias, tokens and cost."""
     p, q, pos, t = s["pairs"], s["questions"], s["position"], s["tokens"]
-    first = pos["picked_the_first_shown"]
     lines = [
         f"pairs judged: {p['judged']:,} (consistent {p['consistent']:,}, inconsistent "
         f"{p['inconsistent']:,}, unparseable {p['unparseable']:,}); ties {p['ties']:,}; "
         f"with a stronger side {p['with_stronger_side']:,}",
         f"questions: {q['asked']:,} asked, {q['from_cache']:,} from the cache",
-        "position: picked the first shown in "
-        + ("n/a" if first is None else f"{first:.1%} of {pos['answers_a_or_b']:,} a/b answers"),
+        "position: "
+        + (
+            "n/a"
+            if pos is None
+            else f"{_pct(pos['consistent'])} of pairs consistent across orders; the first shown picked in "
+            f"{_pct(pos['picked_first_shown'])} of {pos['answers_a_or_b']:,} a/b answers"
+        ),
         f"tokens asked now: {t['prompt']:,} prompt + {t['completion']:,} completion "
         f"(from the cache: {t['prompt_cached']:,} + {t['completion_cached']:,})",
     ]
@@ -331,7 +335,7 @@ def run_agreement(args: argparse.Namespace) -> int:
         report["scores"] = score_agreement(first, table.margins)
     if args.other:
         report["other"] = {"file": args.other, **label_agreement(first, load_judgements(args.other, table))}
-    report["position"] = position_consistency(first)
+    report["position"] = position_consistency(first.orders)
     print(format_agreement(report))
     if args.json:
         atomic_write_json(args.json, report)

@@ -155,19 +155,20 @@ def label_agreement(a: Judgements, b: Judgements) -> dict[str, Any]:
     }
 
 
-def position_consistency(j: Judgements) -> dict[str, Any] | None:
-    """From a records file: pairs with both orders read, the share consistent, the share of a/b answers
-    that picked the preference shown first (0.5 without position bias); ``None`` without records."""
-    if not j.orders:
+def position_consistency(orders: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """From ``(first, second)`` picks (``a``, ``b`` or ``same``, both in the first order's letters): the
+    pairs, the share whose two orders agree, and the share of a/b answers that picked the preference
+    shown first (0.5 without position bias) with its interval; ``None`` without any pair."""
+    if not orders:
         return None
-    # `second` is stored in the first order's letters; in its own order the first shown was "b".
-    firsts = [x == "a" for x, _ in j.orders if x in ("a", "b")] + [
-        y == "b" for _, y in j.orders if y in ("a", "b")
+    # `second` is in the first order's letters; in its own order the first shown was "b".
+    firsts = [x == "a" for x, _ in orders if x in ("a", "b")] + [
+        y == "b" for _, y in orders if y in ("a", "b")
     ]
-    agree = sum(x == y for x, y in j.orders)
     return {
-        "pairs": len(j.orders),
-        "consistent": agree / len(j.orders),
+        "pairs": len(orders),
+        "consistent": sum(x == y for x, y in orders) / len(orders),
+        "answers_a_or_b": len(firsts),
         "picked_first_shown": sum(firsts) / len(firsts) if firsts else None,
         "picked_first_ci": list(_interval(sum(firsts), len(firsts), LEVEL)),
     }

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from popalign.config import ConfigError, help_field
 from popalign.data.schema import PreferenceTable
+from popalign.pop.agreement import position_consistency
 from popalign.pop.build import PoPSpec
 from popalign.pop.judge_cache import Answer, AnswerCache, question_key
 from popalign.pop.judge_client import JudgeClient, JudgeEndpointError
@@ -277,12 +278,6 @@ def record_rows(verdicts: list[Verdict], table: PreferenceTable) -> list[dict]:
 def summarize(verdicts: list[Verdict], pop: PoPSpec, spec: JudgeSpec, asker: Asker, sampler: dict) -> dict:
     """Counts, position bias, tokens and cost of a run (the ``<output>.judge.json`` content)."""
     status = {s: sum(v.status == s for v in verdicts) for s in ("consistent", "inconsistent", "unparseable")}
-    picks = [
-        p
-        for v in verdicts
-        for p in (v.first, {"a": "b", "b": "a"}.get(v.second or "", None))
-        if p in ("a", "b")
-    ]
     tokens = asker.tokens
     cost = None
     if spec.price_prompt is not None or spec.price_completion is not None:
@@ -305,13 +300,9 @@ def summarize(verdicts: list[Verdict], pop: PoPSpec, spec: JudgeSpec, asker: Ask
             "with_stronger_side": sum(v.stronger in ("a", "b") for v in verdicts),
         },
         "questions": dict(asker.questions),
-        "position": {
-            "answers_a_or_b": len(picks),
-            "picked_the_first_shown": (sum(p == "a" for p in picks) / len(picks)) if picks else None,
-            "consistent_share": status["consistent"] / (len(verdicts) - status["unparseable"])
-            if len(verdicts) > status["unparseable"]
-            else None,
-        },
+        "position": position_consistency(
+            [(v.first, v.second) for v in verdicts if v.status != "unparseable"]
+        ),
         "tokens": dict(tokens),
         "cost": cost,
     }
