@@ -1,4 +1,5 @@
-"""``popalign pop``: build preference-over-preference (PoP) datasets, or import people's PoP labels."""
+"""``popalign pop``: build preference-over-preference (PoP) datasets, import people's PoP labels, ask an
+LLM judge for them, and measure how far labels agree."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ EPILOG = """examples:
   popalign pop build ../data/train.jsonl --strategy iterative -k 2 -o runs/pop
   popalign pop build ../data --split train --strategy random -k 4 --noise 0.1 -o runs/pop/random.parquet
   popalign pop import-labels labels.csv --prefs ../data/train.jsonl -o runs/pop/people.parquet
+  popalign pop judge ../data/train.jsonl --endpoint http://127.0.0.1:8000/v1 --model NAME -o judge.jsonl
+  popalign pop agreement judge.jsonl.judge.jsonl people.jsonl --prefs ../data/train.jsonl
 
 A pair file has one row per pair (strong_id, weak_id, flipped) referring to the preference dataset by id;
 settings and statistics go to <pair file>.meta.json beside it.
