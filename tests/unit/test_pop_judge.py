@@ -345,3 +345,31 @@ def test_cli_judge_then_agreement(fake, tmp_path, capsys):
     assert "100.0% of 6 decided pairs agree" in printed
     assert "6 shared pairs, agree 100.0%, Cohen's kappa 1.000" in printed
     assert "100.0% of 6 pairs consistent" in printed
+
+
+def test_a_template_file_and_about_the_same_answers(fake, table, tmp_path):
+    template = tmp_path / "mine.txt"
+    template.write_text(
+        "MY QUESTION\nPrompt:\n${prompt_a}\n${chosen_a}\n${rejected_a}\n"
+        "Prompt:\n${prompt_b}\n${chosen_b}\n${rejected_b}\n${answer_format}\n"
+    )
+    seen = []
+
+    def near_ties_are_the_same(body, hit):
+        user = body["messages"][-1]["content"]
+        seen.append(user)
+        a, b = (int(x) for x in re.findall(r"Prompt:\nP(\d+)", user))
+        if abs(MARGINS[a] - MARGINS[b]) == 1:
+            return 200, {}, "SAME"
+        return FakeJudge.by_margin(body, hit)
+
+    fake.answer = near_ties_are_the_same
+    pop = PoPSpec("random", k=1, seed=3)
+    spec = spec_for(fake, template=str(template), allow_same=True)
+    verdicts, summary = judge_pairs(table, pop, spec, tmp_path / "c", progress=False)
+    assert all(u.startswith("MY QUESTION") and "SAME" in u for u in seen)
+    margins = table.margins
+    near = [abs(margins[v.question.first] - margins[v.question.second]) == 1 for v in verdicts]
+    assert 0 < sum(near) < len(verdicts)  # both kinds of pair are drawn
+    assert summary["pairs"]["ties"] == sum(near) and all(v.status == "consistent" for v in verdicts)
+    assert len(label_rows(verdicts, table, pop, spec)) == len(verdicts) - sum(near)
