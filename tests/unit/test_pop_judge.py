@@ -156,6 +156,9 @@ def spec_for(fake, **kw):
         ("SAME", False, None),  # not offered, so not accepted
         ("Both are fine", False, None),
         ("Absolutely A", False, None),  # read from the start only: no guessing
+        ("A or B", False, None),  # the instruction echoed
+        ("A/b", False, None),
+        ("A\n\n### Preference B", False, "a"),  # what follows the answer's line is not read
         ("", False, None),
     ],
 )

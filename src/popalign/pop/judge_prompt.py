@@ -12,8 +12,9 @@ the preference text need no escaping. The placeholders:
   ``allow_same`` also ``SAME`` for "about the same".
 
 The answer is read from its start: optional spaces, quotes, ``*``, brackets, and the words "Preference"
-or "Answer:", then ``A``, ``B`` or (with ``allow_same``) ``SAME`` as a whole word, any case. Anything else
-is *unparseable*: counted, never guessed.
+or "Answer:", then ``A``, ``B`` or (with ``allow_same``) ``SAME`` as a whole word, any case, with no other
+option named on the same line ("A or B" echoes the instruction). Anything else is *unparseable*:
+counted, never guessed.
 """
 
 from __future__ import annotations
@@ -137,5 +138,10 @@ def parse_answer(text: str | None, allow_same: bool) -> str | None:
         return None
     answer = match.group(1).lower()
     if answer == SAME and not allow_same:
+        return None
+    # "A or B", "A/B": the answer's first line naming another option too is an echo, not a choice.
+    others = {"a", "b", SAME} - {answer}
+    first_line = text[match.end() :].split("\n", 1)[0].lower()
+    if any(re.search(rf"\b{o}\b", first_line) for o in others):
         return None
     return answer
