@@ -11,6 +11,7 @@ import pytest
 from popalign.data.schema import PreferenceTable
 from popalign.errors import DataError
 from popalign.pop.agreement import (
+    answer_agreement,
     cohen_kappa,
     label_agreement,
     load_judgements,
@@ -96,9 +97,15 @@ def test_position_consistency_from_records(tmp_path):
         {"id_a": "p0", "id_b": "p2", "stronger": "same", "first": "a", "second": "b"},  # first shown twice
         {"id_a": "p1", "id_b": "p2", "stronger": None, "first": None, "second": "a"},
     ]
-    got = position_consistency(load_judgements(write(tmp_path / "r.jsonl", rows), table()).orders)
+    j = load_judgements(write(tmp_path / "r.jsonl", rows), table())
+    got = position_consistency(j.orders)
     # Picks of the first shown: pair 1: first "b" no, second "b" yes; pair 2: both yes -> 3 of 4.
     assert got["pairs"] == 2 and got["consistent"] == 0.5 and got["picked_first_shown"] == 0.75
+    # Single answers against the margins (p0 0, p1 1, p2 2): pair 1 both p1 (agree, agree; gap 1);
+    # pair 2 p0 then p2 (disagree, agree; gap 2); pair 3 only its second order, p1 (disagree; gap 1).
+    single = answer_agreement(j, table().margins)
+    assert (single["overall"]["decided"], single["overall"]["agree"]) == (5, 3)
+    assert {b["gap"][0]: (b["decided"], b["agree"]) for b in single["by_gap"]} == {1.0: (3, 2), 2.0: (2, 1)}
 
 
 def test_a_bad_row_names_file_row_and_field(tmp_path):

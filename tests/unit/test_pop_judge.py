@@ -345,7 +345,8 @@ def test_cli_judge_then_agreement(fake, tmp_path, capsys):
     assert summary["label_rows"] == 6 and "api_key_env" not in summary["settings"]["judge"]
     assert main(["pop", "agreement", str(records), str(out), "--prefs", str(prefs)]) == 0
     printed = capsys.readouterr().out
-    assert "100.0% of 6 decided pairs agree" in printed
+    assert "verdicts against the scores: 100.0% of 6 decided agree" in printed
+    assert "single answers (each order apart) against the scores: 100.0% of 12 decided agree" in printed
     assert "6 shared pairs, agree 100.0%, Cohen's kappa 1.000" in printed
     assert "100.0% of 6 pairs consistent" in printed
 

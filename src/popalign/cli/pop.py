@@ -325,6 +325,7 @@ def _register_agreement(pop_sub: argparse._SubParsersAction) -> None:
 def run_agreement(args: argparse.Namespace) -> int:
     from popalign.io import atomic_write_json
     from popalign.pop.agreement import (
+        answer_agreement,
         label_agreement,
         load_judgements,
         position_consistency,
@@ -336,6 +337,8 @@ def run_agreement(args: argparse.Namespace) -> int:
     report: dict = {"labels": args.labels, "verdicts": len(first.verdicts), "no_verdict": first.no_verdict}
     if table.has_scores:
         report["scores"] = score_agreement(first, table.margins)
+        if first.answers:
+            report["answers_vs_scores"] = answer_agreement(first, table.margins)
     if args.other:
         report["other"] = {"file": args.other, **label_agreement(first, load_judgements(args.other, table))}
     report["position"] = position_consistency(first.orders)
@@ -349,28 +352,31 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
+def _score_lines(s: dict, what: str) -> list[str]:
+    o = s["overall"]
+    lines = [
+        f"{what} against the scores: {_pct(o['share'])} of {o['decided']:,} decided agree "
+        f"(95% CI {_pct(o['ci'][0])}-{_pct(o['ci'][1])}: {o['call']}); {o['ties']} ties, "
+        f"{s['equal_margins']} of equal margins left out"
+    ]
+    if s["by_gap"]:
+        lines.append(f"  {'margin gap':>12} {'decided':>7} {'ties':>5} {'agree':>7}  CI (Bonferroni)   call")
+    for b in s["by_gap"]:
+        lo, hi = b["gap"]
+        gap = f"{lo:g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
+        ci = f"{_pct(b['ci'][0])}-{_pct(b['ci'][1])}"
+        lines.append(
+            f"  {gap:>12} {b['decided']:>7} {b['ties']:>5} {_pct(b['share']):>7}  {ci:<16}  {b['call']}"
+        )
+    return lines
+
+
 def format_agreement(r: dict) -> str:
     """The agreement report as text: the score curve by gap, kappa, position consistency."""
     lines = [f"{r['labels']}: {r['verdicts']:,} pairs with a verdict, {r['no_verdict']:,} without"]
-    if "scores" in r:
-        s = r["scores"]
-        o = s["overall"]
-        lines.append(
-            f"against the scores: {_pct(o['share'])} of {o['decided']:,} decided pairs agree "
-            f"(95% CI {_pct(o['ci'][0])}-{_pct(o['ci'][1])}: {o['call']}); {o['ties']} ties, "
-            f"{s['equal_margins']} pairs of equal margins left out"
-        )
-        if s["by_gap"]:
-            lines.append(
-                f"  {'margin gap':>12} {'pairs':>6} {'ties':>5} {'agree':>7}  CI (Bonferroni)   call"
-            )
-        for b in s["by_gap"]:
-            lo, hi = b["gap"]
-            gap = f"{lo:g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
-            ci = f"{_pct(b['ci'][0])}-{_pct(b['ci'][1])}"
-            lines.append(
-                f"  {gap:>12} {b['decided']:>6} {b['ties']:>5} {_pct(b['share']):>7}  {ci:<16}  {b['call']}"
-            )
+    for key, what in (("scores", "verdicts"), ("answers_vs_scores", "single answers (each order apart)")):
+        if key in r:
+            lines += _score_lines(r[key], what)
     if "other" in r:
         o = r["other"]
         kappa = "n/a" if o["kappa"] is None else f"{o['kappa']:.3f}"

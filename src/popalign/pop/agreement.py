@@ -9,6 +9,9 @@
 * **Against another label file** (people's export of ``popalign label``, or a second judge) on the
   same pairs, in either order: Cohen's kappa over the answers "first id stronger", "second id
   stronger", "about the same".
+* **Single answers against scores** (a judge's records file): the same curve over every answer on its
+  own, each order apart: what one order alone would give, and a weak judge's signal where its two
+  orders never agree.
 * **Position consistency** (a judge's records file, with the answer in each presentation order): the
   share of pairs whose two orders agree, and the share of answers that picked whichever was shown first.
 
@@ -42,6 +45,8 @@ class Judgements:
     verdicts: dict[tuple[int, int], int] = field(default_factory=dict)
     no_verdict: int = 0
     orders: list[tuple[str, str]] = field(default_factory=list)  # (first, second) picks where recorded
+    # Each single answer of a records file: (shown first, shown second, the row it called stronger).
+    answers: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def load_judgements(path: str | Path, table: PreferenceTable) -> Judgements:
@@ -50,6 +55,9 @@ def load_judgements(path: str | Path, table: PreferenceTable) -> Judgements:
     for _, rec, a, b, winner in iter_labels(path, table, open_verdicts=True):
         if rec.get("first") in PICKS and rec.get("second") in PICKS:
             out.orders.append((rec["first"], rec["second"]))
+        for shown, other, pick in ((a, b, rec.get("first")), (b, a, rec.get("second"))):
+            if pick in PICKS:  # both picks are in the first order's letters: "a" is row a
+                out.answers.append((shown, other, SAME_ROW if pick == SAME else (a if pick == "a" else b)))
         if winner is None:
             out.no_verdict += 1
         else:
@@ -89,15 +97,25 @@ def _cell(agree: int, decided: int, ties: int, level: float) -> dict[str, Any]:
 
 
 def score_agreement(j: Judgements, margins: np.ndarray) -> dict[str, Any]:
-    """Agreement with the score-derived labels, overall and per margin-gap bucket (see the module doc)."""
+    """Agreement of the verdicts with the score-derived labels, overall and per margin-gap bucket."""
     keys = list(j.verdicts)
-    if not keys:
+    return _curve([k[0] for k in keys], [k[1] for k in keys], [j.verdicts[k] for k in keys], margins)
+
+
+def answer_agreement(j: Judgements, margins: np.ndarray) -> dict[str, Any]:
+    """The same for every single answer of a records file (each order apart): what a judge asked in one
+    order only would give. Shows a weak judge's signal where its two orders never agree."""
+    x, y, said = zip(*j.answers, strict=True) if j.answers else ((), (), ())
+    return _curve(list(x), list(y), list(said), margins)
+
+
+def _curve(x: list[int], y: list[int], said: list[int], margins: np.ndarray) -> dict[str, Any]:
+    """Pairs ``(x[i], y[i])`` judged ``said[i]`` (the stronger row or :data:`SAME_ROW`) against scores."""
+    if not said:
         return {"pairs": 0, "equal_margins": 0, "overall": _cell(0, 0, 0, LEVEL), "by_gap": []}
-    lo = np.array([k[0] for k in keys])
-    hi = np.array([k[1] for k in keys])
-    said = np.array([j.verdicts[k] for k in keys])
-    gap = np.abs(margins[lo] - margins[hi])
-    score_side = np.where(margins[lo] > margins[hi], lo, hi)
+    x, y, said = np.asarray(x), np.asarray(y), np.asarray(said)
+    gap = np.abs(margins[x] - margins[y])
+    score_side = np.where(margins[x] > margins[y], x, y)
     usable = gap > 1e-9  # equal margins: the scores name no stronger side
     tie = said == SAME_ROW
     agree = (said == score_side) & usable
@@ -117,7 +135,7 @@ def score_agreement(j: Judgements, margins: np.ndarray) -> dict[str, Any]:
         )
     decided = int((usable & ~tie).sum())
     return {
-        "pairs": len(keys),
+        "pairs": len(said),
         "equal_margins": int((~usable).sum()),
         "overall": _cell(int(agree.sum()), decided, int((usable & tie).sum()), LEVEL),
         "bucket_level": level,
