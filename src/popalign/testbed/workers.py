@@ -4,13 +4,17 @@ Seeds are independent once the data and the SFT model exist (every run of a seed
 DPO of that same seed), so ``reproduce`` hands whole seeds to a pool of ``workers`` processes. Each process
 runs its seed's jobs in order, exactly as one process would, and puts a line on a queue after each job;
 the parent turns those into its progress bar. Processes are spawned, not forked: the parent has loaded
-torch and may hold threads.
+torch and may hold threads. A worker whose parent dies (killed, not interrupted) stops at once rather than
+train on unwatched: a rerun would otherwise race it for the same run folders.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue as queue_module
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -30,7 +34,7 @@ def run_seeds(job: SeedJob, cfg: Any, seeds: list[int], workers: int, bar: Any) 
     with context.Manager() as manager:
         lines = manager.Queue()
         with ProcessPoolExecutor(max_workers=min(workers, len(seeds)), mp_context=context) as pool:
-            pending = {pool.submit(job, cfg, seed, lines) for seed in seeds}
+            pending = {pool.submit(_watched, job, cfg, seed, lines, os.getpid()) for seed in seeds}
             try:
                 while pending:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -44,6 +48,18 @@ def run_seeds(job: SeedJob, cfg: Any, seeds: list[int], workers: int, bar: Any) 
             finally:
                 _drain(lines, bar)
     return ran
+
+
+def _watched(job: SeedJob, cfg: Any, seed: int, lines: Any, parent: int) -> list[str]:
+    """``job`` in a worker that exits as soon as ``parent`` is gone (it is re-parented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return job(cfg, seed, lines)
 
 
 def _drain(lines: Any, bar: Any) -> None:
