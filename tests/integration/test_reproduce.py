@@ -110,7 +110,9 @@ def test_every_run_has_a_training_curve_from_the_sft_model(straight):
     out, _ = straight
     results = json.loads((out / "report" / "results.json").read_text())
     frontier = results["frontier"]
-    for name, points in frontier["curves"].items():
+    for name, by_seed in frontier["curves"].items():
+        assert list(by_seed) == ["0"]
+        points = by_seed["0"]
         done = json.loads((out / "runs" / name / "seed-0" / "done.json").read_text())
         assert [p["step"] for p in points] == [0, *done["curve_steps"]]
         assert done["curve_steps"][-1] == done["steps"]

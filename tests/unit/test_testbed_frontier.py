@@ -155,7 +155,8 @@ def test_six_and_twelve_checkpoints_of_one_curve_never_differ_in_direction():
 def test_summary_holds_curves_table_and_verdicts():
     s = fr.summarise_frontier(_results(0.5), [0.5], BOOT)
     assert [b["label"] for b in s["budgets"]] == ["vanilla DPO's final KL", "50% of the common range"]
-    assert [p["kl"][0] for p in s["curves"]["dpo"]] == pytest.approx([0.0, 1.0, 2.0])
+    assert [p["kl"][0] for p in s["curves"]["dpo"]["0"]] == pytest.approx([0.0, 1.0, 2.0])
+    assert set(s["curves"]["dpo"]) == {"0", "1"}  # one curve per seed: seeds keep their own checkpoints
     assert s["table"][NOMARGIN]["vanilla DPO's final KL"]["in_range"] is False
     assert s["table"]["dpo-pop-random"]["max_kl"] == pytest.approx(6.0)
     # KL 2 is first reached at the checkpoint with KL 2, after the start (KL 0): the bracket it leans on,

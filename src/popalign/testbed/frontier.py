@@ -275,24 +275,28 @@ def _point_stat(field: str, p: int):
 def summarise_frontier(
     results: dict[str, list[RunResult]], fractions: list[float], boot: dict
 ) -> dict | None:
-    """Curves (per checkpoint: step, KL, r* and win rate with intervals), budgets, matched-KL verdicts."""
+    """Curves (per run and seed, per checkpoint: step, KL, r* and win rate with intervals), budgets,
+    the matched-KL table and verdicts."""
     with_curves = {n: runs for n, runs in results.items() if all(r.curve is not None for r in runs)}
     if BASELINE not in with_curves:
         return None
-    curves = {}
-    for name, runs in with_curves.items():
-        points = len(runs[0].curve.steps)
-        if any(len(r.curve.steps) != points for r in runs):
-            continue  # seeds of different lengths cannot be averaged point by point
-        curves[name] = [
-            {
-                "step": float(np.mean([r.curve.steps[p] for r in runs])),
-                "kl": cl.bootstrap_stat(runs, None, _point_stat("kl", p), **boot),
-                "reward": cl.bootstrap_stat(runs, None, _point_stat("reward", p), **boot),
-                "win_rate": cl.bootstrap_stat(runs, None, _point_stat("advantage", p), **boot),
-            }
-            for p in range(points)
-        ]
+    # Each seed keeps its own KL-spaced checkpoints (steps differ between seeds), so curves are per seed;
+    # a point's intervals are the item bootstrap of that seed.
+    curves = {
+        name: {
+            str(r.seed): [
+                {
+                    "step": float(r.curve.steps[p]),
+                    "kl": cl.bootstrap_stat([r], None, _point_stat("kl", p), **boot),
+                    "reward": cl.bootstrap_stat([r], None, _point_stat("reward", p), **boot),
+                    "win_rate": cl.bootstrap_stat([r], None, _point_stat("advantage", p), **boot),
+                }
+                for p in range(len(r.curve.steps))
+            ]
+            for r in runs
+        }
+        for name, runs in with_curves.items()
+    }
     chosen = budgets(with_curves, fractions)
     table = {}
     for name, runs in with_curves.items():

@@ -41,7 +41,8 @@ class RunResult:
     vanilla DPO's reply per test prompt ``(N,)`` (None for vanilla DPO itself); ``rewards``: r* of each reply
     (None when replies were not judged: the real-model track);
     ``curve``: the training curve (:mod:`popalign.testbed.curves`) when the run recorded one;
-    ``margins``: the :data:`MARGIN_LOGS` at each curve step after the start (``nan`` where not logged).
+    ``margins``: ``step`` and screened ``kl`` of every screened snapshot, and the :data:`MARGIN_LOGS` there
+    (``nan`` where not logged).
     """
 
     spec: RunSpec
@@ -90,8 +91,16 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         advantages = np.array([by_id[i] for i in ids], dtype=np.float64)
     done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
     curve, margins = None, None
+    screened = folder / "curve" / "screen.json"
+    if screened.is_file():
+        # The margins at every screened step, each with its screened KL ("kl"): a grid every seed shares.
+        kl = {int(k): float(v) for k, v in json.loads(screened.read_text(encoding="utf-8")).items()}
+        margins = {
+            "step": np.array(sorted(kl), dtype=np.float64),
+            "kl": np.array([kl[k] for k in sorted(kl)]),
+        }
+        margins.update(margin_trace(folder / "trainer_state.json", sorted(kl)))
     if done.get("curve_steps"):
-        margins = margin_trace(folder / "trainer_state.json", done["curve_steps"])
         points = [(0, layout.origin(seed) / "eval")]
         points += [
             (s, ev if s == done["steps"] else point_dir(folder, s) / "eval") for s in done["curve_steps"]
@@ -132,35 +141,42 @@ def margin_trace(state_file: Path, steps: list[int]) -> dict[str, np.ndarray]:
     return out
 
 
-def summarise_margins(results: dict[str, list[RunResult]]) -> dict[str, list[dict[str, float]]]:
-    """Per run with a margin, per curve checkpoint: step, KL and the margin logs, means over seeds.
+def summarise_margins(
+    results: dict[str, list[RunResult]], rows: int = 12
+) -> dict[str, list[dict[str, float]]]:
+    """Per run with a margin: the margin logs at up to ``rows`` steps screened in every seed, seed means.
 
+    Each seed keeps its own checkpoints, but every seed screens the same steps (every
+    ``curve.screen_every``-th and the last), so the table is read there, with the screened KL.
     ``ratio`` is the mean margin over the mean reward margin of the policy on the same strong pairs: how
     large the margin is against what the policy already separates. Runs whose margin is 0 throughout
-    (vanilla DPO, the no-margin controls) are left out; so are runs whose seeds have different curves.
+    (vanilla DPO, the no-margin controls) are left out.
     """
     out = {}
     for name, runs in results.items():
-        if any(r.margins is None or r.curve is None for r in runs):
+        if any(r.margins is None for r in runs):
             continue
-        steps = runs[0].curve.steps[1:]
-        if any(len(r.curve.steps) != len(steps) + 1 for r in runs):
+        common = sorted(set.intersection(*(set(r.margins["step"].tolist()) for r in runs)))
+        if not common:
             continue
-        stack = {k: np.stack([r.margins[k] for r in runs]) for k in MARGIN_LOGS}
+        picked = [common[i] for i in sorted({round(x) for x in np.linspace(0, len(common) - 1, rows)})]
+        index = [{s: i for i, s in enumerate(r.margins["step"].tolist())} for r in runs]
+        stack = {
+            k: np.array([[r.margins[k][ix[s]] for s in picked] for r, ix in zip(runs, index, strict=True)])
+            for k in ("kl", *MARGIN_LOGS)
+        }
         if not np.nan_to_num(np.abs(stack["margin"])).any():
             continue
-        kl = np.stack([r.curve.kl[1:].mean(axis=1) for r in runs]).mean(axis=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a log no seed has stays nan, silently
             means = {k: np.nanmean(v, axis=0) for k, v in stack.items()}
-        rows = []
-        for i in range(len(steps)):
-            row = {"step": float(np.mean([r.curve.steps[i + 1] for r in runs])), "kl": float(kl[i])}
-            row.update({k: float(means[k][i]) for k in MARGIN_LOGS})
+        table = []
+        for i, step in enumerate(picked):
+            row = {"step": float(step), **{k: float(means[k][i]) for k in ("kl", *MARGIN_LOGS)}}
             rm = row["reward_margin"]
             row["ratio"] = row["margin"] / rm if np.isfinite(rm) and rm != 0 else float("nan")
-            rows.append(row)
-        out[name] = rows
+            table.append(row)
+        out[name] = table
     return out
 
 

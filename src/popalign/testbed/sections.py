@@ -47,12 +47,13 @@ def frontier_blocks(frontier: dict[str, Any] | None, verdicts: list[dict], out: 
     blocks: list[tuple] = [("h2", "The reward-KL frontier: methods at the same distance from the reference")]
     blocks.append(("p", FRONTIER_TEXT))
     curves = [
-        {"name": n, "kl": [p["kl"][0] for p in pts], "reward": [p["reward"] for p in pts]}
-        for n, pts in frontier["curves"].items()
+        {"name": n, "seed": seed, "kl": [p["kl"][0] for p in pts], "reward": [p["reward"] for p in pts]}
+        for n, by_seed in frontier["curves"].items()
+        for seed, pts in by_seed.items()
     ]
     marks = [(f"{b['label']} ({b['value']:.3g})", b["value"]) for b in budgets]
     path = figures.plot_frontier(curves, marks, out / "frontier.png")
-    blocks.append(("img", "Reward-KL frontier (mean over seeds, 95% CI of r*)", path))
+    blocks.append(("img", "Reward-KL frontier (one line per seed, 95% CI of r* over prompts)", path))
     headers = ["Run", "max KL", *[f"r* at {b['label']} ({b['value']:.3g} nats)" for b in budgets]]
     rows = []
     for name, row in frontier["table"].items():
@@ -80,6 +81,8 @@ def frontier_blocks(frontier: dict[str, Any] | None, verdicts: list[dict], out: 
         ("p", "Verdicts at each budget, with the rules of the paper's claims above:"),
         ("table", verdict_by_budget(verdicts, budgets)),
         ("h2", "Training curves in numbers"),
+        ("p", "Each seed keeps its own KL-spaced checkpoints; shown here for the first seed of each run "
+              "(every seed's curve is in results.json), with 95% intervals over test prompts."),
         ("table", curve_table(frontier["curves"])),
     ]  # fmt: skip
     return blocks
@@ -105,13 +108,22 @@ def verdict_by_budget(verdicts: list[dict], budgets: list[dict]) -> tuple[list[s
     return headers, rows
 
 
-def curve_table(curves: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-    headers = ["Run", "Step", "KL [95% CI]", "Mean r* [95% CI]", "Win rate vs DPO's final % [95% CI]"]
-    rows = [
-        [name, fmt(p["step"], 0), interval(p["kl"]), interval(p["reward"]), interval(p["win_rate"], 1, 100.0)]
-        for name, pts in curves.items()
-        for p in pts
-    ]
+def curve_table(curves: dict[str, dict[str, list[dict]]]) -> tuple[list[str], list[list[str]]]:
+    headers = ["Run", "Seed", "Step", "KL [95% CI]", "Mean r* [95% CI]", "Win rate vs DPO's final % [95% CI]"]
+    rows = []
+    for name, by_seed in curves.items():
+        seed, points = next(iter(by_seed.items()))
+        rows += [
+            [
+                name,
+                seed,
+                fmt(p["step"], 0),
+                interval(p["kl"]),
+                interval(p["reward"]),
+                interval(p["win_rate"], 1, 100.0),
+            ]
+            for p in points
+        ]
     return headers, rows
 
 
@@ -261,8 +273,9 @@ def tuning_blocks(selection: dict[str, Any], factors: list[float]) -> list[tuple
 
 
 MARGIN_TEXT = (
-    "The margin each run's loss used, read from its training log at each curve checkpoint (means over the "
-    "examples since the previous checkpoint, then over seeds): the margin itself, the policy's own reward "
+    "The margin each run's loss used, read from its training log at steps every seed screened (means over "
+    "the examples of the last logged steps, then over seeds; KL: the screened estimate): the margin itself, "
+    "the policy's own reward "
     "margin on the same strong pairs, their ratio, and for the PoP target margin the shares clipped to 0 "
     "and to M_max. A margin far below the reward margins cannot change what the loss asks of the policy."
 )
