@@ -123,10 +123,14 @@ def test_resolution_rule_by_hand():
     assert not fr.resolved((1.0, 3.5), 1.5)  # beyond twice the budget
     assert not fr.resolved((0.6, 2.0), 1.5)  # below half of it
     # The parabola through (0, 0), (1, 1), (2, 4) at 1.5 is 2.25; the line from (1, 1) to (2, 4) gives 2.5.
-    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 4.0]), 1.5) == pytest.approx(0.25)
-    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.0]), 1.5) == pytest.approx(0.0)
+    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 4.0]), 1.5)[0] == pytest.approx(0.25)
+    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.0]), 1.5)[0] == pytest.approx(0.0)
+    # Its standard error: the weights (parabola minus line) at 1.5 are -1/8, 1/4, -1/8, so with every
+    # checkpoint's se 0.1 it is 0.1 * sqrt(1/64 + 1/16 + 1/64).
+    _, se = fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 4.0]), 1.5, np.full(3, 0.1))
+    assert se == pytest.approx(0.1 * np.sqrt(3 / 32))
     # Only two checkpoints: no third to estimate the bend from.
-    assert fr.bend(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.5) == float("inf")
+    assert fr.bend(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.5)[0] == float("inf")
 
 
 def _concave(name: str, seed: int, kls) -> RunResult:

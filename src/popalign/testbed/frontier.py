@@ -17,9 +17,11 @@ of the common range (the smallest largest-KL over every run and seed), so those 
 **Resolution.** A value interpolated at budget ``B`` is *resolved* when it stands on checkpoints near the
 budget and the curve is nearly straight between them (:func:`resolved`; a checkpoint exactly at ``B``
 needs no interpolation): the checkpoint it reaches ``B`` at lies at most at ``2 B`` and the one before it
-at least at ``B / 2``, and the straight line differs from the parabola through these two checkpoints and
-their nearest neighbour by at most :data:`MAX_BEND` at ``B`` (an estimate of the interpolation error, which
-is systematic: a straight line under a concave curve sits below it in every seed). The start (KL 0) as
+at least at ``B / 2``, and the straight line does not differ from the parabola through these two
+checkpoints and their nearest neighbour by more than :data:`MAX_BEND` at ``B`` beyond two standard errors
+of that difference (an estimate of the interpolation error, which is systematic: a straight line under a
+concave curve sits below it in every seed; the standard errors keep noise between checkpoints from
+passing for a bend). The start (KL 0) as
 the lower checkpoint breaks the rule like any other distant one: the straight line from the SFT model is
 not the curve. A matched-KL claim for which any seed of either run is unresolved gets the verdict
 *unresolved*, never a direction; curves are sampled densely enough for this not to happen where KL grows
@@ -159,26 +161,38 @@ def seed_bracket(run: RunResult, budget: Budget) -> tuple[float, float]:
     return float(kl[max(first - 1, 0)]), float(kl[first])
 
 
-def bend(kl: np.ndarray, value: np.ndarray, budget: float) -> float:
-    """How far the straight line at ``budget`` lies from the parabola through three checkpoints.
+def bend(
+    kl: np.ndarray, value: np.ndarray, budget: float, value_se: np.ndarray | None = None
+) -> tuple[float, float]:
+    """How far the straight line at ``budget`` lies from the parabola through three checkpoints, and the
+    standard error of that difference.
 
     The two checkpoints the budget is interpolated between and the nearest other one (the one before, else
-    the one after): ``|parabola(budget) - line(budget)|``, an estimate of the interpolation error. 0 on a
-    checkpoint; ``inf`` when there is no third checkpoint.
+    the one after): ``|parabola(budget) - line(budget)|``, an estimate of the interpolation error. Both are
+    weighted sums of the three values, so with their standard errors ``value_se`` (checkpoints sampled
+    independently) the estimate's own error follows. ``(0, 0)`` on a checkpoint; ``inf`` when there is no
+    third checkpoint.
     """
     first = int(np.argmax(reaches(kl, budget)))
     if first == 0 or abs(kl[first] - budget) <= 1e-9 * (1.0 + abs(budget)):
-        return 0.0
+        return 0.0, 0.0
     prev = first - 1
     third = prev - 1 if prev >= 1 else first + 1
     if third >= len(kl):
-        return float("inf")
-    xs, ys = kl[[third, prev, first]], value[[third, prev, first]]
+        return float("inf"), 0.0
+    idx = [third, prev, first]
+    xs = kl[idx]
     if len(set(xs.tolist())) < 3:
-        return float("inf")
-    parabola = np.polyval(np.polyfit(xs, ys, 2), budget)
-    line = value[prev] + (budget - kl[prev]) / (kl[first] - kl[prev]) * (value[first] - value[prev])
-    return float(abs(parabola - line))
+        return float("inf"), 0.0
+    # Lagrange weights of the parabola at the budget, minus the line's weights on its two checkpoints.
+    weights = np.array(
+        [np.prod([(budget - xs[j]) / (xs[i] - xs[j]) for j in range(3) if j != i]) for i in range(3)]
+    )
+    t = (budget - kl[prev]) / (kl[first] - kl[prev])
+    weights[1] -= 1.0 - t
+    weights[2] -= t
+    se = 0.0 if value_se is None else float(np.sqrt(np.sum((weights * value_se[idx]) ** 2)))
+    return float(abs(weights @ value[idx])), se
 
 
 def bracket(runs: list[RunResult], budget: Budget) -> tuple[float, float]:
@@ -207,8 +221,17 @@ def unresolved_seeds(runs: list[RunResult], budget: Budget) -> list[str]:
         target = _on_all(r, budget)
         if not resolved((low, high), target):
             out.append(f"{r.spec.name} seed {r.seed} (KL {low:.3g}-{high:.3g})")
-        elif (error := bend(*curve_means(r), target)) > MAX_BEND:
-            out.append(f"{r.spec.name} seed {r.seed} (bend {error:.3g} between KL {low:.3g}-{high:.3g})")
+        else:
+            reward = r.curve.reward
+            se = reward.std(axis=1, ddof=1) / np.sqrt(reward.shape[1])
+            error, error_se = bend(*curve_means(r), target, se)
+            # Only a bend larger than the tolerance beyond its own noise (2 standard errors) counts: the
+            # parabola through three noisy checkpoints bends by chance too.
+            if error - 2 * error_se > MAX_BEND:
+                out.append(
+                    f"{r.spec.name} seed {r.seed} (bend {error:.3g} +- {error_se:.2g} between KL "
+                    f"{low:.3g}-{high:.3g})"
+                )
     return out
 
 

@@ -312,8 +312,9 @@ def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, floa
         ]
     else:
         what = [
-            "The paper's pipeline (SFT, then the six methods of Section 4.2 and two controls, then",
-            f"discriminative and generative evaluation) on the testbed task: {t.train_prompts} training and",
+            f"The paper's pipeline (SFT, then {len(cfg.methods)} of the six methods of Section 4.2 and",
+            f"{len(cfg.controls)} controls, then discriminative and generative evaluation) on the testbed task:",
+            f"{t.train_prompts} training and",
             f"{t.test_prompts} test preferences, a tiny Llama ({cfg.model.layers} layers, hidden size",
             f"{cfg.model.hidden_size}), seeds {seeds}. Generations are judged by the ground-truth reward r*",
             "itself.",
