@@ -313,8 +313,8 @@ def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, floa
     else:
         what = [
             f"The paper's pipeline (SFT, then {len(cfg.methods)} of the six methods of Section 4.2 and",
-            f"{len(cfg.controls)} controls, then discriminative and generative evaluation) on the testbed task:",
-            f"{t.train_prompts} training and",
+            f"{len(cfg.controls)} controls, then discriminative and generative evaluation) on the testbed",
+            f"task: {t.train_prompts} training and",
             f"{t.test_prompts} test preferences, a tiny Llama ({cfg.model.layers} layers, hidden size",
             f"{cfg.model.hidden_size}), seeds {seeds}. Generations are judged by the ground-truth reward r*",
             "itself.",
