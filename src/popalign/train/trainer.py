@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from popalign.errors import PopalignError
 from popalign.losses.preference import LossOutput
@@ -31,6 +31,7 @@ from popalign.train.config import LossSpec, ReferenceSpec, TargetSpec
 from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
 from popalign.train.margin_cache import WeakRewardCache, select_pairs
 from popalign.train.sharding import ShardedLayout
+from popalign.train.throughput import ThroughputMeter, non_embedding_parameters, peak_flops
 
 TARGET_STATE = "popalign_target.pt"
 MARGIN_CACHE_STATE = "popalign_margin_cache-{process}.pt"
@@ -120,6 +121,7 @@ class PreferenceTrainer(Trainer):
         self.weak_forward_rows = 0
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._metric_count = 0
+        self._throughput: ThroughputMeter | None = None
 
     def _fsdp_full_copy(self, what: str) -> bool:
         """Whether ``what`` needs a full model copy under FSDP (it is then sharded like the policy).
@@ -351,6 +353,7 @@ class PreferenceTrainer(Trainer):
             )
         if model.training:
             self._accumulate(out.metrics)
+            self._meter().add(inputs)
         return (loss, out) if return_outputs else loss
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -359,7 +362,36 @@ class PreferenceTrainer(Trainer):
         first = next(iter(metrics.values()))
         self._metric_count += int(first.shape[0]) if first.dim() else 1
 
+    def _meter(self) -> ThroughputMeter:
+        if self._throughput is None:
+            inner = self._unwrapped(self.model)
+            self._throughput = ThroughputMeter(
+                non_embedding_parameters(inner), lora=_is_peft(inner), peak=peak_flops(self.args.device)
+            )
+        return self._throughput
+
+    def _log_throughput(self, logs: dict[str, float]) -> None:
+        """Real tokens/s, padding share and MFU since the last log, in the logs and on the progress bar."""
+        if self._throughput is None:
+            return
+
+        def reduce(counts: list[int]) -> list[float]:
+            totals = torch.tensor(counts, dtype=torch.float64, device=self.accelerator.device)
+            return self.accelerator.reduce(totals, reduction="sum").tolist()
+
+        rates = self._throughput.take(reduce, self.accelerator.num_processes)
+        logs.update(rates)
+        bar = next((c for c in self.callback_handler.callbacks if isinstance(c, ProgressCallback)), None)
+        if rates and bar is not None and bar.training_bar is not None:
+            shown = {"tok/s": f"{rates['throughput/real_tokens_per_s']:.0f}"}
+            shown["pad"] = f"{rates['throughput/padding_share']:.0%}"
+            if "throughput/mfu" in rates:
+                shown["MFU"] = f"{rates['throughput/mfu']:.1%}"
+            bar.training_bar.set_postfix(shown, refresh=False)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            self._log_throughput(logs)
         if self._metric_count and "loss" in logs:
             names = sorted(self._metric_sums)
             sums = torch.stack(
