@@ -266,7 +266,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--pairs", type=int, default=4, help="preferences per optimiser step")
+    p.add_argument("--pairs", type=int, default=2, help="preferences per optimiser step")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--steps", type=int, default=2, help="timed optimiser steps per configuration")
     p.add_argument("--max-length", type=int, default=1024, help="longest prompt+reply in tokens")
