@@ -291,3 +291,12 @@ def test_a_token_budget_that_splits_pairs_unevenly_equals_one_padded_batch(
         budget=50,
     )
     assert_same_step(got, want)
+
+
+def test_a_scored_first_token_is_refused(tokenizer):
+    model = tiny_causal_lm(tokenizer, seed=0)
+    batch = pack_rows([[7, 8, 9], [10, 11]], [1, 1], pad_id=tokenizer.pad_token_id)
+    batch["completion_mask"][1, 0] = 1  # the second row's first token: a sequence start
+    args = [batch[k] for k in ("input_ids", "position_ids", "completion_mask", "sequence_index")]
+    with pytest.raises(ValueError, match="first token"):
+        packed_logps(model, *args, 2)
