@@ -10,6 +10,7 @@ Commands:
   pop       the PoP builder alone (benchmarks/pop_build.py)
   margin-cache  what loss.margin_refresh_steps saves (hit rates) and changes (tiny runs, --data DIR)
   gpu       the H200 comparison (benchmarks/gpu_h200.py); --dry-run runs its code path on a CPU
+  real      real lengths: TRL vs popalign padded and padding-free on the UltraFeedback sample, SmolLM2
 
 Examples:
   python -m benchmarks
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.heads import main as run
     elif command == "margin-cache":
         from benchmarks.margin_cache import main as run
+    elif command == "real":
+        from benchmarks.real import main as run
     elif command == "gpu":
         from benchmarks.gpu_h200 import main as run
     else:

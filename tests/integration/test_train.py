@@ -449,3 +449,36 @@ def test_train_help_lists_every_preset_and_the_parts_table(capsys):
     for name in [*all_methods("policy"), *all_methods("reward-model"), *FORMS, *MARGIN_SOURCES]:
         assert re.search(rf"^\s*{re.escape(name)}\s", text, re.M), name
     assert "forms x sources" in text and "Azar et al. 2024, Eq. 17" in text
+
+
+def test_padding_free_trains_to_the_padded_run_s_weights(tmp_path):
+    # Real UltraFeedback lengths, DPO-PoP (weak pair through the target), 2 accumulation steps, SGD.
+    common = (
+        "method=dpo-pop-random",
+        "tokenize.max_length=256",
+        "training.learning_rate=0.5",
+        "training.max_steps=2",
+        "training.optim=sgd",
+        "training.max_grad_norm=0",
+        "training.gradient_accumulation_steps=2",
+    )
+    padded = run_train(config(tmp_path, *common, name="padded"))
+    packed = run_train(config(tmp_path, *common, "training.padding_free=true", name="packed"))
+    assert json.loads((tmp_path / "packed" / "run_info.json").read_text())["padding_free"] is True
+    # Sums of up to 256 float32 log-probs in another order, after two steps at learning rate 0.5.
+    assert_same_weights(weights(padded["model"]), weights(packed["model"]), atol=2e-5)
+    logs = json.loads((tmp_path / "packed" / "trainer_state.json").read_text())["log_history"]
+    padded_logs = json.loads((tmp_path / "padded" / "trainer_state.json").read_text())["log_history"]
+    share = [h["throughput/padding_share"] for h in logs if "loss" in h]
+    padded_share = [h["throughput/padding_share"] for h in padded_logs if "loss" in h]
+    assert len(share) == 2 and all(a < b for a, b in zip(share, padded_share, strict=True))
+
+
+def test_a_token_budget_groups_whole_preferences(tmp_path):
+    cfg = config(
+        tmp_path, "training.padding_free=true", "training.max_tokens_per_batch=600", "training.max_steps=2"
+    )
+    run_train(cfg)
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    # 32 preferences of at most 2 x 96 tokens each: at least 32 * 2 * ~30 / 600 micro-batches, fewer than 32.
+    assert 1 < info["micro_batches"] < 32

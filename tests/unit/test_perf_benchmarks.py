@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from benchmarks.common import Shape, ids_to_text, model_flops_per_step, synthetic_ids, word_tokenizer
 from benchmarks.heads import markdown_rows, point_summary
 from benchmarks.heads import targets as heads_targets
 from benchmarks.margin_cache import replay_hit_rate
 from benchmarks.profile_step import kind_of
+from benchmarks.real import CountingCollator, targets
 from benchmarks.train_step import _least_disturbed, summarise
 
 
@@ -122,3 +124,28 @@ def test_profile_kinds():
     assert kind_of("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention kernels"
     assert kind_of("aten::exp_") == "softmax / exp of the LM head"
     assert kind_of("aten::expand") == "other operators"
+
+
+def test_real_length_targets_by_hand():
+    rows = {
+        "trl-dpo": {"real_tokens_per_s": 100.0},
+        "popalign-dpo": {"real_tokens_per_s": 150.0},
+        "popalign-dpo-padding-free": {"real_tokens_per_s": 250.0},
+    }
+    got = targets(rows)
+    check = got["popalign padding-free >= 2x TRL real tokens/s"]
+    assert (check["value"], check["met"]) == (2.5, True)
+    assert got["ratios"]["padding_free_vs_padded_dpo"] == pytest.approx(250 / 150)
+    assert got["ratios"]["padding_free_vs_padded_pop"] is None  # rows not measured
+    rows["popalign-dpo-padding-free"] = {"error": "exit 1"}
+    assert targets(rows)["popalign padding-free >= 2x TRL real tokens/s"]["met"] is None
+
+
+def test_real_length_counting_collator_counts_each_batch():
+    def collate(items):
+        return {"input_ids": torch.zeros(2, 5), "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1] * 5])}
+
+    counting = CountingCollator(collate)
+    counting([{}])
+    counting([{}])
+    assert counting.counts == [(8, 10), (8, 10)]

@@ -142,6 +142,21 @@ class TrainingSpec:
         "prompt+chosen+rejected with a block attention mask). Same log-probs up to float rounding; "
         "ignored for reward models and for attention kernels without custom masks (docs/benchmarks.md).",
     )
+    padding_free: bool = help_field(
+        False,
+        help="Preference training of a policy: pack each micro-batch's chosen and rejected sequences (and "
+        "DPO-PoP's weak pair) end to end in rows without padding; position ids restart per sequence and "
+        "attention stays inside it (sdpa/eager on CPU, flash-attention varlen on CUDA). Same log-probs and "
+        "gradients as padded rows to float32 rounding; not with prefix_sharing or reward models "
+        "(docs/training.md).",
+    )
+    max_tokens_per_batch: int | None = help_field(
+        None,
+        help="Fill each micro-batch with whole preferences up to this many tokens (prompt+chosen and "
+        "prompt+rejected, before padding) instead of per_device_train_batch_size of them; a longer "
+        "preference is a micro-batch of its own. The loss is then the mean over every preference of the "
+        "optimiser step. null: a fixed number per micro-batch.",
+    )
     logps_chunk_size: int | None = help_field(
         None,
         help="Tokens whose LM-head logits are computed at once when scoring completions (and recomputed in "
@@ -207,10 +222,31 @@ class TrainConfig:
             raise ConfigError(f"loss.beta must be positive, got {self.loss.beta}")
         if self.loss.margin_refresh_steps < 1:
             raise ConfigError(f"loss.margin_refresh_steps must be >= 1, got {self.loss.margin_refresh_steps}")
+        self._validate_layout(method)
         try:
             self.tokenize.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _validate_layout(self, method: Method) -> None:
+        from popalign.config import ConfigError
+
+        spec = self.training
+        if spec.padding_free and spec.prefix_sharing:
+            raise ConfigError(
+                "training.padding_free and training.prefix_sharing cannot be combined: prefix sharing needs "
+                "a block attention mask per row, which packed rows (attention separated by position ids "
+                "alone) cannot carry; choose one (docs/training.md)"
+            )
+        if spec.padding_free and method.reward_model:
+            raise ConfigError(
+                "training.padding_free applies to policies; a reward model scores the last token of each "
+                "padded row (objective=reward-model)"
+            )
+        if spec.max_tokens_per_batch is not None and spec.max_tokens_per_batch < 1:
+            raise ConfigError(
+                f"training.max_tokens_per_batch must be >= 1 or null, got {spec.max_tokens_per_batch}"
+            )
 
 
 @dataclass
@@ -233,3 +269,8 @@ class SFTConfig:
 
         if not self.data.path:
             raise ConfigError("data.path is required (a file, folder or hub id with prompts and responses)")
+        if self.training.padding_free or self.training.max_tokens_per_batch is not None:
+            raise ConfigError(
+                "training.padding_free and training.max_tokens_per_batch apply to preference training "
+                "(popalign train), not to popalign sft"
+            )

@@ -87,9 +87,12 @@ def select_pairs(inputs: dict[str, Tensor], prefix: str, rows: Tensor) -> dict[s
     ``rows``: a (k,) index into the batch's B preferences.
 
     Plain layout: the ``2B``-row tensors keep rows ``rows`` and ``B + rows`` (chosen, then rejected).
+    Padding-free layout: the sequences ``rows`` and ``B + rows`` are packed anew.
     """
     import torch
 
+    if f"{prefix}sequence_index" in inputs:
+        return _select_packed(inputs, prefix, rows)
     batch = inputs[f"{prefix}input_ids"].shape[0]
     shared = f"{prefix}prompt_lengths" in inputs
     both = rows if shared else torch.cat([rows, rows + batch // 2])
@@ -99,4 +102,19 @@ def select_pairs(inputs: dict[str, Tensor], prefix: str, rows: Tensor) -> dict[s
             continue
         name = key[len(prefix) :]
         out[key] = value[both] if name in PAIR_ROW_KEYS else value[rows]
+    return out
+
+
+def _select_packed(inputs: dict[str, Tensor], prefix: str, rows: Tensor) -> dict[str, Tensor]:
+    import torch
+
+    from popalign.modeling.packing import PACKED_ROW_KEYS, select_sequences
+
+    n = inputs[f"{prefix}sequence_lengths"].shape[0] // 2
+    packed = {k: inputs[f"{prefix}{k}"] for k in (*PACKED_ROW_KEYS, "sequence_lengths")}
+    out = {f"{prefix}{k}": v for k, v in select_sequences(packed, torch.cat([rows, rows + n])).items()}
+    for key, value in inputs.items():
+        name = key[len(prefix) :]
+        if key.startswith(prefix) and torch.is_tensor(value) and key not in out and name != "index":
+            out[key] = value[rows]
     return out

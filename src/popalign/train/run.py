@@ -83,6 +83,31 @@ def _use_prefix_sharing(cfg: TrainConfig, model, reward_model: bool) -> bool:
     return False
 
 
+def _use_padding_free(cfg: TrainConfig, model) -> bool:
+    """``training.padding_free`` where the model's attention separates packed sequences (config validation
+    has refused reward models and prefix sharing)."""
+    if not cfg.training.padding_free:
+        return False
+    from popalign.modeling.packing import padding_free_unsupported
+
+    why = padding_free_unsupported(model)
+    if why is None:
+        return True
+    log.warning("training.padding_free: %s; using padded rows", why)
+    return False
+
+
+def batched_examples(cfg: TrainConfig, examples, tokenized):
+    """``examples`` as the Trainer's dataset: one example per item, or whole micro-batches under a token
+    budget (``training.max_tokens_per_batch``)."""
+    budget = cfg.training.max_tokens_per_batch
+    if budget is None:
+        return examples
+    from popalign.train.collate import BudgetBatches
+
+    return BudgetBatches(examples, tokenized, budget, seed=cfg.training.seed)
+
+
 def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns a summary (paths, metrics). Resumes from checkpoints.
 
@@ -134,6 +159,10 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
             )
     examples, info["examples"] = build_examples(cfg, table, method, out)
     info["prefix_sharing"] = _use_prefix_sharing(cfg, model, reward_model)
+    info["padding_free"] = _use_padding_free(cfg, model)
+    dataset = batched_examples(cfg, examples, tokenized)
+    if dataset is not examples:
+        info["micro_batches"] = len(dataset)
     collator = PreferenceCollator(
         tokenized,
         tokenizer.pad_token_id,
@@ -143,18 +172,20 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         margin_column=table.margin if method.source.needs_column else None,
         with_weak=method.needs_weak_pair,
         prefix_sharing=info["prefix_sharing"],
+        padding_free=info["padding_free"],
     )
     atomic_write_json(out / "run_info.json", info)
     trainer = PreferenceTrainer(
         model=model,
         args=training_arguments(cfg.training, out),
-        train_dataset=examples,
+        train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
         method=method,
         loss=cfg.loss,
         target=cfg.target,
         reference=cfg.reference,
+        mean_over_step=cfg.training.max_tokens_per_batch is not None,
         callbacks=callbacks,
     )
     return finish_run(trainer, tokenizer, out, cfg.save_final, resume)

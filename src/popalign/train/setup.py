@@ -126,7 +126,8 @@ def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any)
         learning_rate=spec.learning_rate,
         num_train_epochs=spec.num_train_epochs,
         max_steps=spec.max_steps,
-        per_device_train_batch_size=spec.per_device_train_batch_size,
+        # Under a token budget each dataset item is a whole micro-batch (train.collate.BudgetBatches).
+        per_device_train_batch_size=1 if spec.max_tokens_per_batch else spec.per_device_train_batch_size,
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         lr_scheduler_type=spec.lr_scheduler_type,
         # transformers 5 reads a warmup below 1 as a fraction of all steps.

@@ -17,19 +17,21 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from popalign.errors import PopalignError
 from popalign.losses.preference import LossOutput
 from popalign.losses.rewards import implicit_rewards
 from popalign.methods import Method, method_loss
 from popalign.modeling.logps import completion_logps, sequence_scores
+from popalign.modeling.packing import packed_logps, sequence_sums
 from popalign.modeling.prefix_sharing import shared_prefix_logps
 from popalign.modeling.target import PolyakTarget, adapters_disabled
 from popalign.train.config import LossSpec, ReferenceSpec, TargetSpec
 from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
 from popalign.train.margin_cache import WeakRewardCache, select_pairs
 from popalign.train.sharding import ShardedLayout
+from popalign.train.throughput import ThroughputMeter, non_embedding_parameters, peak_flops
 
 TARGET_STATE = "popalign_target.pt"
 MARGIN_CACHE_STATE = "popalign_margin_cache-{process}.pt"
@@ -63,6 +65,9 @@ class PreferenceTrainer(Trainer):
             the target.
         reference: ``precompute=False`` runs the reference model each step instead of reading precomputed
             log-probs from the batch.
+        mean_over_step: the loss is the mean over every preference of the optimiser step (all micro-batches,
+            all processes), not the mean of the micro-batches' means: needed where micro-batches differ in
+            size (``training.max_tokens_per_batch``), for which the two differ.
     """
 
     def __init__(
@@ -72,12 +77,15 @@ class PreferenceTrainer(Trainer):
         loss: LossSpec | None = None,
         target: TargetSpec | None = None,
         reference: ReferenceSpec | None = None,
+        mean_over_step: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        # Our loss is a per-example mean of one micro-batch; the Trainer divides it by the
-        # accumulation steps, so batch 8 equals batch 4 x 2 accumulation steps.
-        self.loss_is_scaled_for_ga = False
+        # Without mean_over_step our loss is a per-example mean of one micro-batch; the Trainer divides it
+        # by the accumulation steps, so batch 8 equals batch 4 x 2 accumulation steps. With it, the loss
+        # is divided by the step's number of preferences here (see _get_num_items_in_batch).
+        self.mean_over_step = mean_over_step
+        self.loss_is_scaled_for_ga = mean_over_step
         self.method = method
         self.loss = loss or LossSpec()
         self.target: PolyakTarget | None = None
@@ -113,6 +121,7 @@ class PreferenceTrainer(Trainer):
         self.weak_forward_rows = 0
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._metric_count = 0
+        self._throughput: ThroughputMeter | None = None
 
     def _fsdp_full_copy(self, what: str) -> bool:
         """Whether ``what`` needs a full model copy under FSDP (it is then sharded like the policy).
@@ -170,7 +179,16 @@ class PreferenceTrainer(Trainer):
 
     @staticmethod
     def _logps(model, inputs, prefix: str) -> torch.Tensor:
-        """(2B,) completion log-probs, chosen rows first, from either batch layout."""
+        """(2B,) completion log-probs, chosen rows first, from any batch layout."""
+        if f"{prefix}sequence_index" in inputs:
+            return packed_logps(
+                model,
+                inputs[f"{prefix}input_ids"],
+                inputs[f"{prefix}position_ids"],
+                inputs[f"{prefix}completion_mask"],
+                inputs[f"{prefix}sequence_index"],
+                int(inputs[f"{prefix}sequence_lengths"].shape[0]),
+            )
         if f"{prefix}prompt_lengths" in inputs:
             return shared_prefix_logps(
                 model,
@@ -213,10 +231,17 @@ class PreferenceTrainer(Trainer):
 
     @staticmethod
     def _lengths(inputs, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Completion tokens of chosen and rejected, ``(B,)`` each, from either batch layout."""
+        """Completion tokens of chosen and rejected, ``(B,)`` each, from any batch layout."""
         if f"{prefix}prompt_lengths" in inputs:
             return inputs[f"{prefix}chosen_lengths"], inputs[f"{prefix}rejected_lengths"]
-        counts = inputs[f"{prefix}completion_mask"].sum(dim=1)
+        if f"{prefix}sequence_index" in inputs:
+            counts = sequence_sums(
+                inputs[f"{prefix}completion_mask"],
+                inputs[f"{prefix}sequence_index"],
+                int(inputs[f"{prefix}sequence_lengths"].shape[0]),
+            )
+        else:
+            counts = inputs[f"{prefix}completion_mask"].sum(dim=1)
         half = counts.shape[0] // 2
         return counts[:half], counts[half:]
 
@@ -304,9 +329,22 @@ class PreferenceTrainer(Trainer):
         return out
 
     # ---- Trainer hooks ---------------------------------------------------------------------------
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """With ``mean_over_step``: the preferences in the step's micro-batches, over every process."""
+        if not self.mean_over_step:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        count = torch.tensor(sum(preference_count(b) for b in batch_samples), device=device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.gather(count[None]).sum()
+        return count
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = self.preference_outputs(model, inputs)
-        loss = out.losses.mean()
+        if self.mean_over_step and num_items_in_batch is not None:
+            # Data parallelism averages gradients over processes; the step's mean needs their sum.
+            loss = out.losses.sum() * self.accelerator.num_processes / num_items_in_batch
+        else:
+            loss = out.losses.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at step {self.state.global_step + 1}; no update was applied. "
@@ -315,6 +353,7 @@ class PreferenceTrainer(Trainer):
             )
         if model.training:
             self._accumulate(out.metrics)
+            self._meter().add(inputs)
         return (loss, out) if return_outputs else loss
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -323,7 +362,36 @@ class PreferenceTrainer(Trainer):
         first = next(iter(metrics.values()))
         self._metric_count += int(first.shape[0]) if first.dim() else 1
 
+    def _meter(self) -> ThroughputMeter:
+        if self._throughput is None:
+            inner = self._unwrapped(self.model)
+            self._throughput = ThroughputMeter(
+                non_embedding_parameters(inner), lora=_is_peft(inner), peak=peak_flops(self.args.device)
+            )
+        return self._throughput
+
+    def _log_throughput(self, logs: dict[str, float]) -> None:
+        """Real tokens/s, padding share and MFU since the last log, in the logs and on the progress bar."""
+        if self._throughput is None:
+            return
+
+        def reduce(counts: list[int]) -> list[float]:
+            totals = torch.tensor(counts, dtype=torch.float64, device=self.accelerator.device)
+            return self.accelerator.reduce(totals, reduction="sum").tolist()
+
+        rates = self._throughput.take(reduce, self.accelerator.num_processes)
+        logs.update(rates)
+        bar = next((c for c in self.callback_handler.callbacks if isinstance(c, ProgressCallback)), None)
+        if rates and bar is not None and bar.training_bar is not None:
+            shown = {"tok/s": f"{rates['throughput/real_tokens_per_s']:.0f}"}
+            shown["pad"] = f"{rates['throughput/padding_share']:.0%}"
+            if "throughput/mfu" in rates:
+                shown["MFU"] = f"{rates['throughput/mfu']:.1%}"
+            bar.training_bar.set_postfix(shown, refresh=False)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            self._log_throughput(logs)
         if self._metric_count and "loss" in logs:
             names = sorted(self._metric_sums)
             sums = torch.stack(
@@ -380,6 +448,15 @@ class PreferenceTrainer(Trainer):
             pattern = os.path.join(checkpoint, MARGIN_CACHE_STATE.format(process="*"))
             for path in sorted(glob.glob(pattern)):
                 self.margin_cache.merge_state_dict(torch.load(path, weights_only=True))
+
+
+def preference_count(inputs: dict[str, Any]) -> int:
+    """The preferences (strong pairs) of a batch, in any layout."""
+    if "prompt_lengths" in inputs:
+        return int(inputs["prompt_lengths"].shape[0])
+    if "sequence_lengths" in inputs:
+        return int(inputs["sequence_lengths"].shape[0]) // 2
+    return int(inputs["input_ids"].shape[0]) // 2
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
