@@ -12,11 +12,14 @@ from popalign.eval.stats import (
     Estimate,
     bootstrap_ci,
     estimate,
+    holm,
     median,
     pearson,
     pearson_rows,
     spearman,
     spearman_rows,
+    t_test,
+    tost,
     win_rate,
 )
 
@@ -123,3 +126,54 @@ def test_estimate_serialises_nan_as_none_and_round_trips():
     assert undefined.to_dict()["value"] is None
     assert undefined.format() == "-"
     assert Estimate(0.5, 0.25, 0.75, 10).format(digits=1, scale=100) == "50.0 [25.0, 75.0]"
+
+
+# Inference over replications (seeds): hand-worked values. For Student's t with 2 degrees of freedom the
+# survival function has a closed form, sf(t) = (1 - t / sqrt(t^2 + 2)) / 2.
+
+
+def test_t_test_hand_values_over_three_seeds():
+    res = t_test(np.array([0.1, 0.2, 0.3]))
+    # mean 0.2, sd 0.1, se 0.1 / sqrt(3): t = 2 sqrt(3), t^2 = 12; two-sided p = 1 - sqrt(12 / 14).
+    assert res.mean == pytest.approx(0.2)
+    assert res.p == pytest.approx(1 - math.sqrt(6 / 7))
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t_{0.975, 2} * se
+    assert (res.low, res.high) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert res.n == 3
+
+
+def test_t_test_cannot_infer_from_one_value():
+    for values in ([0.3], []):
+        res = t_test(np.array(values))
+        assert math.isnan(res.p) and math.isnan(res.low) and math.isnan(res.high)
+
+
+def test_constant_values_take_the_limit_of_zero_spread():
+    # The same difference in every replication: certain, as the t statistic goes to infinity.
+    assert (t_test(np.array([0.1, 0.1, 0.1])).p, t_test(np.array([0.1, 0.1])).low) == (0.0, 0.1)
+    assert t_test(np.zeros(3)).p == 1.0
+    assert tost(np.zeros(3), 0.05) == 0.0 and tost(np.full(3, 0.2), 0.05) == 1.0
+
+
+def test_tost_hand_values():
+    # mean 0.2, se 0.1 / sqrt(3); against +0.5: t = -3 sqrt(3) (t^2 = 27); against -0.5: t = 7 sqrt(3).
+    # The larger one-sided p is the one against the nearer bound: sf(3 sqrt 3) = (1 - sqrt(27 / 29)) / 2.
+    assert tost(np.array([0.1, 0.2, 0.3]), 0.5) == pytest.approx((1 - math.sqrt(27 / 29)) / 2)
+    # A bound inside the observed spread cannot support equivalence.
+    assert tost(np.array([0.1, 0.2, 0.3]), 0.05) > 0.5
+    with pytest.raises(ValueError, match="positive"):
+        tost(np.array([0.1, 0.2]), 0.0)
+
+
+def test_holm_hand_example_keeps_the_input_order():
+    # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> monotone: 0.06.
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_caps_at_one_and_skips_missing_tests():
+    adjusted = holm([0.6, float("nan"), 0.2])
+    # m = 2: 0.2 * 2 = 0.4, then max(0.4, 0.6 * 1) = 0.6.
+    np.testing.assert_allclose(adjusted[[0, 2]], [0.6, 0.4])
+    assert math.isnan(adjusted[1])
+    assert holm([0.9, 0.8])[1] == 1.0

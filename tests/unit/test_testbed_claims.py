@@ -58,12 +58,15 @@ def test_one_seed_interval_brackets_the_value():
     assert value == pytest.approx(metric(run("a", noisy(1.0, 1)), "accuracy"))
 
 
+SEEDS = (0, 1, 2, 3, 4)
+
+
 def paper_results(best: str, spread: float = 3.0) -> dict[str, list[RunResult]]:
-    """Every paper method on two seeds; ``best`` predicts the margins well, the rest poorly."""
+    """Every paper method on five seeds; ``best`` predicts the margins well, the rest poorly."""
     out = {}
     for m in cl.PAPER_METHODS:
         scale = 0.2 if m == best else spread
-        out[m] = [run(m, noisy(scale, 10 * s + len(m)), seed=s) for s in (0, 1)]
+        out[m] = [run(m, noisy(scale, 10 * s + len(m)), seed=s) for s in SEEDS]
     return out
 
 
@@ -71,47 +74,120 @@ def claim(claim_id: str) -> cl.Claim:
     return next(c for c in cl.CLAIMS if c.id == claim_id)
 
 
+def judged(claim_id: str, results, primary=()) -> cl.Verdict:
+    return cl.decide([cl.judge_claim(claim(claim_id), results)], primary)[0]
+
+
 def test_clear_winner_is_reproduced():
-    v = cl.judge_claim(claim("acc-best"), paper_results("dpo-pop-iter"), n_resamples=200)
-    assert v.verdict == cl.REPRODUCED and v.low > 0
+    v = judged("acc-best", paper_results("dpo-pop-iter"))
+    assert v.verdict == cl.REPRODUCED and v.low > 0 and len(v.per_seed) == 5
     assert v.subject_value > v.against_value
 
 
 def test_clear_loser_is_not_reproduced():
-    v = cl.judge_claim(claim("acc-best"), paper_results("dpo-sbt"), n_resamples=200)
+    v = judged("acc-best", paper_results("dpo-sbt"))
     assert v.verdict == cl.NOT_REPRODUCED and v.against == "dpo-sbt" and v.high < 0
 
 
 def test_lowest_claim_mirrors_highest():
-    v = cl.judge_claim(claim("iter-pearson-lowest"), paper_results("dpo-pop-iter"), n_resamples=200)
+    v = judged("iter-pearson-lowest", paper_results("dpo-pop-iter"))
     assert v.verdict == cl.NOT_REPRODUCED  # it has the highest Pearson, far from the lowest
 
 
-def test_ties_are_inconclusive_and_equivalent():
-    same = {m: [run(m, noisy(1.0, 5))] for m in cl.PAPER_METHODS}
-    assert cl.judge_claim(claim("acc-best"), same, n_resamples=100).verdict == cl.INCONCLUSIVE
-    assert cl.judge_claim(claim("margin1-acc"), same, n_resamples=100).verdict == cl.REPRODUCED
+def accuracy_run(name: str, seed: int, accuracy: float) -> RunResult:
+    """A run whose test accuracy is exactly ``accuracy`` (every test margin positive)."""
+    r = run(name, np.where(np.arange(N) < round(accuracy * N), 1.0, -1.0), seed)
+    r.truth = np.ones(N)
+    r.credit = (r.predicted > 0).astype(float)
+    return r
+
+
+def test_best_reselects_the_rival_in_each_seed():
+    # Subject 0.80 in every seed; rival A leads the others in seeds 0-2 (0.85), rival B in seeds 3-4
+    # (0.85). On the point estimates A (mean 0.79) would be the runner-up and the subject would look
+    # +0.01 ahead; against the best other of each seed it is 0.05 behind in every seed.
+    a = [0.85, 0.85, 0.85, 0.70, 0.70]
+    b = [0.70, 0.70, 0.70, 0.85, 0.85]
+    results = {"dpo-pop-iter": [accuracy_run("dpo-pop-iter", s, 0.80) for s in SEEDS]}
+    results["dpo"] = [accuracy_run("dpo", s, a[s]) for s in SEEDS]
+    results["dpo-sbt"] = [accuracy_run("dpo-sbt", s, b[s]) for s in SEEDS]
+    v = judged("acc-best", results)
+    np.testing.assert_allclose(v.per_seed, [-0.05] * 5)
+    assert v.verdict == cl.NOT_REPRODUCED
+    assert v.against == "best other per seed (dpo, dpo-sbt)" and v.against_value == pytest.approx(0.85)
+
+
+def test_identical_runs_are_equivalent_not_inconclusive():
+    same = {m: [run(m, noisy(1.0, 5 + s), s) for s in SEEDS] for m in cl.PAPER_METHODS}
+    v = judged("acc-best", same)
+    assert v.difference == 0.0 and v.verdict == cl.EQUIVALENT
+    assert judged("margin1-acc", same).verdict == cl.REPRODUCED
+
+
+def test_one_seed_never_gives_a_verdict():
+    # Each seed alone shows a large difference: one seed is one replication, nothing can be inferred.
+    good, bad = noisy(0.1, 1), noisy(5.0, 2)
+    single = {
+        "dpo-pop-iter": [run("dpo-pop-iter", good, 0)],
+        "dpo-pop-random": [run("dpo-pop-random", bad, 0)],
+    }
+    v = judged("tradeoff-acc", single)
+    assert v.verdict == cl.INCONCLUSIVE and np.isnan(v.p_difference)
 
 
 def test_opposite_seeds_make_a_comparison_inconclusive():
-    # Each seed alone shows a large difference, in opposite directions: only the seed resampling sees it.
     good, bad = noisy(0.1, 1), noisy(5.0, 2)
     results = {
-        "dpo-pop-iter": [run("dpo-pop-iter", good, 0), run("dpo-pop-iter", bad, 1)],
-        "dpo-pop-random": [run("dpo-pop-random", bad, 0), run("dpo-pop-random", good, 1)],
+        "dpo-pop-iter": [run("dpo-pop-iter", good if s % 2 else bad, s) for s in SEEDS],
+        "dpo-pop-random": [run("dpo-pop-random", bad if s % 2 else good, s) for s in SEEDS],
     }
-    single = {k: v[:1] for k, v in results.items()}
-    c = claim("tradeoff-acc")
-    assert cl.judge_claim(c, single, n_resamples=200).verdict == cl.REPRODUCED
-    assert cl.judge_claim(c, results, n_resamples=200).verdict == cl.INCONCLUSIVE
+    assert judged("tradeoff-acc", results).verdict == cl.INCONCLUSIVE
 
 
 def test_win_rate_above_half():
-    adv = np.where(np.arange(N) % 4 == 0, -1.0, 1.0)  # 75% wins
-    results = {"dpo-pop-random": [run("dpo-pop-random", TRUTH, advantages=adv)]}
-    v = cl.judge_claim(claim("random-beats-dpo"), results, n_resamples=200)
+    results = {"dpo-pop-random": []}
+    for s in SEEDS:
+        adv = np.where(np.arange(N) % 4 == s % 2, -1.0, 1.0)  # 75% wins in every seed
+        results["dpo-pop-random"].append(run("dpo-pop-random", TRUTH, seed=s, advantages=adv))
+    v = judged("random-beats-dpo", results)
     assert v.verdict == cl.REPRODUCED
     assert v.subject_value == pytest.approx(0.75) and v.difference == pytest.approx(0.25)
+
+
+def _verdict(claim_id: str, differences) -> cl.Verdict:
+    return cl.measured(claim(claim_id), differences, float("nan"), "x", float("nan"))
+
+
+def test_holm_within_the_primary_family_can_withdraw_a_verdict():
+    # Mean 0.1, sd 0.03, se 0.03 / sqrt(3): t(2) = 10 / sqrt(3), t^2 = 100 / 3, so by the closed form of
+    # t(2) the raw p = 1 - sqrt(100 / 106) = 0.0287. Alone it is reproduced; in a primary family of three
+    # with two null contrasts Holm multiplies it by 3 (0.086) and it is not.
+    hit = [0.1, 0.13, 0.07]
+    assert _verdict("tradeoff-acc", hit).p_difference == pytest.approx(1 - np.sqrt(100 / 106))
+    alone = cl.decide([_verdict("tradeoff-acc", hit)])[0]
+    assert alone.verdict == cl.REPRODUCED and alone.family == cl.SECONDARY
+    family = [
+        _verdict("tradeoff-acc", hit),
+        _verdict("fig2-low", [0.1, -0.2, 0.1]),
+        _verdict("fig2-high", [0.3, -0.1, -0.2]),
+    ]
+    cl.decide(family, ["tradeoff-acc", "fig2-low", "fig2-high"])
+    assert family[0].family == cl.PRIMARY
+    assert family[0].p_difference_adjusted == pytest.approx(3 * family[0].p_difference)
+    assert family[0].verdict == cl.INCONCLUSIVE
+    # The same three in the exploratory family, with a fourth primary one: families are adjusted apart.
+    other = _verdict("steps-acc", hit)
+    cl.decide([*family, other], ["steps-acc"])
+    assert other.p_difference_adjusted == pytest.approx(other.p_difference) and other.verdict == cl.REPRODUCED
+
+
+def test_equivalence_needs_the_bound():
+    # Mean 0.001, sd 0.002 over 5 seeds: well inside the accuracy bound 0.02 -> equivalent.
+    tight = cl.decide([_verdict("tradeoff-acc", [0.001, 0.003, -0.001, 0.0, 0.002])])[0]
+    assert tight.bound == 0.02 and tight.verdict == cl.EQUIVALENT
+    # The same mean with a spread too wide to exclude +-0.02: inconclusive, never "no difference".
+    wide = cl.decide([_verdict("tradeoff-acc", [0.05, -0.04, 0.03, -0.05, 0.015])])[0]
+    assert wide.verdict == cl.INCONCLUSIVE
 
 
 def test_missing_methods_are_not_run():

@@ -82,34 +82,66 @@ def test_budgets_follow_the_rule_on_kl_alone():
     assert [x.value for x in b[1:]] == pytest.approx([0.25, 0.5])
 
 
+def judged(claim_id: str, results, budget) -> cl.Verdict:
+    claim = next(c for c in fr.FRONTIER_CLAIMS if c.id == claim_id)
+    return cl.decide([fr.judge_matched(claim, results, budget)])[0]
+
+
 def test_matched_kl_verdicts_and_a_budget_outside_a_curve():
     results = _results(0.5)
     final, quarter, half = fr.budgets(results, [0.25, 0.5])
-    claim = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-random")
-    v = fr.judge_matched(claim, results, final, BOOT)
-    # At KL 2 (DPO's final), DPO-PoP-random scores 8.5 + 0.5 against DPO's 8.5.
+    v = judged("kl-random", results, final)
+    # At KL 2 (DPO's final, a checkpoint of both curves), DPO-PoP-random scores 8.5 + 0.5 against 8.5.
     assert v.subject_value == pytest.approx(9.0) and v.against_value == pytest.approx(8.5)
     assert v.difference == pytest.approx(0.5) and v.verdict == cl.REPRODUCED
-    assert v.low <= 0.5 <= v.high
-    worse = fr.judge_matched(claim, _results(-0.5), final, BOOT)
-    assert worse.verdict == cl.NOT_REPRODUCED
+    assert v.per_seed == pytest.approx((0.5, 0.5))
+    assert judged("kl-random", _results(-0.5), final).verdict == cl.NOT_REPRODUCED
     # The no-margin control never reaches KL 2: reported as outside its range, never extrapolated.
-    nomargin = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-nomargin")
-    outside = fr.judge_matched(nomargin, results, final, BOOT)
+    outside = judged("kl-nomargin", results, final)
     assert outside.verdict == fr.OUTSIDE and np.isnan(outside.difference)
     assert np.isnan(fr.at_budget(results["dpo-pop-nomargin"], None, final, BOOT)).all()
-    # Inside every curve, by hand: at KL 0.5 DPO scores 7 + 0.5 * (8 - 7) = 7.5, the no-margin control 7.5;
-    # at KL 0.25 DPO-PoP-random scores 7 + (0.25 / 2) * (9 - 7) = 7.25.
-    inside = fr.judge_matched(nomargin, results, half, BOOT)
-    assert inside.subject_value == pytest.approx(7.5) and inside.against_value == pytest.approx(7.5)
-    assert fr.judge_matched(claim, results, quarter, BOOT).subject_value == pytest.approx(7.25)
+    # At KL 0.5 and 0.25, DPO's and DPO-PoP-random's values would be read off the straight line from the
+    # start (KL 0) to their first checkpoints (KL 1 and 2): unresolved, no test is run.
+    for budget in (quarter, half):
+        for claim_id in ("kl-nomargin", "kl-random"):
+            v = judged(claim_id, results, budget)
+            assert v.verdict == cl.UNRESOLVED and "KL 0-" in v.note and not v.tested
 
 
-def test_a_missing_method_is_not_run():
-    results = _results(0.5)
-    del results["dpo-pop-random"]
-    claim = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-random")
-    assert fr.judge_matched(claim, results, fr.budgets(results, [])[0], BOOT).verdict == cl.NOT_RUN
+def test_resolution_rule_by_hand():
+    assert fr.resolved((1.0, 2.0), 2.0)  # on a checkpoint
+    assert fr.resolved((1.0, 2.0), 1.5)
+    assert not fr.resolved((0.0, 0.9), 0.5)  # the start
+    assert not fr.resolved((1.0, 3.5), 1.5)  # beyond twice the budget
+    assert not fr.resolved((0.6, 2.0), 1.5)  # below half of it
+    # The parabola through (0, 0), (1, 1), (2, 4) at 1.5 is 2.25; the line from (1, 1) to (2, 4) gives 2.5.
+    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 4.0]), 1.5) == pytest.approx(0.25)
+    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.0]), 1.5) == pytest.approx(0.0)
+    # Only two checkpoints: no third to estimate the bend from.
+    assert fr.bend(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.5) == float("inf")
+
+
+def _concave(name: str, seed: int, kls) -> RunResult:
+    """A run on the concave r* = 7 + 1.2 sqrt(KL), sampled at ``kls``, with seed noise of sd 0.01 in r*."""
+    kls = np.asarray(kls, dtype=float)
+    wobble = np.random.default_rng(100 * seed + len(name)).normal(0.0, 0.01, len(kls))
+    return _run(name, seed, kls, 7 + 1.2 * np.sqrt(kls) + wobble * (kls > 0), spread=0.0)
+
+
+def test_six_and_twelve_checkpoints_of_one_curve_never_differ_in_direction():
+    # Two methods with the same r*-vs-KL curve; one sampled at 6 checkpoints, the other at 12 (the
+    # spacing of a run twice as long). Along straight lines the sparse one sits below the curve; no
+    # budget may turn that into a directional verdict.
+    seeds = range(5)
+    results = {
+        "dpo": [_concave("dpo", s, np.linspace(0, 4, 13)) for s in seeds],
+        "dpo-pop-random": [_concave("dpo-pop-random", s, np.linspace(0, 4, 7)) for s in seeds],
+    }
+    for budget in fr.budgets(results, [0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9]):
+        for a, b in (("dpo-pop-random", "dpo"), ("dpo", "dpo-pop-random")):
+            claim = cl.Claim("x", "same curve", "test", "better", "reward_at_kl", a, b)
+            v = cl.decide([fr.judge_matched(claim, results, budget)])[0]
+            assert v.verdict in (cl.UNRESOLVED, cl.EQUIVALENT, cl.INCONCLUSIVE), (budget.label, a, v)
 
 
 def test_summary_holds_curves_table_and_verdicts():
@@ -118,8 +150,10 @@ def test_summary_holds_curves_table_and_verdicts():
     assert [p["kl"][0] for p in s["curves"]["dpo"]] == pytest.approx([0.0, 1.0, 2.0])
     assert s["table"]["dpo-pop-nomargin"]["vanilla DPO's final KL"]["in_range"] is False
     assert s["table"]["dpo-pop-random"]["max_kl"] == pytest.approx(6.0)
-    # KL 2 is first reached at the checkpoint with KL 2, after the start (KL 0): the bracket it leans on.
-    assert s["table"]["dpo-pop-random"]["vanilla DPO's final KL"]["between_kl"] == pytest.approx((0.0, 2.0))
+    # KL 2 is first reached at the checkpoint with KL 2, after the start (KL 0): the bracket it leans on,
+    # resolved since the budget falls on the checkpoint itself.
+    cell = s["table"]["dpo-pop-random"]["vanilla DPO's final KL"]
+    assert cell["between_kl"] == pytest.approx((0.0, 2.0)) and cell["unresolved"] == []
     assert len(s["verdicts"]) == 2 * len(fr.FRONTIER_CLAIMS)
 
 

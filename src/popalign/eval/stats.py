@@ -171,3 +171,100 @@ def estimate(
     value = statistic(*arrays) if n else float("nan")
     low, high = bootstrap_ci(statistic, *arrays, n_resamples=n_resamples, confidence=confidence, seed=seed)
     return Estimate(float(value), low, high, n, confidence)
+
+
+# Inference across replications. Seeds (independent training runs) are the unit of replication: each seed
+# contributes one value (say, its paired difference of test means), and the tests below are Student-t tests
+# over those values, which stay valid for the handful of seeds a CPU testbed affords, where a percentile
+# bootstrap over 3-5 values is far too narrow.
+
+
+@dataclass(frozen=True)
+class TTest:
+    """A one-sample t test over replications: mean, its t interval, the two-sided p-value of ``mean == 0``."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    n: int
+    confidence: float = DEFAULT_CONFIDENCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": _finite_or_none(self.mean),
+            "ci_low": _finite_or_none(self.low),
+            "ci_high": _finite_or_none(self.high),
+            "p": _finite_or_none(self.p),
+            "n": self.n,
+            "confidence": self.confidence,
+        }
+
+
+def t_test(values: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> TTest:
+    """``scipy.stats.ttest_1samp`` of ``values`` against 0, with its ``confidence`` interval for the mean.
+
+    With fewer than two values nothing can be inferred: interval and p-value are ``nan``. Values that do
+    not vary at all (a difference that is exactly the same in every replication, e.g. two runs that are
+    the same run) get the test's limit as the spread goes to 0: the interval is the value itself and p is
+    1 when it is 0, else 0 (scipy returns ``nan`` there).
+    """
+    from scipy.stats import ttest_1samp
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    mean = float(v.mean()) if len(v) else float("nan")
+    if len(v) < 2:
+        return TTest(mean, float("nan"), float("nan"), float("nan"), len(v), confidence)
+    if _constant(v):
+        return TTest(mean, mean, mean, 1.0 if mean == 0 else 0.0, len(v), confidence)
+    res = ttest_1samp(v, 0.0)
+    ci = res.confidence_interval(confidence)
+    return TTest(mean, float(ci.low), float(ci.high), float(res.pvalue), len(v), confidence)
+
+
+def tost(values: np.ndarray, bound: float) -> float:
+    """Two one-sided t tests (TOST) of equivalence: the p-value that the mean lies inside ``(-bound, bound)``.
+
+    The larger of the one-sided p-values of ``mean > -bound`` and ``mean < bound`` (Schuirmann, 1987); a
+    small value supports "no difference larger than ``bound``". ``nan`` with fewer than two values; for
+    values that do not vary, the limit as in :func:`t_test`: 0 inside the bounds, 1 outside.
+    """
+    from scipy.stats import ttest_1samp
+
+    if not bound > 0:
+        raise ValueError(f"the equivalence bound must be positive, got {bound}")
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return float("nan")
+    if _constant(v):
+        return 0.0 if abs(v.mean()) < bound else 1.0
+    above = ttest_1samp(v, -bound, alternative="greater").pvalue
+    below = ttest_1samp(v, bound, alternative="less").pvalue
+    return float(max(above, below))
+
+
+def _constant(v: np.ndarray) -> bool:
+    # Equal up to float rounding (a difference computed twice the same way, e.g. 0.5 and 0.5000000001):
+    # scipy's moments lose all precision there.
+    return bool(np.ptp(v) <= 1e-12 * (1.0 + np.abs(v).max()))
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (Holm, 1979), in the input's order.
+
+    Sorted ascending, the i-th smallest (0-based) is multiplied by ``m - i``, made non-decreasing along the
+    order and capped at 1; it controls the family-wise error rate under any dependence. ``nan`` entries
+    (tests that could not be run) stay ``nan`` and do not count towards ``m``.
+    """
+    p = np.asarray(pvalues, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if len(ok) == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    scaled = p[order] * (m - np.arange(m))
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out

@@ -1,38 +1,70 @@
 """The paper's claims, what this run measured for each, and a verdict by a rule fixed in advance.
 
-**Intervals.** Every interval is a 95% percentile bootstrap over *seeds and test items together*: each
-resample draws the seeds with replacement and the test items (preferences / prompts) with replacement, the
-same draw for every method (so comparisons are paired by seed and by item), recomputes each figure on the
-drawn items for each drawn seed, and averages over the drawn seeds. With one seed it is the usual item
-bootstrap. It covers both sources of chance here: which seed trained the model, and which test items were
-drawn.
+**Unit of replication: the seed.** Each seed trains its own models (data order, PoP pairs, sampled
+replies), so a comparison gives one number per seed: the subject's figure minus the other's, both on every
+test item of that seed. Verdicts rest on a Student-t test over those seed-level differences
+(:func:`popalign.eval.stats.t_test`, ``n - 1`` degrees of freedom): with the 3-5 seeds a CPU affords, a
+percentile bootstrap over seeds would be far too narrow, and the t interval is exact for normal
+seed-level differences. The inference is conditional on the fixed test set (every seed is scored on the
+same test items). The tables' intervals for a single method's figure stay the percentile bootstrap over
+seeds and test items together (:func:`bootstrap_stat`): they describe, they do not decide.
 
-**Verdicts.** For a claim about a difference ``d`` (e.g. PoP-iter's accuracy minus the runner-up's):
+**Claims.** "X is highest" compares X, in each seed, with the best of the other methods *in that seed*
+(the rival is re-selected per seed, never fixed on the point estimates); "X is lowest" mirrors it; "X is
+better than Y" and "X is above a threshold" compare with a named run or number; "X ~ Y" is an equivalence
+within ``+-tolerance``.
 
-- *reproduced*: the claimed direction holds in the mean over seeds **and** the interval of ``d`` excludes 0;
-- *not reproduced*: the opposite direction holds with an interval excluding 0;
-- *inconclusive*: the interval contains 0 (this many seeds and test items cannot tell).
+**Verdicts** (:func:`decide`). Every claim gets two tests: the two-sided t test of "no difference" and
+the TOST equivalence test (:func:`popalign.eval.stats.tost`) at its bound (the tolerance of an "X ~ Y"
+claim; otherwise :data:`EQUIVALENCE_BOUNDS`, fixed per metric before any run). Within each family of
+verdicts (the pre-registered primary contrasts, and the rest), each kind of test is Holm-adjusted
+(:func:`popalign.eval.stats.holm`); at family-wise level :data:`ALPHA`:
 
-"X is highest" compares X with the best of the other methods (the runner-up when X leads); "X is lowest"
-mirrors it. "X ~ Y" (equivalence) is *reproduced* when the whole interval of ``X - Y`` lies within the
-tolerance ``+-delta``, *not reproduced* when it excludes 0 without lying within the tolerance, else
-*inconclusive*. A claim whose methods were not run is *not run*.
+- a directional claim is *reproduced* when the difference test rejects and the mean lies in the claimed
+  direction, *not reproduced* when it rejects the other way, *equivalent* when the equivalence test
+  rejects instead (no difference larger than the bound: the claim is not supported), else *inconclusive*;
+- an "X ~ Y" claim is *reproduced* when the equivalence test rejects, *not reproduced* when the
+  difference test rejects, else *inconclusive*;
+- *unresolved*: the instrument cannot measure the figure as the claim needs (e.g. a matched-KL value read
+  off a straight line between distant checkpoints); no test is run and it is left out of the family;
+- *not run*: a method the claim needs was not trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from popalign.eval.stats import holm, t_test, tost
 from popalign.testbed.results import GENERATIVE, RunResult, margin_split, metric, metric_batch
 from popalign.testbed.settings import BASELINE, NOMARGIN, PAPER_METHODS, STEPS_MATCHED
 
 Kind = Literal["best", "worst", "better", "above", "equivalent"]
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = "reproduced", "not reproduced", "inconclusive", "not run"
+EQUIVALENT, UNRESOLVED = "equivalent", "unresolved"
 CONFIDENCE = 0.95
+ALPHA = 0.05  # family-wise error rate of each family of verdicts (Holm)
+PRIMARY, SECONDARY = "primary", "secondary"
+
+# The smallest differences this testbed treats as practically meaningful, per metric: the bounds of the
+# equivalence tests behind every "no difference" statement. Fixed before any run, from the paper's scale:
+# each is well below the effects the paper reports (accuracy +0.08, correlations +0.05, win rate +14
+# points, Tables 1 and 3); r* moves in steps of 0.5 on the score grid, so 0.05 is a tenth of a step.
+EQUIVALENCE_BOUNDS = {
+    "accuracy": 0.02,
+    "pearson": 0.02,
+    "spearman": 0.02,
+    "accuracy_low": 0.03,
+    "accuracy_high": 0.03,
+    "win_rate": 0.03,
+    "median_advantage": 0.1,
+    "mean_reward": 0.05,
+    "reward_at_kl": 0.05,
+}
 
 METRIC_NAMES = {
     "accuracy": "accuracy",
@@ -113,7 +145,13 @@ CLAIMS: list[Claim] = [
 
 @dataclass
 class Verdict:
-    """A claim beside its measurement: ``difference`` = subject minus ``against`` (a method or threshold)."""
+    """A claim beside its measurement: ``difference`` = subject minus ``against`` (a method or threshold).
+
+    ``difference``, ``low``, ``high``: the mean seed-level difference and its t interval; ``per_seed``: the
+    differences themselves. ``p_difference`` / ``p_equivalence``: the raw p-values of the two-sided t test
+    and of the TOST test at ``bound``; the ``_adjusted`` ones are Holm's within ``family`` (:func:`decide`).
+    ``note``: why a verdict is unresolved, or what else a reader must know.
+    """
 
     claim: Claim
     verdict: str
@@ -123,6 +161,87 @@ class Verdict:
     difference: float = float("nan")
     low: float = float("nan")
     high: float = float("nan")
+    per_seed: tuple[float, ...] = ()
+    bound: float = float("nan")
+    p_difference: float = float("nan")
+    p_equivalence: float = float("nan")
+    p_difference_adjusted: float = float("nan")
+    p_equivalence_adjusted: float = float("nan")
+    family: str = SECONDARY
+    note: str = ""
+    tested: bool = field(default=False, repr=False)
+
+
+def bound_of(claim: Claim) -> float:
+    """The equivalence bound of ``claim``: its tolerance if it states one, else its metric's."""
+    return claim.tolerance if claim.tolerance > 0 else EQUIVALENCE_BOUNDS[claim.metric]
+
+
+def measured(
+    claim: Claim,
+    differences: Iterable[float],
+    subject_value: float,
+    against: str,
+    against_value: float,
+) -> Verdict:
+    """The tests of ``claim`` on its seed-level ``differences`` (subject minus other); verdict pending."""
+    d = np.asarray(list(differences), dtype=np.float64)
+    test = t_test(d, CONFIDENCE)
+    bound = bound_of(claim)
+    return Verdict(
+        claim,
+        INCONCLUSIVE,
+        subject_value,
+        against,
+        against_value,
+        test.mean,
+        test.low,
+        test.high,
+        tuple(float(x) for x in d),
+        bound,
+        test.p,
+        tost(d, bound),
+        tested=True,
+    )
+
+
+def _adjust(verdicts: list[Verdict], name: str) -> None:
+    adjusted = holm([getattr(v, name) for v in verdicts])
+    for v, p in zip(verdicts, adjusted, strict=True):
+        setattr(v, name + "_adjusted", float(p))
+
+
+def _significant(p: float) -> bool:
+    return not math.isnan(p) and p < ALPHA
+
+
+def decide(verdicts: list[Verdict], primary: Iterable[str] = ()) -> list[Verdict]:
+    """Holm-adjust each family's p-values and set every tested verdict by the module's rule (in place).
+
+    ``primary``: ids of the pre-registered contrasts (their family; all other tested verdicts form the
+    second). A directional claim's direction is its sign: ``worst`` claims want a negative difference.
+    """
+    wanted = set(primary)
+    tested = [v for v in verdicts if v.tested]
+    for v in tested:
+        v.family = PRIMARY if v.claim.id in wanted else SECONDARY
+    for family in (PRIMARY, SECONDARY):
+        members = [v for v in tested if v.family == family]
+        if members:
+            _adjust(members, "p_difference")
+            _adjust(members, "p_equivalence")
+    for v in tested:
+        differs = _significant(v.p_difference_adjusted)
+        same = _significant(v.p_equivalence_adjusted)
+        if v.claim.kind == "equivalent":
+            v.verdict = REPRODUCED if same else NOT_REPRODUCED if differs else INCONCLUSIVE
+            continue
+        sign = -1.0 if v.claim.kind == "worst" else 1.0
+        if differs:
+            v.verdict = REPRODUCED if sign * v.difference > 0 else NOT_REPRODUCED
+        else:
+            v.verdict = EQUIVALENT if same else INCONCLUSIVE
+    return verdicts
 
 
 def seed_mean(runs: list[RunResult], name: str, idx: np.ndarray | None = None, split: float | None = None):
@@ -203,60 +322,56 @@ def bootstrap_value(runs: list[RunResult], name: str, *, n_resamples: int = 1000
     return bootstrap_difference(runs, None, name, n_resamples=n_resamples, seed=seed)
 
 
-def direction_verdict(low: float, high: float) -> str:
-    if low > 0:
-        return REPRODUCED
-    if high < 0:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
+def per_seed_metric(runs: list[RunResult], name: str, split: float) -> dict[int, float]:
+    """A figure of each seed's run on every test item: ``{seed: value}``."""
+    return {r.seed: metric(r, name, None, split) for r in runs}
 
 
-def judge_claim(
-    claim: Claim, results: dict[str, list[RunResult]], *, n_resamples: int = 1000, seed: int = 0
-) -> Verdict:
-    """Measure ``claim`` on ``results`` (run name -> finished seeds) and apply the verdict rule."""
+def judge_claim(claim: Claim, results: dict[str, list[RunResult]]) -> Verdict:
+    """Measure ``claim`` on ``results`` (run name -> finished seeds); the verdict waits for :func:`decide`."""
     if claim.subject not in results or (claim.other and claim.other not in results):
         return Verdict(claim, NOT_RUN)
     if claim.metric in GENERATIVE and any(r.rewards is None for runs in results.values() for r in runs):
         return Verdict(claim, NOT_RUN)  # replies were not judged (no ground-truth reward)
-    subject = results[claim.subject]
-    boot = {"n_resamples": n_resamples, "seed": seed}
+    split = margin_split(results[claim.subject][0].truth)
+    subject = per_seed_metric(results[claim.subject], claim.metric, split)
+    if claim.kind == "above":
+        seeds = sorted(subject)
+        mean = float(np.mean([subject[s] for s in seeds]))
+        differences = [subject[s] - claim.threshold for s in seeds]
+        return measured(claim, differences, mean, f"{claim.threshold:g}", claim.threshold)
     if claim.kind in ("best", "worst"):
         pool = [m for m in PAPER_METHODS if m in results and m != claim.subject]
         if claim.metric in ("win_rate", "median_advantage"):
             pool = [m for m in pool if m != BASELINE]  # the baseline's own win rate is 0.5 by definition
         if not pool:
             return Verdict(claim, NOT_RUN)
-        sign = 1.0 if claim.kind == "best" else -1.0
-        means = {m: seed_mean(results[m], claim.metric) for m in pool}
-        rival = max(pool, key=lambda m: sign * means[m])
-        value, low, high = bootstrap_difference(subject, results[rival], claim.metric, **boot)
-        verdict = direction_verdict(*sorted((sign * low, sign * high)))
-        return Verdict(
-            claim, verdict, seed_mean(subject, claim.metric), rival, means[rival], value, low, high
+        others = {m: per_seed_metric(results[m], claim.metric, split) for m in pool}
+        seeds = sorted(set(subject).intersection(*others.values()))
+        pick = max if claim.kind == "best" else min
+        # The rival is whichever other method leads in that seed: re-selected per seed, never fixed.
+        rivals = [pick(pool, key=lambda m, s=s: others[m][s]) for s in seeds]
+        rival_values = [others[m][s] for m, s in zip(rivals, seeds, strict=True)]
+        names = sorted(set(rivals))
+        against = names[0] if len(names) == 1 else f"best other per seed ({', '.join(names)})"
+        return measured(
+            claim,
+            [subject[s] - v for s, v in zip(seeds, rival_values, strict=True)],
+            float(np.mean([subject[s] for s in seeds])),
+            against,
+            float(np.mean(rival_values)),
         )
-    if claim.kind == "above":
-        value, low, high = bootstrap_difference(subject, None, claim.metric, constant=claim.threshold, **boot)
-        return Verdict(
-            claim, direction_verdict(low, high), value + claim.threshold, f"{claim.threshold:g}",
-            claim.threshold, value, low, high,
-        )  # fmt: skip
-    other = results[claim.other]
-    value, low, high = bootstrap_difference(subject, other, claim.metric, **boot)
-    if claim.kind == "better":
-        verdict = direction_verdict(low, high)
-    elif -claim.tolerance <= low and high <= claim.tolerance:
-        verdict = REPRODUCED
-    else:
-        verdict = NOT_REPRODUCED if (low > 0 or high < 0) else INCONCLUSIVE
-    return Verdict(
-        claim, verdict, seed_mean(subject, claim.metric), claim.other, seed_mean(other, claim.metric),
-        value, low, high,
-    )  # fmt: skip
+    other = per_seed_metric(results[claim.other], claim.metric, split)
+    seeds = sorted(set(subject) & set(other))
+    return measured(
+        claim,
+        [subject[s] - other[s] for s in seeds],
+        float(np.mean([subject[s] for s in seeds])),
+        claim.other,
+        float(np.mean([other[s] for s in seeds])),
+    )
 
 
-def judge_claims(
-    results: dict[str, list[RunResult]], claims: list[Claim] | None = None, **boot
-) -> list[Verdict]:
-    """Every claim's verdict, in the order of :data:`CLAIMS`."""
-    return [judge_claim(c, results, **boot) for c in (CLAIMS if claims is None else claims)]
+def judge_claims(results: dict[str, list[RunResult]], claims: list[Claim] | None = None) -> list[Verdict]:
+    """Every claim measured, in the order of :data:`CLAIMS` (verdicts pending :func:`decide`)."""
+    return [judge_claim(c, results) for c in (CLAIMS if claims is None else claims)]

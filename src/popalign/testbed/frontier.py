@@ -14,11 +14,23 @@ is extrapolated.
 is compared at the final KL of vanilla DPO of the same seed), and the fractions ``curve.budget_fractions``
 of the common range (the smallest largest-KL over every run and seed), so those lie inside every curve.
 
-**Intervals** use the report's bootstrap (:func:`popalign.testbed.claims.bootstrap_stat`): each resample
-redraws seeds and test prompts, recomputes every checkpoint's mean KL and mean r* (and vanilla DPO's final
-KL, for that budget) on the drawn prompts, and interpolates again. Resamples where a curve misses the
-budget are left out; when more than :data:`MAX_UNDEFINED` of them miss, the interval is undefined and the
-verdict inconclusive (the budget sits at the edge of a curve).
+**Resolution.** A value interpolated at budget ``B`` is *resolved* when it stands on checkpoints near the
+budget and the curve is nearly straight between them (:func:`resolved`; a checkpoint exactly at ``B``
+needs no interpolation): the checkpoint it reaches ``B`` at lies at most at ``2 B`` and the one before it
+at least at ``B / 2``, and the straight line differs from the parabola through these two checkpoints and
+their nearest neighbour by at most :data:`MAX_BEND` at ``B`` (an estimate of the interpolation error, which
+is systematic: a straight line under a concave curve sits below it in every seed). The start (KL 0) as
+the lower checkpoint breaks the rule like any other distant one: the straight line from the SFT model is
+not the curve. A matched-KL claim for which any seed of either run is unresolved gets the verdict
+*unresolved*, never a direction; curves are sampled densely enough for this not to happen where KL grows
+steadily (:mod:`popalign.testbed.curves`).
+
+**Verdicts** are the claims' (:mod:`popalign.testbed.claims`): per seed, the subject's r* at the budget
+minus the other's at the same budget (vanilla DPO's final KL of that seed for the first budget), then the t
+test over seeds, Holm within the family. The tables' intervals are the descriptive bootstrap
+(:func:`popalign.testbed.claims.bootstrap_stat`): each resample redraws seeds and test prompts, recomputes
+every checkpoint's mean KL and mean r* on the drawn prompts, and interpolates again; when more than
+:data:`MAX_UNDEFINED` of the resamples miss the budget, that interval is undefined.
 """
 
 from __future__ import annotations
@@ -47,6 +59,10 @@ FRONTIER_CLAIMS: list[cl.Claim] = [
              "margin", "frontier", "better", "reward_at_kl", "dpo-pop-random", NOMARGIN, group="frontier"),
 ]  # fmt: skip
 OUTSIDE = "outside range"
+# The largest interpolation error (in r*) a resolved value may carry: a quarter of the equivalence bound of
+# matched-KL claims, so that two readings of the same curve cannot differ by a meaningful amount.
+MAX_BEND = cl.EQUIVALENCE_BOUNDS["reward_at_kl"] / 4
+FINAL = "final"  # the budget key of vanilla DPO's final KL
 MAX_UNDEFINED = 0.1
 
 
@@ -77,11 +93,15 @@ def value_at_budget(kl: np.ndarray, value: np.ndarray, budget: float | np.ndarra
 
 @dataclass(eq=False)
 class Budget:
-    """A KL budget: a fixed ``value``, or per seed the final KL of vanilla DPO's run (``finals``)."""
+    """A KL budget: a fixed ``value``, or per seed the final KL of vanilla DPO's run (``finals``).
+
+    ``key``: its name in a preset's ``preregistered`` list (``final``, ``range25``, ...).
+    """
 
     label: str
     value: float
     finals: dict[int, RunResult] | None = None
+    key: str = ""
 
     def on(self, run: RunResult, idx: np.ndarray) -> np.ndarray:
         """The budget for ``run`` on each row of prompt draws ``idx`` ``(R, n)``: ``(R,)``."""
@@ -110,30 +130,79 @@ def budgets(results: dict[str, list[RunResult]], fractions: list[float]) -> list
     base = results.get(BASELINE, [])
     if base and all(r.curve is not None for r in base):
         final = float(np.mean([curve_means(r)[0][-1] for r in base]))
-        out.append(Budget("vanilla DPO's final KL", final, {r.seed: r for r in base}))
+        out.append(Budget("vanilla DPO's final KL", final, {r.seed: r for r in base}, key=FINAL))
     common = min(float(curve_means(r)[0].max()) for r in curves)
-    out += [Budget(f"{f:.0%} of the common range", f * common) for f in fractions if common > 0]
+    out += [
+        Budget(f"{f:.0%} of the common range", f * common, key=f"range{round(f * 100)}")
+        for f in fractions
+        if common > 0
+    ]
     return out
 
 
+def _on_all(run: RunResult, budget: Budget) -> float:
+    """The budget for ``run`` on all its test prompts."""
+    return float(budget.on(run, np.arange(len(run.truth))[None, :])[0])
+
+
+def seed_bracket(run: RunResult, budget: Budget) -> tuple[float, float]:
+    """Mean KL of the two checkpoints of one seed's curve that the budget is interpolated between."""
+    kl = curve_means(run)[0]
+    first = int(np.argmax(reaches(kl, _on_all(run, budget))))
+    return float(kl[max(first - 1, 0)]), float(kl[first])
+
+
+def bend(kl: np.ndarray, value: np.ndarray, budget: float) -> float:
+    """How far the straight line at ``budget`` lies from the parabola through three checkpoints.
+
+    The two checkpoints the budget is interpolated between and the nearest other one (the one before, else
+    the one after): ``|parabola(budget) - line(budget)|``, an estimate of the interpolation error. 0 on a
+    checkpoint; ``inf`` when there is no third checkpoint.
+    """
+    first = int(np.argmax(reaches(kl, budget)))
+    if first == 0 or abs(kl[first] - budget) <= 1e-9 * (1.0 + abs(budget)):
+        return 0.0
+    prev = first - 1
+    third = prev - 1 if prev >= 1 else first + 1
+    if third >= len(kl):
+        return float("inf")
+    xs, ys = kl[[third, prev, first]], value[[third, prev, first]]
+    if len(set(xs.tolist())) < 3:
+        return float("inf")
+    parabola = np.polyval(np.polyfit(xs, ys, 2), budget)
+    line = value[prev] + (budget - kl[prev]) / (kl[first] - kl[prev]) * (value[first] - value[prev])
+    return float(abs(parabola - line))
+
+
 def bracket(runs: list[RunResult], budget: Budget) -> tuple[float, float]:
-    """Mean KL of the two checkpoints a budget is interpolated between (over seeds): how coarse it is."""
-    pairs = []
-    for r in runs:
-        kl = curve_means(r)[0]
-        target = budget.on(r, np.arange(len(r.truth))[None, :])[0]
-        first = int(np.argmax(reaches(kl, target)))
-        pairs.append((kl[max(first - 1, 0)], kl[first]))
+    """:func:`seed_bracket` averaged over seeds: how far apart the checkpoints are, for the tables."""
+    pairs = [seed_bracket(r, budget) for r in runs]
     return float(np.mean([a for a, _ in pairs])), float(np.mean([b for _, b in pairs]))
 
 
-def coarse(between: tuple[float, float], budget: float) -> bool:
-    """Whether a value leans on a long straight line: a checkpoint beyond 2x or below 1/2 of the budget.
+def resolved(between: tuple[float, float], budget: float) -> bool:
+    """Whether a value at ``budget`` stands on near checkpoints: within ``[budget / 2, 2 budget]``.
 
-    The start (KL 0) as the lower checkpoint does not count: every curve starts there.
+    A checkpoint exactly at the budget (up to rounding) needs no interpolation. The start (KL 0) as the
+    lower checkpoint is as far as any checkpoint can be: it breaks the rule.
     """
     low, high = between
-    return high > 2 * budget or 0 < low < budget / 2
+    if abs(high - budget) <= 1e-9 * (1.0 + abs(budget)):
+        return True
+    return high <= 2 * budget and low >= budget / 2
+
+
+def unresolved_seeds(runs: list[RunResult], budget: Budget) -> list[str]:
+    """The seeds whose value at ``budget`` is not resolved (module doc), as ``"name seed s (why)"``."""
+    out = []
+    for r in runs:
+        low, high = seed_bracket(r, budget)
+        target = _on_all(r, budget)
+        if not resolved((low, high), target):
+            out.append(f"{r.spec.name} seed {r.seed} (KL {low:.3g}-{high:.3g})")
+        elif (error := bend(*curve_means(r), target)) > MAX_BEND:
+            out.append(f"{r.spec.name} seed {r.seed} (bend {error:.3g} between KL {low:.3g}-{high:.3g})")
+    return out
 
 
 def in_range(runs: list[RunResult], budget: Budget) -> bool:
@@ -151,10 +220,12 @@ def at_budget(runs: list[RunResult], other: list[RunResult] | None, budget: Budg
     )
 
 
-def judge_matched(
-    claim: cl.Claim, results: dict[str, list[RunResult]], budget: Budget, boot: dict
-) -> cl.Verdict:
-    """The verdict of a matched-KL claim at ``budget``: *outside range* when a curve does not reach it."""
+def judge_matched(claim: cl.Claim, results: dict[str, list[RunResult]], budget: Budget) -> cl.Verdict:
+    """A matched-KL claim at ``budget``, measured per seed (verdict pending :func:`~claims.decide`).
+
+    *outside range* when a curve does not reach the budget; *unresolved* when a value would lean on
+    distant checkpoints (:func:`resolved`).
+    """
     if claim.subject not in results or claim.other not in results:
         return cl.Verdict(claim, cl.NOT_RUN)
     subject, other = results[claim.subject], results[claim.other]
@@ -162,10 +233,21 @@ def judge_matched(
         return cl.Verdict(claim, cl.NOT_RUN)
     if not (in_range(subject, budget) and in_range(other, budget)):
         return cl.Verdict(claim, OUTSIDE, against=claim.other)
-    value, low, high = at_budget(subject, other, budget, boot)
-    mine = at_budget(subject, None, budget, boot)[0]
-    theirs = at_budget(other, None, budget, boot)[0]
-    return cl.Verdict(claim, cl.direction_verdict(low, high), mine, claim.other, theirs, value, low, high)
+    broken = unresolved_seeds(subject, budget) + unresolved_seeds(other, budget)
+    if broken:
+        note = "interpolated between distant checkpoints: " + "; ".join(broken)
+        return cl.Verdict(claim, cl.UNRESOLVED, against=claim.other, note=note)
+    every = {r.seed: np.arange(len(r.truth))[None, :] for r in subject + other}
+    mine = {r.seed: float(reward_at_budget(r, every[r.seed], budget)[0]) for r in subject}
+    theirs = {r.seed: float(reward_at_budget(r, every[r.seed], budget)[0]) for r in other}
+    seeds = sorted(set(mine) & set(theirs))
+    return cl.measured(
+        claim,
+        [mine[s] - theirs[s] for s in seeds],
+        float(np.mean([mine[s] for s in seeds])),
+        claim.other,
+        float(np.mean([theirs[s] for s in seeds])),
+    )
 
 
 def _point_stat(field: str, p: int):
@@ -216,13 +298,13 @@ def summarise_frontier(
                 "reward": value,
                 "difference": diff,
                 "between_kl": between,
-                "coarse": inside and coarse(between, b.value),
+                "unresolved": unresolved_seeds(runs, b) if inside else [],
             }
         row["max_kl"] = min(float(curve_means(r)[0].max()) for r in runs)
         table[name] = row
-    verdicts = [(b, judge_matched(c, with_curves, b, boot)) for b in chosen for c in FRONTIER_CLAIMS]
+    verdicts = [(b, judge_matched(c, with_curves, b)) for b in chosen for c in FRONTIER_CLAIMS]
     return {
-        "budgets": [{"label": b.label, "value": b.value} for b in chosen],
+        "budgets": [{"label": b.label, "value": b.value, "key": b.key} for b in chosen],
         "curves": curves,
         "table": table,
         "verdicts": verdicts,

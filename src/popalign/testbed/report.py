@@ -22,6 +22,7 @@ from popalign.eval.report import markdown_table
 from popalign.io import atomic_write_json, atomic_write_text
 from popalign.testbed import claims as cl
 from popalign.testbed import figures, sections, tuning
+from popalign.testbed import verdict_report as vr
 from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
 from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all
@@ -113,14 +114,17 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
             "per_seed": {str(r.seed): {m: cl.metric(r, m) for m in names} for r in found},
             "seconds": sum(r.done["seconds"] for r in found),
         }
-    verdicts = [_verdict_record(v) for v in cl.judge_claims(results, **boot)]
+    judged = [(v, {}) for v in cl.judge_claims(results)]
     frontier = summarise_frontier(results, cfg.curve.budget_fractions, boot)
     if frontier is not None:
-        verdicts += [_verdict_record(v, budget=b.label) for b, v in frontier.pop("verdicts")]
+        judged += [(v, {"budget": b.label, "budget_key": b.key}) for b, v in frontier.pop("verdicts")]
     selection = tuning.select_settings(cfg, layout, runs) if tuning.enabled(cfg) else None
     if selection:
-        tuned = tuning.judge_tuned(results, selection, boot)
-        verdicts += [_verdict_record(v, id_suffix="@tuned", group="tuned") for v in tuned]
+        tuned = tuning.judge_tuned(results, selection)
+        judged += [(v, {"id_suffix": "@tuned", "group": "tuned"}) for v in tuned]
+    # One decision over the whole report, so that each family is Holm-adjusted over all of its verdicts.
+    cl.decide([v for v, _ in judged], cfg.preregistered)
+    verdicts = [vr.verdict_record(v, **extra) for v, extra in judged]
     test = results[BASELINE][0].truth if BASELINE in results else np.array([])
     return {
         "settings": {"seeds": cfg.seeds, "task": vars(cfg.task), "bootstrap": cfg.bootstrap},
@@ -131,48 +135,6 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
         "margin_split": float(np.median(test[test != 0])) if len(test) else None,
         "_results": results,
     }
-
-
-def _verdict_record(v: cl.Verdict, id_suffix: str = "", group: str = "", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": v.claim.id + id_suffix,
-        "claim": v.claim.text,
-        "source": v.claim.source,
-        "group": group or v.claim.group,
-        "metric": v.claim.metric,
-        "paper": v.claim.paper,
-        "subject": v.claim.subject,
-        "subject_value": v.subject_value,
-        "against": v.against,
-        "against_value": v.against_value,
-        "difference": [v.difference, v.low, v.high],
-        "verdict": v.verdict,
-        **extra,
-    }
-
-
-def _verdict_table(verdicts: list[dict[str, Any]], group: str) -> tuple[list[str], list[list[str]]]:
-    headers = ["Claim", "Source", "Paper", "Measured (mean over seeds)", "Difference [95% CI]", "Verdict"]
-    rows = []
-    for v in verdicts:
-        if v["group"] != group:
-            continue
-        measured = "-"
-        if math.isfinite(v["subject_value"]):
-            name = cl.METRIC_NAMES[v["metric"]]
-            measured = f"{name}: {v['subject']} {fmt(v['subject_value'])} vs {v['against']} "
-            measured += fmt(v["against_value"])
-        rows.append(
-            [
-                v["claim"],
-                v["source"],
-                v["paper"] or "-",
-                measured,
-                interval(tuple(v["difference"])),
-                v["verdict"],
-            ]
-        )
-    return headers, rows
 
 
 def _control_blocks(cfg: ReproduceConfig, verdicts: list[dict[str, Any]]) -> list[Block]:
@@ -190,7 +152,7 @@ def _control_blocks(cfg: ReproduceConfig, verdicts: list[dict[str, Any]]) -> lis
         ("p", f"{STEPS_MATCHED} is vanilla DPO trained for as many optimiser steps as DPO-PoP-random "
               f"(k = {cfg.pop.k:g} passes over the preferences); {NOMARGIN} samples PoP pairs like "
               "DPO-PoP but trains the stronger preference without any margin (Eq. 3 on PoP pairs)."),
-        ("table", _verdict_table(verdicts, "control")),
+        ("table", vr.verdict_table(verdicts, "control")),
     ]  # fmt: skip
 
 
@@ -321,17 +283,6 @@ def _sweep_blocks(summary: dict[str, Any], cfg: ReproduceConfig, out: Path) -> l
     return blocks
 
 
-RULE = (
-    "Intervals: 95% percentile bootstrap over seeds and test items together (each resample redraws the "
-    "seeds and the test items with replacement, the same draw for every method, and averages over the drawn "
-    "seeds). Verdict on a difference d (claimed method minus the runner-up, the named rival or the "
-    "threshold): reproduced when the claimed direction holds in the mean and the interval of d excludes 0; "
-    "not reproduced when the opposite direction holds with an interval excluding 0; inconclusive otherwise. "
-    "An equivalence (~) is reproduced when the whole interval lies within the stated tolerance, not "
-    "reproduced when it excludes 0 without lying within it, else inconclusive."
-)
-
-
 def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, float]) -> list[Block]:
     counts: dict[str, int] = {}
     for v in summary["verdicts"]:
@@ -373,18 +324,19 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     blocks: list[Block] = _intro(cfg, summary, timing)
     budgets = (summary["frontier"] or {}).get("budgets", [])
     tuned = bool(summary["tuning"])
-    text = sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative, summary["frontier"])
+    blocks += vr.preregistered_blocks(cfg.preregistered, summary["verdicts"])
+    text = sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative)
     blocks.append(("p", text))
     blocks += [
         ("h2", "The paper's claims (paper protocol: the paper's settings for every method, one epoch)"),
-        ("table", _verdict_table(summary["verdicts"], "paper")),
-        ("p", RULE),
+        ("table", vr.verdict_table(summary["verdicts"], "paper")),
+        ("p", vr.RULE),
     ]
     blocks += _control_blocks(cfg, summary["verdicts"])
     blocks += sections.frontier_blocks(summary["frontier"], summary["verdicts"], out)
     if tuned:
         blocks += sections.tuning_blocks(summary["tuning"], cfg.tuning.learning_rate_factors)
-        blocks.append(("table", _verdict_table(summary["verdicts"], "tuned")))
+        blocks.append(("table", vr.verdict_table(summary["verdicts"], "tuned")))
     disc = [("pearson", "Pearson", 1.0), ("spearman", "Spearman", 1.0), ("accuracy", "Accuracy", 1.0)]
     gen = [("median_advantage", "Median advantage", 1.0), ("win_rate", "Win rate %", 100.0),
            ("mean_reward", "Mean r* of replies", 1.0)]  # fmt: skip

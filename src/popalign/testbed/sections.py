@@ -66,15 +66,16 @@ def frontier_blocks(frontier: dict[str, Any] | None, verdicts: list[dict], out: 
             if c["difference"] is not None:
                 text += f"; vs DPO {interval(c['difference'])}"
             low, high = c["between_kl"]
-            cells.append(f"{text} (KL {low:.3g}-{high:.3g}{', coarse' if c['coarse'] else ''})")
+            cells.append(f"{text} (KL {low:.3g}-{high:.3g}{', unresolved' if c['unresolved'] else ''})")
         rows.append([name, fmt(row["max_kl"]), *cells])
     blocks += [
         ("p", "Mean r* of replies at each KL budget, and its difference from vanilla DPO's at the same "
               "budget (paired by seed and prompt). In brackets, the mean KL of the two checkpoints the value "
               "is interpolated between: a wide bracket means the curve jumped past the budget between two "
-              "checkpoints and the value leans on the straight line between them; 'coarse' marks a "
-              "checkpoint beyond twice or below half the budget (more checkpoints: curve.points). max KL: "
-              "the smallest largest-KL over the run's seeds."),
+              "checkpoints and the value leans on the straight line between them. 'unresolved' marks a "
+              "value for which some seed's checkpoints lie beyond twice or below half the budget (the start, "
+              "KL 0, included): no verdict is drawn from it. max KL: the smallest largest-KL over the run's "
+              "seeds."),
         ("table", (headers, rows)),
         ("p", "Verdicts at each budget, with the rules of the paper's claims above:"),
         ("table", verdict_by_budget(verdicts, budgets)),
@@ -96,10 +97,10 @@ def verdict_by_budget(verdicts: list[dict], budgets: list[dict]) -> tuple[list[s
         row = [text]
         for b in budgets:
             v = cells.get(b["label"])
-            if v is None or v["verdict"] in (cl.NOT_RUN, OUTSIDE):
+            if v is None or v["verdict"] in (cl.NOT_RUN, OUTSIDE, cl.UNRESOLVED):
                 row.append(v["verdict"] if v else cl.NOT_RUN)
             else:
-                row.append(f"{interval(tuple(v['difference']))}: {v['verdict']}")
+                row.append(f"{interval(tuple(v['difference']))}, {p_text(v)}: {v['verdict']}")
         rows.append(row)
     return headers, rows
 
@@ -121,23 +122,28 @@ def _find(verdicts: list[dict], claim_id: str, budget: str | None = None) -> dic
     return None
 
 
+def p_text(v: dict) -> str:
+    """The Holm-adjusted p-values of a verdict: of the difference test, and of the equivalence test."""
+    d, e = v.get("p_difference_adjusted"), v.get("p_equivalence_adjusted")
+    return f"p = {_p(d)}, p(within +-{v.get('bound', float('nan')):g}) = {_p(e)}"
+
+
+def _p(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.2g}" if x >= 0.001 else "<0.001"
+
+
 def _said(v: dict | None, what: str) -> str:
     """One clause: what was measured and the verdict, in words."""
     if v is None or v["verdict"] == cl.NOT_RUN:
         return f"{what}: not run"
     if v["verdict"] == OUTSIDE:
         return f"{what}: outside the range of a curve (no verdict)"
+    if v["verdict"] == cl.UNRESOLVED:
+        return f"{what}: unresolved ({v.get('note') or 'the instrument cannot measure it'})"
     d = v["difference"]
-    return f"{what}: difference {interval(tuple(d))}, {v['verdict']}"
-
-
-def _caveat(frontier: dict[str, Any] | None, budget: str, *methods: str) -> str:
-    """A warning when a matched-KL value of ``methods`` at ``budget`` leans on a long interpolation."""
-    table = (frontier or {}).get("table", {})
-    cells = [(m, table.get(m, {}).get(budget)) for m in methods]
-    rough = [f"{m} between KL {c['between_kl'][0]:.3g} and {c['between_kl'][1]:.3g}"
-             for m, c in cells if c and c.get("coarse")]  # fmt: skip
-    return f" (coarse: interpolated {'; '.join(rough)})" if rough else ""
+    return f"{what}: difference {interval(tuple(d))} ({p_text(v)}), {v['verdict']}"
 
 
 def plain_summary(
@@ -145,7 +151,6 @@ def plain_summary(
     budgets: list[dict],
     tuned: bool,
     generative: bool = True,
-    frontier: dict[str, Any] | None = None,
 ) -> str:
     """What the run supports, in plain words, with the comparison each verdict holds under."""
     if not generative:
@@ -172,10 +177,9 @@ def plain_summary(
     if primary:
         parts += [
             _said(_find(verdicts, "kl-random", primary), f"Matched KL ({primary}): DPO-PoP-random's mean r* "
-                  "minus vanilla DPO's") + _caveat(frontier, primary, "dpo-pop-random") + ".",
+                  "minus vanilla DPO's") + ".",
             _said(_find(verdicts, "kl-margin", primary), f"Does the PoP margin help at matched KL "
-                  f"({primary})? DPO-PoP-random minus PoP sampling without margin")
-            + _caveat(frontier, primary, "dpo-pop-random", "dpo-pop-nomargin") + ".",
+                  f"({primary})? DPO-PoP-random minus PoP sampling without margin") + ".",
         ]  # fmt: skip
     else:
         parts.append("Matched KL: no training curves were recorded (curve.points = 0).")
@@ -189,6 +193,13 @@ def plain_summary(
         parts.append("In plain words: once the distance from the SFT model is matched, the PoP margin helps.")
     elif margin and margin["verdict"] == cl.NOT_REPRODUCED:
         parts.append("In plain words: once the distance from the SFT model is matched, the PoP margin hurts.")
+    elif margin and margin["verdict"] == cl.EQUIVALENT:
+        parts.append(
+            "In plain words: at matched KL the PoP margin changes mean r* by less than "
+            f"+-{margin['bound']:g} (equivalence test)."
+        )
+    elif margin and margin["verdict"] == cl.UNRESOLVED:
+        parts.append("In plain words: at matched KL this testbed cannot resolve the PoP margin's effect.")
     elif margin:
         parts.append(
             "In plain words: at matched KL this run cannot tell whether the PoP margin helps or hurts."

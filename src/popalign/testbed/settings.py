@@ -20,6 +20,17 @@ STEPS_MATCHED = "dpo-steps-matched"
 NOMARGIN = "dpo-pop-nomargin"
 CONTROLS = [STEPS_MATCHED, NOMARGIN]
 POP_METHODS = ["dpo-pop-iter", "dpo-pop-random"]
+# The default pre-registered contrasts (claim ids of testbed/claims.py and testbed/frontier.py): the
+# questions the testbed exists to answer, fixed before any run. The margin's effect at matched KL, for
+# each sampler; the paper's two headline claims; the steps control.
+PREREGISTERED = [
+    "kl-margin@final",
+    "nomargin-spearman",
+    "random-beats-dpo",
+    "acc-best",
+    "steps-winrate",
+    "steps-acc",
+]
 
 
 @dataclass
@@ -173,6 +184,12 @@ class ReproduceConfig:
         help="UltraFeedback preferences whose margins the report compares with the testbed's ('' to skip).",
     )
     progress: bool = help_field(True, help="Show progress bars.")
+    preregistered: list[str] = help_field(
+        default_factory=lambda: list(PREREGISTERED),
+        help="The primary contrasts, fixed before the run: claim ids, with @budget for matched-KL claims "
+        "(final: vanilla DPO's final KL; rangeNN: NN% of the common range). The report lists them first and "
+        "Holm-adjusts them as their own family; every other verdict is exploratory.",
+    )
 
     @property
     def generative(self) -> bool:

@@ -96,12 +96,10 @@ def tuned_results(
     return out
 
 
-def judge_tuned(
-    results: dict[str, list[RunResult]], selection: dict[str, Any], boot: dict
-) -> list[cl.Verdict]:
-    """Every claim of the paper and the controls again, at each method's chosen setting."""
+def judge_tuned(results: dict[str, list[RunResult]], selection: dict[str, Any]) -> list[cl.Verdict]:
+    """Every claim of the paper and the controls again, at each method's chosen setting (pending decide)."""
     verdicts = []
     for claim in cl.CLAIMS:
         kind = "generative" if claim.metric in GENERATIVE else "discriminative"
-        verdicts.append(cl.judge_claim(claim, tuned_results(results, selection, kind), **boot))
+        verdicts.append(cl.judge_claim(claim, tuned_results(results, selection, kind)))
     return verdicts

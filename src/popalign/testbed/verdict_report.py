@@ -1,0 +1,126 @@
+"""The report's verdict tables: each verdict as a record, the claims' tables, the pre-registered contrasts.
+
+Blocks are the report's ``("h2" | "p" | "table" | "img", ...)`` tuples (see :mod:`popalign.testbed.report`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from popalign.testbed import claims as cl
+from popalign.testbed import sections
+from popalign.testbed.sections import fmt, interval
+
+
+def verdict_record(v: cl.Verdict, id_suffix: str = "", group: str = "", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": v.claim.id + id_suffix,
+        "claim": v.claim.text,
+        "source": v.claim.source,
+        "group": group or v.claim.group,
+        "metric": v.claim.metric,
+        "paper": v.claim.paper,
+        "subject": v.claim.subject,
+        "subject_value": v.subject_value,
+        "against": v.against,
+        "against_value": v.against_value,
+        "difference": [v.difference, v.low, v.high],
+        "per_seed": list(v.per_seed),
+        "bound": v.bound,
+        "p_difference": v.p_difference,
+        "p_equivalence": v.p_equivalence,
+        "p_difference_adjusted": v.p_difference_adjusted,
+        "p_equivalence_adjusted": v.p_equivalence_adjusted,
+        "family": v.family,
+        "verdict": v.verdict,
+        "note": v.note,
+        **extra,
+    }
+
+
+def verdict_table(verdicts: list[dict[str, Any]], group: str) -> tuple[list[str], list[list[str]]]:
+    headers = [
+        "Claim",
+        "Source",
+        "Paper",
+        "Measured (mean over seeds)",
+        "Difference [95% t CI over seeds]",
+        "Holm-adjusted p",
+        "Verdict",
+    ]
+    rows = []
+    for v in verdicts:
+        if v["group"] != group:
+            continue
+        measured = "-"
+        if math.isfinite(v["subject_value"]):
+            name = cl.METRIC_NAMES[v["metric"]]
+            measured = f"{name}: {v['subject']} {fmt(v['subject_value'])} vs {v['against']} "
+            measured += fmt(v["against_value"])
+        rows.append(
+            [
+                v["claim"],
+                v["source"],
+                v["paper"] or "-",
+                measured,
+                interval(tuple(v["difference"])),
+                sections.p_text(v) if v["verdict"] in TESTED else "-",
+                v["verdict"],
+            ]
+        )
+    return headers, rows
+
+
+TESTED = (cl.REPRODUCED, cl.NOT_REPRODUCED, cl.INCONCLUSIVE, cl.EQUIVALENT)
+
+
+RULE = (
+    "Seeds are the unit of replication. Difference: the mean over seeds of each seed's difference (the "
+    "claimed method minus the named rival, the threshold, or, for 'highest' / 'lowest' claims, the best "
+    "other method of that same seed), with its 95% Student-t interval over seeds (conditional on the test "
+    "set). Each claim gets the two-sided t test of no difference and an equivalence test (TOST) at its "
+    "bound (the claim's tolerance, else the metric's fixed bound); p-values are Holm-adjusted within their "
+    "family (the pre-registered contrasts, and the rest) at family-wise level 0.05. Verdict: reproduced "
+    "when the difference test rejects in the claimed direction; not reproduced when it rejects the other "
+    "way; equivalent when instead the equivalence test rejects (no difference beyond the bound, so the "
+    "claim is not supported); inconclusive otherwise. An equivalence claim (~) is reproduced when the "
+    "equivalence test rejects and not reproduced when the difference test does. Unresolved: the value "
+    "leans on distant checkpoints and no test is run."
+)
+
+
+def _key(v: dict[str, Any]) -> str:
+    """A verdict's name in the pre-registration: its id, and ``@budget`` for a matched-KL verdict."""
+    return f"{v['id']}@{v['budget_key']}" if v.get("budget_key") else v["id"]
+
+
+def preregistered_blocks(primary: list[str], verdicts: list[dict[str, Any]]) -> list[tuple]:
+    """First in the report: the contrasts fixed in the preset before the run, with their verdicts."""
+    if not primary:
+        return []
+    by_key = {_key(v): v for v in verdicts}
+    rows = []
+    for key in primary:
+        v = by_key.get(key)
+        if v is None:
+            rows.append([key, "-", "-", "-", cl.NOT_RUN])
+            continue
+        tested = v["verdict"] in TESTED
+        rows.append(
+            [
+                f"{v['claim']}{' (' + v['budget'] + ')' if v.get('budget') else ''}",
+                interval(tuple(v["difference"])) if tested else "-",
+                sections.p_text(v) if tested else "-",
+                v["note"] or "-",
+                v["verdict"],
+            ]
+        )
+    text = (
+        "These contrasts and their budgets were listed in the preset (`preregistered`) before the run; they "
+        "form one family, Holm-adjusted on its own (every other verdict of this report belongs to the "
+        "exploratory family). Their settings were not chosen on test results."
+    )
+    headers = ["Pre-registered contrast", "Difference [95% t CI over seeds]", "Holm-adjusted p", "Note"]
+    headers.append("Verdict")
+    return [("h2", "Pre-registered contrasts"), ("p", text), ("table", (headers, rows))]
