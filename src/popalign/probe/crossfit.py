@@ -118,10 +118,12 @@ def fold_examples(
     return train_rows[pairs.strong_idx], train_rows[pairs.weak_idx], pairs.meta["counts"]
 
 
-def _standardised(features: np.ndarray, fold_of: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training folds' mean and spread of the features (chosen and rejected together), ``(D,)`` each."""
-    train = features[:, fold_of != fold].reshape(-1, features.shape[-1])
-    return train.mean(0), train.std(0) + 1e-6
+def _standardised(
+    chosen: np.ndarray, rejected: np.ndarray, train: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows' mean and spread of the features (chosen and rejected together), ``(D,)`` each."""
+    rows = np.concatenate([chosen[train], rejected[train]])
+    return rows.mean(0), rows.std(0) + 1e-6
 
 
 @dataclass
@@ -160,14 +162,15 @@ def cross_fit(
     info: dict[str, dict[str, Any]] = {a.name: {"steps": [], "pop_pairs": []} for a in runnable}
     gt = None if margins is None else torch.as_tensor(margins, dtype=torch.float32)
     column = None if table.margin is None else torch.as_tensor(table.margin, dtype=torch.float32)
-    both = np.stack([chosen, rejected])
+    chosen_t = torch.as_tensor(chosen, dtype=torch.float32)
+    rejected_t = torch.as_tensor(rejected, dtype=torch.float32)
     for fold in range(folds):
-        stats = [_standardised(both, fold_of[s], fold) for s in range(len(seeds))]
-        mean = np.stack([m for m, _ in stats])[:, None, :]
-        spread = np.stack([sd for _, sd in stats])[:, None, :]
+        stats = [_standardised(chosen, rejected, fold_of[s] != fold) for s in range(len(seeds))]
         data = TrainData(
-            torch.as_tensor((chosen[None] - mean) / spread, dtype=torch.float32),
-            torch.as_tensor((rejected[None] - mean) / spread, dtype=torch.float32),
+            chosen_t,
+            rejected_t,
+            torch.as_tensor(np.stack([m for m, _ in stats]), dtype=torch.float32),
+            torch.as_tensor(np.stack([sd for _, sd in stats]), dtype=torch.float32),
             gt,
             column,
         )
@@ -184,7 +187,7 @@ def cross_fit(
             steps = steps_taken[arm.steps_of] if arm.steps_of else steps_for(examples, head)
             steps_taken[arm.name] = steps
             heads, run_info = train_heads(arm.method, data, examples, head, loss, seeds, steps)
-            margins_out = score(heads, data.chosen, data.rejected)
+            margins_out = score(heads, data)
             for s in range(len(seeds)):
                 held = fold_of[s] == fold
                 predicted[arm.name][s, held] = margins_out[s, held]

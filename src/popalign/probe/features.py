@@ -7,9 +7,10 @@ numbers. The last token is what a sequence-classification reward head reads; the
 says as a whole, which the last token of a long reply summarises poorly.
 
 **Cache.** Each sequence is keyed by its token ids and prompt length; the folder is keyed by the model's
-weights and the pooling (:data:`POOLING`). Sequences are sorted by length (so a batch pads little) and cut
-into shards of ``shard_size``; a shard's file is named by the keys it holds and written atomically, so a
-killed run loses at most the shard it was computing and a rerun recomputes nothing it finished.
+weights, dtype and the pooling (:data:`POOLING`). The sequences the folder lacks are sorted by length (so
+a batch pads little) and cut into shards of ``shard_size``; a shard file holds its features and keys, is
+named by its keys and written atomically. A killed run loses at most the shard it was computing; a rerun
+looks every sequence up by key in all shards and computes only the ones it lacks.
 """
 
 from __future__ import annotations
@@ -103,7 +104,12 @@ def sequences_for(table: PreferenceTable, tokenizer: Any, spec: FeatureSpec) -> 
             index[side].append(where[key])
     stats = dict(tok.stats, sequences=len(ids), tokens=int(sum(len(r) for r in ids)))
     return Sequences(
-        ids, np.asarray(prompt_lengths), keys, np.asarray(index["chosen"]), np.asarray(index["rejected"]), stats
+        ids,
+        np.asarray(prompt_lengths),
+        keys,
+        np.asarray(index["chosen"]),
+        np.asarray(index["rejected"]),
+        stats,
     )
 
 
@@ -125,10 +131,20 @@ def model_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-def shard_plan(seqs: Sequences, shard_size: int) -> list[np.ndarray]:
-    """Row indices of each shard: sorted by length (then key, so the plan depends on content only)."""
-    order = sorted(range(len(seqs.ids)), key=lambda j: (len(seqs.ids[j]), seqs.keys[j]))
+def shard_plan(seqs: Sequences, rows: list[int], shard_size: int) -> list[np.ndarray]:
+    """``rows`` cut into shards: sorted by length (then key, so the plan depends on content only)."""
+    order = sorted(rows, key=lambda j: (len(seqs.ids[j]), seqs.keys[j]))
     return [np.asarray(order[s : s + shard_size]) for s in range(0, len(order), shard_size)]
+
+
+def cached_rows(folder: Path) -> dict[str, tuple[Path, int]]:
+    """Every sequence key already in ``folder``'s shards: key -> (shard file, row in it)."""
+    found: dict[str, tuple[Path, int]] = {}
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as shard:
+            for row, key in enumerate(shard["keys"].tolist()):
+                found[key] = (path, row)
+    return found
 
 
 def shard_name(keys: list[str]) -> str:
@@ -179,10 +195,12 @@ def extract_features(
     pad_id: int,
     on_shard: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """``(features (rows, 2H), info)``: read finished shards from ``folder``, compute and write the rest.
+    """``(features (rows, 2H), info)``: read the sequences ``folder`` holds, compute and write the rest.
 
-    ``on_shard(n)`` is called after the n-th newly computed shard is written (progress, tests).
-    ``info`` counts the shards read and computed, the tokens computed and the seconds spent.
+    A sequence is looked up by its key in every shard of the folder, so a change of settings that leaves
+    most token rows as they were (a new max_length, more data) recomputes only the rows that changed.
+    ``on_shard(n)`` is called after the n-th newly computed shard is written (progress, tests). ``info``
+    counts the sequences read and computed, the shards computed, the tokens computed and the seconds.
     """
     import time
 
@@ -191,38 +209,46 @@ def extract_features(
     from popalign.io import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
-    plan = shard_plan(seqs, spec.shard_size)
-    out: np.ndarray | None = None
-    info = {"shards": len(plan), "shards_cached": 0, "shards_computed": 0, "tokens_computed": 0}
+    found = cached_rows(folder)
+    missing = [j for j, key in enumerate(seqs.keys) if key not in found]
+    plan = shard_plan(seqs, missing, spec.shard_size)
+    dim = 2 * int(model.config.hidden_size)
+    out = np.empty((len(seqs.ids), dim), dtype=np.float32)
+    info = {
+        "sequences_cached": len(seqs.ids) - len(missing),
+        "sequences_computed": len(missing),
+        "shards_computed": 0,
+        "tokens_computed": 0,
+    }
+    by_file: dict[Path, list[tuple[int, int]]] = {}
+    for j, key in enumerate(seqs.keys):
+        if key in found:
+            path, row = found[key]
+            by_file.setdefault(path, []).append((j, row))
+    for path, pairs in by_file.items():
+        with np.load(path) as shard:
+            feats = shard["features"]
+            out[[j for j, _ in pairs]] = feats[[row for _, row in pairs]]
     started = time.monotonic()
-    bar = tqdm(plan, desc="features", unit="shard", disable=not spec.progress)
-    for rows in bar:
+    for rows in tqdm(plan, desc="features", unit="shard", disable=not spec.progress):
+        tokens = [seqs.ids[j] for j in rows]
+        starts = [int(seqs.prompt_lengths[j]) for j in rows]
+        parts = [
+            pool_batch(model, [tokens[p] for p in b], [starts[p] for p in b], pad_id)
+            for b in length_batches([len(t) for t in tokens], spec.batch_tokens)
+        ]
+        feats = np.concatenate(parts).astype(np.float32)
         keys = [seqs.keys[j] for j in rows]
-        path = folder / shard_name(keys)
-        if path.is_file():
-            feats = np.load(path)["features"]
-            info["shards_cached"] += 1
-        else:
-            tokens = [seqs.ids[j] for j in rows]
-            starts = [int(seqs.prompt_lengths[j]) for j in rows]
-            parts = [
-                pool_batch(model, [tokens[p] for p in b], [starts[p] for p in b], pad_id)
-                for b in length_batches([len(t) for t in tokens], spec.batch_tokens)
-            ]
-            feats = np.concatenate(parts).astype(np.float32)
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, features=feats, keys=np.asarray(keys))
-            info["shards_computed"] += 1
-            info["tokens_computed"] += int(sum(len(t) for t in tokens))
-            if on_shard is not None:
-                on_shard(info["shards_computed"])
-        if out is None:
-            out = np.empty((len(seqs.ids), feats.shape[1]), dtype=np.float32)
+        with atomic_path(folder / shard_name(keys)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, features=feats, keys=np.asarray(keys))
         out[rows] = feats
+        info["shards_computed"] += 1
+        info["tokens_computed"] += int(sum(len(t) for t in tokens))
+        if on_shard is not None:
+            on_shard(info["shards_computed"])
     info["seconds"] = round(time.monotonic() - started, 1)
     if info["seconds"] > 0 and info["tokens_computed"]:
         info["tokens_per_second"] = round(info["tokens_computed"] / info["seconds"], 1)
-    assert out is not None  # a table has at least one row
     return out, info
 
 
@@ -241,7 +267,7 @@ def table_features(
     spec: FeatureSpec,
     on_shard: Callable[[int], None] | None = None,
 ) -> TableFeatures:
-    """Load the frozen model and its tokenizer, then extract (or read from the cache) every reply's features."""
+    """Load the frozen model and its tokenizer; extract (or read from the cache) every reply's features."""
     import torch
 
     from popalign.modeling.load import cache_root, load_causal_lm, load_tokenizer

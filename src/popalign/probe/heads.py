@@ -83,7 +83,9 @@ class Heads:
         per_seed = []
         for seed in seeds:
             g = torch.Generator().manual_seed(int(seed))
-            per_seed.append({k: torch.randn(shape, generator=g) * spec.init_std for k, shape in shapes.items()})
+            per_seed.append(
+                {k: torch.randn(shape, generator=g) * spec.init_std for k, shape in shapes.items()}
+            )
         for k in shapes:
             self.params[k] = torch.stack([p[k] for p in per_seed]).requires_grad_(True)
         if spec.kind == "mlp":
@@ -113,6 +115,16 @@ def _batch_stream(counts: list[int], steps: int, batch: int, seeds: list[int]) -
         passes = math.ceil(steps * batch / n)
         out[s] = np.concatenate([rng.permutation(n) for _ in range(passes)])[: steps * batch]
     return out.reshape(len(counts), steps, batch)
+
+
+def _padded(per_seed: list[np.ndarray]):
+    """Each seed's example rows as one ``(S, max count)`` tensor (positions past a seed's count unused)."""
+    import torch
+
+    out = np.zeros((len(per_seed), max(len(x) for x in per_seed)), dtype=np.int64)
+    for s, rows in enumerate(per_seed):
+        out[s, : len(rows)] = rows
+    return torch.as_tensor(out)
 
 
 def batch_loss(
@@ -155,12 +167,22 @@ def batch_loss(
 
 @dataclass
 class TrainData:
-    """What heads train on: features of every row (standardised per seed), scores and the examples."""
+    """What heads train on: every row's raw features, each seed's standardisation, scores, a column.
 
-    chosen: torch.Tensor  # (S, N, D)
-    rejected: torch.Tensor  # (S, N, D)
+    Features stay one shared ``(N, D)`` array (small enough to stay in cache); a batch is gathered and
+    then standardised with its seed's training-fold mean and spread.
+    """
+
+    chosen: torch.Tensor  # (N, D)
+    rejected: torch.Tensor  # (N, D)
+    mean: torch.Tensor  # (S, D)
+    spread: torch.Tensor  # (S, D)
     gt_margins: torch.Tensor | None  # (N,)
     column: torch.Tensor | None  # (N,)
+
+    def gather(self, side: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Standardised features ``(S, B, D)`` of ``rows`` ``(S, B)`` of ``side`` (chosen or rejected)."""
+        return (side[rows] - self.mean[:, None, :]) / self.spread[:, None, :]
 
 
 def train_heads(
@@ -176,27 +198,25 @@ def train_heads(
     import torch
 
     heads = Heads(spec, data.chosen.shape[-1], seeds)
-    opt = torch.optim.AdamW(
-        heads.params.values(), lr=spec.learning_rate, weight_decay=spec.weight_decay
-    )
+    opt = torch.optim.AdamW(heads.params.values(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     counts = [len(s) for s in examples.strong]
-    stream = _batch_stream(counts, steps, spec.batch_size, seeds)
-    strong = [torch.as_tensor(s) for s in examples.strong]
-    weak = None if examples.weak is None else [torch.as_tensor(w) for w in examples.weak]
+    stream = torch.as_tensor(_batch_stream(counts, steps, spec.batch_size, seeds))
+    strong = _padded(examples.strong)
+    weak = None if examples.weak is None else _padded(examples.weak)
     seed_axis = torch.arange(len(seeds))[:, None]
     margins_used: list[float] = []
     for step in range(steps):
-        pos = torch.as_tensor(stream[:, step])
-        rows = torch.stack([strong[s][pos[s]] for s in range(len(seeds))])  # (S, B)
+        pos = stream[:, step]
+        rows = strong[seed_axis, pos]  # (S, B)
         weak_x = None
         if weak is not None:
-            weak_rows = torch.stack([weak[s][pos[s]] for s in range(len(seeds))])
-            weak_x = (data.chosen[seed_axis, weak_rows], data.rejected[seed_axis, weak_rows])
+            weak_rows = weak[seed_axis, pos]
+            weak_x = (data.gather(data.chosen, weak_rows), data.gather(data.rejected, weak_rows))
         loss, out = batch_loss(
             heads,
             method,
-            data.chosen[seed_axis, rows],
-            data.rejected[seed_axis, rows],
+            data.gather(data.chosen, rows),
+            data.gather(data.rejected, rows),
             None if data.gt_margins is None else data.gt_margins[rows],
             weak_x,
             settings,
@@ -213,9 +233,12 @@ def train_heads(
     return heads, info
 
 
-def score(heads: Heads, chosen: torch.Tensor, rejected: torch.Tensor) -> np.ndarray:
-    """Predicted margins ``r(x, y+) - r(x, y-)``, ``(S, N)``, of features ``(S, N, D)``."""
+def score(heads: Heads, data: TrainData) -> np.ndarray:
+    """Predicted margins ``r(x, y+) - r(x, y-)`` of every row, ``(S, N)``."""
     import torch
 
+    every_row = torch.arange(data.chosen.shape[0]).expand(data.mean.shape[0], -1)
     with torch.no_grad():
-        return (heads(chosen) - heads(rejected)).numpy().astype(np.float64)
+        chosen = heads(data.gather(data.chosen, every_row))
+        rejected = heads(data.gather(data.rejected, every_row))
+    return (chosen - rejected).numpy().astype(np.float64)
