@@ -37,7 +37,7 @@ class ProbeConfig:
         20, help="Seeds (folds, initial weights, batch order, PoP pairs); arms share them."
     )
     arms: list[str] = help_field(
-        default_factory=list, help="Arms to run (empty: all; see `popalign probe --help`)."
+        default_factory=list, help="Arms to run (empty: all; the table in docs/probe.md)."
     )
     features: FeatureSpec = field(default_factory=FeatureSpec)
     head: HeadSpec = field(default_factory=HeadSpec)

@@ -148,7 +148,8 @@ def write_report(
     summary = _finite({"config": config_to_dict(cfg), **summary})
     atomic_write_json(out / "results.json", summary)
     with atomic_path(out / "predictions.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, folds=fit.folds, truth=np.asarray(truth), **fit.predicted)
+        arms = {name: p.astype(np.float32) for name, p in fit.predicted.items()}
+        np.savez_compressed(fh, folds=fit.folds, truth=np.asarray(truth), **arms)
     runs = [(name, p.ravel(), np.tile(truth, len(p))) for name, p in fit.predicted.items()]
     plot_cumulative_accuracy(runs, out / FIGURE, title="Reward heads on frozen features (seed means)")
     markdown = render_markdown(cfg, summary)
