@@ -280,5 +280,6 @@ def table_features(
     model = load_causal_lm(model_name, dtype=spec.dtype).eval()
     folder = cache_root(spec.cache_dir) / "probe" / model_fingerprint(model)
     feats, info = extract_features(model, seqs, folder, spec, tokenizer.pad_token_id, on_shard)
-    info.update(seqs.stats, cache=str(folder), pooling=POOLING, dtype=spec.dtype)
+    # The folder's name, not its path: reports are committed, and the cache root is the machine's own.
+    info.update(seqs.stats, cache_key=folder.name, pooling=POOLING, dtype=spec.dtype)
     return TableFeatures(feats[seqs.chosen], feats[seqs.rejected], info)
