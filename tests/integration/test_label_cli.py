@@ -217,6 +217,28 @@ def test_hf_export_round_trips_through_load_from_disk_and_pop_import_labels(
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
+def test_hf_export_of_a_project_without_labels_is_an_empty_dataset_with_the_same_features(
+    tmp_path, ultrafeedback_dir
+):
+    import datasets
+
+    from popalign.label.project import LabelSettings
+    from popalign.label.server import build_context
+
+    prefs = subset(ultrafeedback_dir, tmp_path, 6)
+    db = tmp_path / "labels.sqlite"
+    build_context(db, prefs, LabelSettings(target=3, min_gap=0), project="pilot")
+    out = tmp_path / "hf"
+    assert run_cli("export", "--db", str(db), "--project", "pilot", "--format", "hf", "-o", str(out)) == 0
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 0
+    assert set(ds.column_names) == {
+        "id_a", "id_b", "stronger", "anchor", "annotators", "choices", "seconds",
+        "votes_a", "votes_b", "votes_same",
+    }  # fmt: skip
+    assert ds.features["choices"].feature.dtype == "string" and ds.features["votes_a"].dtype == "int64"
+
+
 def test_projects_guidelines_and_gold_options(tmp_path, ultrafeedback_dir, capsys):
     from popalign.label.project import LabelSettings
     from popalign.label.server import build_context

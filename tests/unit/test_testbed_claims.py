@@ -196,8 +196,50 @@ def test_missing_methods_are_not_run():
 
 
 def test_every_claim_names_known_runs_and_metrics():
-    known = set(cl.PAPER_METHODS) | {cl.STEPS_MATCHED, cl.NOMARGIN}
-    for c in cl.CLAIMS:
+    from popalign.testbed.frontier import FRONTIER_CLAIMS
+    from popalign.testbed.settings import CONTROLS, PREREGISTERED
+
+    known = set(cl.PAPER_METHODS) | set(CONTROLS)
+    every = [*cl.CLAIMS, *FRONTIER_CLAIMS]
+    for c in every:
         assert c.subject in known and (c.other is None or c.other in known)
         assert c.metric in cl.METRIC_NAMES
-    assert len({c.id for c in cl.CLAIMS}) == len(cl.CLAIMS)
+        assert not c.control or c.control in {x.id for x in every}
+    assert len({c.id for c in every}) == len(every)
+    # Every pre-registered contrast names a claim (at a budget key for matched-KL claims).
+    ids = {c.id for c in cl.CLAIMS} | {f"{c.id}@final" for c in FRONTIER_CLAIMS}
+    assert set(PREREGISTERED) <= ids
+
+
+def test_a_margin_claim_waits_for_its_positive_control():
+    # PoP-random clearly beats the no-margin control in Spearman in every seed...
+    good = {s: noisy(0.2, s) for s in SEEDS}
+    results = {
+        "dpo-pop-random": [run("dpo-pop-random", good[s], s) for s in SEEDS],
+        cl.NOMARGIN: [run(cl.NOMARGIN, noisy(3.0, 50 + s), s) for s in SEEDS],
+        "dpo": [run("dpo", noisy(3.0, 70 + s), s) for s in SEEDS],
+    }
+    margin = claim("nomargin-spearman")
+    # ...but without the oracle arm the testbed has not shown it can see a margin: no verdict.
+    (alone,) = cl.decide([cl.judge_claim(margin, results)])
+    assert alone.verdict == cl.UNRESOLVED and "oracle-spearman not run" in alone.note
+    assert alone.p_difference_adjusted < cl.ALPHA  # its own test stays on record
+    # With an oracle arm whose effect is detected, the claim gets its verdict.
+    results[cl.ORACLE] = [run(cl.ORACLE, noisy(0.2, 90 + s), s) for s in SEEDS]
+    verdicts = cl.decide([cl.judge_claim(margin, results), cl.judge_claim(claim("oracle-spearman"), results)])
+    assert [v.verdict for v in verdicts] == [cl.REPRODUCED, cl.REPRODUCED]
+    # An oracle no better than vanilla DPO: the positive control fails and the margin claim is withdrawn.
+    results[cl.ORACLE] = [run(cl.ORACLE, noisy(3.0, 70 + s), s) for s in SEEDS]
+    verdicts = cl.decide([cl.judge_claim(margin, results), cl.judge_claim(claim("oracle-spearman"), results)])
+    assert verdicts[1].verdict != cl.REPRODUCED and verdicts[0].verdict == cl.UNRESOLVED
+
+
+def test_an_unknown_preregistered_contrast_is_a_config_error():
+    from popalign.config import ConfigError
+    from popalign.testbed.verdict_report import check_preregistered
+
+    check_preregistered(["acc-best", "kl-margin@final", "kl-oracle@range50"], [0.25, 0.5])
+    with pytest.raises(ConfigError, match="'kl-margin@range90' is not a claim"):
+        check_preregistered(["kl-margin@range90"], [0.25, 0.5])
+    with pytest.raises(ConfigError, match="'acc-best@final'"):
+        check_preregistered(["acc-best@final"], [0.25])

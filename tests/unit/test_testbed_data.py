@@ -9,12 +9,12 @@ import pytest
 
 from popalign.config import ConfigError
 from popalign.data.load import load_preferences
+from popalign.testbed.annotators import observed_scores
 from popalign.testbed.make_data import (
     TaskSpec,
     binarise,
     draw_prompts,
     make_dataset,
-    observed_scores,
     read_split,
 )
 from popalign.testbed.task import reward

@@ -7,9 +7,10 @@ import pytest
 
 from popalign.testbed import claims as cl
 from popalign.testbed import frontier as fr
-from popalign.testbed.curves import Curve, curve_steps
+from popalign.testbed.curves import Curve, curve_steps, select_points
 from popalign.testbed.plan import RunSpec
 from popalign.testbed.results import RunResult
+from popalign.testbed.settings import NOMARGIN
 
 N = 40
 
@@ -63,8 +64,8 @@ def _results(shift: float) -> dict[str, list[RunResult]]:
     """Vanilla DPO ends at KL 2; DPO-PoP-random goes to KL 6, ``shift`` r* above DPO at equal KL."""
     dpo = [_run("dpo", s, [0, 1, 2], [7, 8, 8.5]) for s in (0, 1)]
     pop = [_run("dpo-pop-random", s, [0, 2, 4, 6], [7, 8.5 + shift, 7, 6]) for s in (0, 1)]
-    short = [_run("dpo-pop-nomargin", s, [0, 0.5, 1.0], [7, 7.5, 8]) for s in (0, 1)]
-    return {"dpo": dpo, "dpo-pop-random": pop, "dpo-pop-nomargin": short}
+    short = [_run(NOMARGIN, s, [0, 0.5, 1.0], [7, 7.5, 8]) for s in (0, 1)]
+    return {"dpo": dpo, "dpo-pop-random": pop, NOMARGIN: short}
 
 
 BOOT = {"n_resamples": 300, "seed": 0}
@@ -99,13 +100,20 @@ def test_matched_kl_verdicts_and_a_budget_outside_a_curve():
     # The no-margin control never reaches KL 2: reported as outside its range, never extrapolated.
     outside = judged("kl-nomargin", results, final)
     assert outside.verdict == fr.OUTSIDE and np.isnan(outside.difference)
-    assert np.isnan(fr.at_budget(results["dpo-pop-nomargin"], None, final, BOOT)).all()
+    assert np.isnan(fr.at_budget(results[NOMARGIN], None, final, BOOT)).all()
     # At KL 0.5 and 0.25, DPO's and DPO-PoP-random's values would be read off the straight line from the
     # start (KL 0) to their first checkpoints (KL 1 and 2): unresolved, no test is run.
     for budget in (quarter, half):
         for claim_id in ("kl-nomargin", "kl-random"):
             v = judged(claim_id, results, budget)
             assert v.verdict == cl.UNRESOLVED and "KL 0-" in v.note and not v.tested
+
+
+def test_a_missing_method_is_not_run():
+    results = _results(0.5)
+    del results["dpo-pop-random"]
+    claim = next(c for c in fr.FRONTIER_CLAIMS if c.id == "kl-random")
+    assert fr.judge_matched(claim, results, fr.budgets(results, [])[0]).verdict == cl.NOT_RUN
 
 
 def test_resolution_rule_by_hand():
@@ -115,10 +123,14 @@ def test_resolution_rule_by_hand():
     assert not fr.resolved((1.0, 3.5), 1.5)  # beyond twice the budget
     assert not fr.resolved((0.6, 2.0), 1.5)  # below half of it
     # The parabola through (0, 0), (1, 1), (2, 4) at 1.5 is 2.25; the line from (1, 1) to (2, 4) gives 2.5.
-    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 4.0]), 1.5) == pytest.approx(0.25)
-    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.0]), 1.5) == pytest.approx(0.0)
+    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 4.0]), 1.5)[0] == pytest.approx(0.25)
+    assert fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.0]), 1.5)[0] == pytest.approx(0.0)
+    # Its standard error: the weights (parabola minus line) at 1.5 are -1/8, 1/4, -1/8, so with every
+    # checkpoint's se 0.1 it is 0.1 * sqrt(1/64 + 1/16 + 1/64).
+    _, se = fr.bend(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 4.0]), 1.5, np.full(3, 0.1))
+    assert se == pytest.approx(0.1 * np.sqrt(3 / 32))
     # Only two checkpoints: no third to estimate the bend from.
-    assert fr.bend(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.5) == float("inf")
+    assert fr.bend(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.5)[0] == float("inf")
 
 
 def _concave(name: str, seed: int, kls) -> RunResult:
@@ -147,8 +159,9 @@ def test_six_and_twelve_checkpoints_of_one_curve_never_differ_in_direction():
 def test_summary_holds_curves_table_and_verdicts():
     s = fr.summarise_frontier(_results(0.5), [0.5], BOOT)
     assert [b["label"] for b in s["budgets"]] == ["vanilla DPO's final KL", "50% of the common range"]
-    assert [p["kl"][0] for p in s["curves"]["dpo"]] == pytest.approx([0.0, 1.0, 2.0])
-    assert s["table"]["dpo-pop-nomargin"]["vanilla DPO's final KL"]["in_range"] is False
+    assert [p["kl"][0] for p in s["curves"]["dpo"]["0"]] == pytest.approx([0.0, 1.0, 2.0])
+    assert set(s["curves"]["dpo"]) == {"0", "1"}  # one curve per seed: seeds keep their own checkpoints
+    assert s["table"][NOMARGIN]["vanilla DPO's final KL"]["in_range"] is False
     assert s["table"]["dpo-pop-random"]["max_kl"] == pytest.approx(6.0)
     # KL 2 is first reached at the checkpoint with KL 2, after the start (KL 0): the bracket it leans on,
     # resolved since the budget falls on the checkpoint itself.
@@ -157,7 +170,56 @@ def test_summary_holds_curves_table_and_verdicts():
     assert len(s["verdicts"]) == 2 * len(fr.FRONTIER_CLAIMS)
 
 
-def test_curve_steps_are_evenly_spaced_and_end_at_the_last_step():
-    assert curve_steps(125, 6) == [21, 42, 62, 83, 104, 125]
-    assert curve_steps(4, 6) == [1, 2, 3, 4]
+def test_snapshots_share_one_spacing_and_end_at_the_last_step():
+    # The same spacing in every run: a run with twice the steps has twice the snapshots.
+    assert curve_steps(12, 5) == [5, 10, 12]
+    assert len(curve_steps(250, 5)) == 2 * len(curve_steps(125, 5)) == 50
+    assert curve_steps(4, 5) == [4]
     assert curve_steps(10, 0) == []
+
+
+def test_select_points_spaces_checkpoints_by_kl():
+    # By hand, ratio 1.5 and gap 0.1 from the start (KL 0): 0.1 is kept because 0.2 > 0.1; 0.2 because
+    # 0.3 > max(0.15, 0.2); 0.3 and 0.4 likewise; 0.5 is skipped (0.6 is not above max(0.6, 0.5)); 0.6 is
+    # kept (0.7 > 0.6); 0.7 skipped (0.8 <= max(0.9, 0.7)); the final model always.
+    slow = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert select_points(slow, 1.5, 0.1) == [0, 1, 2, 3, 5, 7]
+    # A jump keeps every snapshot before it, so the jump itself is the only wide bracket; after it the
+    # flat tail is sampled sparsely.
+    jump = [0.3, 0.6, 0.9, 30.0, 31.0, 32.0, 33.0]
+    assert select_points(jump, 1.5, 0.1) == [0, 1, 2, 3, 6]
+    assert select_points([2.0], 1.5, 0.1) == [0]
+
+
+def _snapshots(tmp_path, steps):
+    from popalign.testbed.curves import point_dir
+
+    for s in steps:
+        point_dir(tmp_path, s).mkdir(parents=True)
+        (point_dir(tmp_path, s) / "config.json").write_text("{}")
+
+
+def test_screen_bisects_only_where_kl_grows_fast(tmp_path):
+    from popalign.testbed.curves import screen_curve
+
+    # KL 0.05 per step up to step 10, a jump to 4 by step 13, then flat again.
+    kl = {s: 0.05 * s for s in range(1, 11)} | {11: 0.6, 12: 2.0, 13: 4.0}
+    kl |= {s: 4.0 + 0.05 * (s - 13) for s in range(14, 21)}
+    _snapshots(tmp_path, range(1, 20))
+    asked = []
+
+    def screen(folder):
+        step = int(folder.name.split("-")[1])
+        asked.append(step)
+        return kl[step]
+
+    settings = {"every": 5, "max_ratio": 1.5, "min_gap": 0.1}
+    out = screen_curve(tmp_path, list(range(1, 21)), 20, kl[20], screen, **settings)
+    # By hand (module doc): steps 5, 10, 15 first; then the middles of the gaps that grow too fast,
+    # 3, 8, 13; then 2, 7, 12; then 11. The flat stretches (14-19, and 1) are never screened.
+    assert sorted(asked) == [2, 3, 5, 7, 8, 10, 11, 12, 13, 15]
+    assert list(out) == [2, 3, 5, 7, 8, 10, 11, 12, 13, 15, 20] and out[20] == kl[20]
+    # A rerun reads screen.json and asks nothing again.
+    asked.clear()
+    assert screen_curve(tmp_path, list(range(1, 21)), 20, kl[20], screen, **settings) == out
+    assert asked == []

@@ -10,9 +10,11 @@ import pytest
 from popalign.config import ConfigError, config_to_dict, load_config
 from popalign.data.load import load_preferences
 from popalign.pop.build import PoPSpec, build_pop_for_table
-from popalign.testbed.make_data import TaskSpec, make_dataset
+from popalign.testbed.annotators import true_margins
+from popalign.testbed.make_data import TaskSpec, make_dataset, read_split
 from popalign.testbed.plan import (
     Layout,
+    ensure_pop_labels,
     plan_runs,
     polyak_tau,
     run_steps,
@@ -20,7 +22,7 @@ from popalign.testbed.plan import (
     train_overrides,
 )
 from popalign.testbed.reproduce import settings_fingerprint
-from popalign.testbed.settings import PAPER_METHODS, ReproduceConfig
+from popalign.testbed.settings import CONTROLS, PAPER_METHODS, ReproduceConfig
 from popalign.train.config import SFTConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +41,14 @@ def table(tmp_path_factory):
 
 def test_default_plan_is_the_paper_then_the_controls():
     names = [r.name for r in plan_runs(cfg())]
-    assert names == [*PAPER_METHODS, "dpo-steps-matched", "dpo-pop-nomargin"]
+    assert names == [*PAPER_METHODS, *CONTROLS]
+    assert CONTROLS == [
+        "dpo-steps-matched-iter",
+        "dpo-steps-matched-random",
+        "dpo-pop-nomargin-iter",
+        "dpo-pop-nomargin-random",
+        "dpo-margin-oracle",
+    ]
 
 
 def test_baseline_runs_first_and_sweeps_skip_the_main_setting():
@@ -59,8 +68,39 @@ def test_step_counts_follow_the_examples(table):
     assert run_steps(c, table, runs["dpo"], 0) == math.ceil(200 / 16)
     pairs = build_pop_for_table(table, PoPSpec(strategy="random", k=2.0, seed=0))
     assert run_steps(c, table, runs["dpo-pop-random"], 0) == math.ceil(len(pairs) / 16)
-    # The control trains vanilla DPO for exactly as many steps as DPO-PoP-random.
-    assert run_steps(c, table, runs["dpo-steps-matched"], 0) == run_steps(c, table, runs["dpo-pop-random"], 0)
+    # Each steps control trains vanilla DPO for exactly as many steps as its PoP method.
+    for sampler in ("iter", "random"):
+        matched = run_steps(c, table, runs[f"dpo-steps-matched-{sampler}"], 0)
+        assert matched == run_steps(c, table, runs[f"dpo-pop-{sampler}"], 0)
+        assert run_steps(c, table, runs[f"dpo-pop-nomargin-{sampler}"], 0) == matched
+
+
+def test_judged_runs_train_on_label_files_drawn_on_the_true_margins(tmp_path):
+    c = cfg(f"output_dir={tmp_path}", "task.train_prompts=200", "task.test_prompts=20")
+    layout = Layout.of(c)
+    make_dataset(c.task, layout.data)
+    rows = read_split(layout.data, "train")
+    table, truth = load_preferences(str(layout.data), tie_policy="keep")[0], true_margins(rows)
+    runs = {r.name: r for r in plan_runs(c)}
+    for sampler in ("iter", "random"):
+        path, summary = ensure_pop_labels(c, layout, runs[f"dpo-pop-{sampler}"], 0, rows)
+        steps = run_steps(c, table, runs[f"dpo-pop-{sampler}"], 0, truth)
+        assert steps == math.ceil(summary["pairs"] / 16)
+        assert run_steps(c, table, runs[f"dpo-steps-matched-{sampler}"], 0, truth) == steps
+        # The no-margin control trains on the very same judged pairs.
+        assert ensure_pop_labels(c, layout, runs[f"dpo-pop-nomargin-{sampler}"], 0, rows) == (path, summary)
+    # Where the output folder lies does not change a run's fingerprint; which labels it reads does.
+    spec = runs["dpo-pop-random"]
+    here = train_overrides(c, Layout(tmp_path / "a"), spec, 0, 10, "sft", tmp_path / "a" / "x.jsonl")
+    there = train_overrides(c, Layout(tmp_path / "b"), spec, 0, 10, "sft", tmp_path / "b" / "x.jsonl")
+    other = train_overrides(c, Layout(tmp_path / "a"), spec, 0, 10, "sft", tmp_path / "a" / "y.jsonl")
+    assert settings_fingerprint(here) == settings_fingerprint(there) != settings_fingerprint(other)
+
+
+def test_the_oracle_needs_the_testbed():
+    with pytest.raises(ConfigError, match="dpo-margin-oracle"):
+        cfg("data=somewhere")
+    assert not cfg("data=somewhere", "controls=[]").judged_pop and cfg().judged_pop
 
 
 def test_polyak_rate_keeps_a_five_percent_lag():
@@ -77,14 +117,22 @@ def test_overrides_build_valid_train_and_sft_configs(tmp_path):
     assert sft.model.name_or_path == "random:tiny-llama" and sft.training.learning_rate == c.sft.learning_rate
     runs = {r.name: r for r in plan_runs(c)}
     matched = load_config(
-        TrainConfig, None, train_overrides(c, layout, runs["dpo-steps-matched"], 1, 250, "sft")
+        TrainConfig, None, train_overrides(c, layout, runs["dpo-steps-matched-random"], 1, 250, "sft")
     )
     assert (matched.method, matched.training.max_steps, matched.training.seed) == ("dpo", 250, 1)
-    control = load_config(
-        TrainConfig, None, train_overrides(c, layout, runs["dpo-pop-nomargin"], 0, 250, "sft")
+    for sampler, strategy in (("iter", "iterative"), ("random", "random")):
+        name = f"dpo-pop-nomargin-{sampler}"
+        labels = tmp_path / "labels.jsonl"
+        control = load_config(
+            TrainConfig, None, train_overrides(c, layout, runs[name], 0, 250, "sft", labels)
+        )
+        assert control.method == "dpo-pop-nomargin" and control.pop.strategy == strategy
+        assert control.target.tau == pytest.approx(0.08) and control.pop_labels == str(labels)
+        assert Path(control.output_dir) == tmp_path / "runs" / name / "seed-0"
+    oracle = load_config(
+        TrainConfig, None, train_overrides(c, layout, runs["dpo-margin-oracle"], 0, 13, "sft")
     )
-    assert control.pop.strategy == "random" and control.target.tau == pytest.approx(0.08)
-    assert Path(control.output_dir) == tmp_path / "runs" / "dpo-pop-nomargin" / "seed-0"
+    assert oracle.resolved_method().source.needs_column and oracle.training.max_steps != 13
 
 
 def test_fingerprint_ignores_paths_not_settings(tmp_path):

@@ -65,7 +65,7 @@ def _cfg(*overrides: str) -> ReproduceConfig:
 
 def test_margin_table_counts_the_rows_training_used(tmp_path, ultrafeedback_dir):
     uf = ultrafeedback_dir
-    cfg = _cfg(f"data={uf}", "train_rows=320", f"compare_data={uf}", f"output_dir={tmp_path}")
+    cfg = _cfg(f"data={uf}", "controls=[]", "train_rows=320", f"compare_data={uf}", f"output_dir={tmp_path}")
     blocks, stats = _margin_blocks(cfg, Layout.of(cfg), tmp_path)
     assert {label: s["n"] for label, s in stats.items()} == {
         "train (the rows used)": 320,
@@ -74,7 +74,7 @@ def test_margin_table_counts_the_rows_training_used(tmp_path, ultrafeedback_dir)
     assert blocks[0][0] == "table" and [row[1] for row in blocks[0][1][1]] == ["320", "1000"]
 
     # The whole sample compared with itself is one row, not the same row twice.
-    cfg = _cfg(f"data={uf}", f"compare_data={uf}", f"output_dir={tmp_path}")
+    cfg = _cfg(f"data={uf}", "controls=[]", f"compare_data={uf}", f"output_dir={tmp_path}")
     _, stats = _margin_blocks(cfg, Layout.of(cfg), tmp_path)
     assert {label: s["n"] for label, s in stats.items()} == {"train (the rows used)": 1000}
 

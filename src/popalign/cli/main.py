@@ -15,7 +15,7 @@ import sys
 # (module, one-line summary) in the order --help lists them.
 COMMANDS: list[tuple[str, str]] = [
     ("data", "inspect preference datasets (counts, scores, margins, histogram); split train/test"),
-    ("pop", "build preference-over-preference (PoP) datasets"),
+    ("pop", "build PoP datasets, import or judge PoP labels, and measure their agreement"),
     ("sft", "supervised fine-tuning on chosen responses"),
     ("train", "preference training: DPO, margin variants, DPO-PoP, reward models"),
     ("model", "prepare models (e.g. convert the offline SmolLM2 GGUF to safetensors)"),

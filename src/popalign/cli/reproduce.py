@@ -12,11 +12,11 @@ EPILOG = """examples:
   popalign reproduce --config configs/testbed/sweeps.yaml             # + Appendix E (k) and F (noise)
   popalign reproduce --config configs/testbed/tuned.yaml              # each method tuned on validation
   popalign reproduce --config configs/testbed/real.yaml               # SmolLM2 + LoRA on UltraFeedback
-  popalign reproduce curve.points=12                                  # a finer reward-KL frontier
+  popalign reproduce curve.max_ratio=1.25                             # a finer reward-KL frontier
   popalign reproduce seeds=[0] task.train_prompts=500 output_dir=runs/quick
   popalign reproduce --help-config                      # every setting, its default and meaning
 
-Every run is also evaluated at curve.points checkpoints: the report compares methods at matched
+Every run is also evaluated at checkpoints spaced by KL (curve.*): the report compares methods at matched
 KL(pi || pi_SFT) (the reward-KL frontier) besides the paper's end-of-epoch protocol. Interrupted (Ctrl-C)
 or killed? Run the same command again: finished runs are kept, an unfinished run resumes from its last
 checkpoint. The report is <output_dir>/report/report.html (and report.md).

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from popalign.errors import PopalignError
-from popalign.io import atomic_open, atomic_path
+from popalign.io import atomic_open
 from popalign.label.db import read_txn
 from popalign.label.project import Project
-from popalign.pop.labels import LABEL_COLUMNS, LABEL_FORMATS
+from popalign.pop.agreement import cohen_kappa
+from popalign.pop.labels import LABEL_COLUMNS, write_labels
 
 SKIP_FORMATS = (".jsonl", ".csv")
 SKIP_COLUMNS = ("id_a", "id_b", "annotator", "reason", "note", "created_at")
@@ -151,19 +152,6 @@ def agreement(items: list[Judgement]) -> dict[str, Any]:
     }
 
 
-def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
-    """Cohen's kappa (Cohen, 1960) of two raters' answers ``[(first, second), ...]``:
-    ``(p_o - p_e) / (1 - p_e)``, ``p_e`` the sum over answers of the product of each rater's shares.
-    ``None`` when nothing is defined (no items, or chance agreement is certain)."""
-    n = len(pairs)
-    if n == 0:
-        return None
-    first, second = Counter(x for x, _ in pairs), Counter(y for _, y in pairs)
-    p_o = sum(x == y for x, y in pairs) / n
-    p_e = sum(first[c] * second[c] for c in first) / (n * n)
-    return None if p_e >= 1.0 else (p_o - p_e) / (1.0 - p_e)
-
-
 def annotator_agreement(items: list[Judgement]) -> dict[str, dict[str, Any]]:
     """Per annotator, agreement with the others who judged the same pairs.
 
@@ -201,31 +189,6 @@ def pairwise_kappas(items: list[Judgement]) -> list[dict[str, Any]]:
         {"annotators": list(names), "pairs": len(pairs), "kappa": cohen_kappa(pairs)}
         for names, pairs in sorted(answers.items())
     ]
-
-
-def write_labels(rows: list[dict], path: str | Path) -> Path:
-    """Write the rows as ``.jsonl``, ``.csv`` or ``.parquet`` (by suffix), atomically."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in LABEL_FORMATS:
-        raise PopalignError(f"the label file must end in {', '.join(LABEL_FORMATS)} (got {path.name})")
-    if suffix == ".jsonl":
-        with atomic_open(path, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    elif suffix == ".csv":
-        with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        columns = {name: pa.array([r[name] for r in rows], type=pa.string()) for name in LABEL_COLUMNS}
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.table(columns), tmp)
-    return path
 
 
 def export_labels(engine: Any, project: Project, path: str | Path, all_pairs: bool = False) -> dict:
@@ -317,14 +280,18 @@ def export_hf(engine: Any, project: Project, out_dir: str | Path, all_pairs: boo
     )
     about = f"PoP labels collected with popalign label, project {project.name!r}: {project.to_json()}"
     info = datasets.DatasetInfo(description=about, features=features)
-    ds = datasets.Dataset.from_list(records, features=features, info=info)
+    # Column-wise, so that no records still give every column: from_list([]) infers no columns and
+    # then fails against the declared features.
+    columns = {name: [r[name] for r in records] for name in features}
+    ds = datasets.Dataset.from_dict(columns, features=features, info=info)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists() and not (out_dir / "state.json").is_file():
         raise PopalignError(f"{out_dir} exists and is not a datasets folder; choose another -o")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        ds.save_to_disk(str(tmp / "ds"))
+        # An empty dataset would otherwise be saved as zero shards, which load_from_disk cannot read.
+        ds.save_to_disk(str(tmp / "ds"), num_shards=1 if len(ds) == 0 else None)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         (tmp / "ds").rename(out_dir)

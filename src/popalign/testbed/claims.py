@@ -41,7 +41,18 @@ import numpy as np
 
 from popalign.eval.stats import holm, t_test, tost
 from popalign.testbed.results import GENERATIVE, RunResult, margin_split, metric, metric_batch
-from popalign.testbed.settings import BASELINE, NOMARGIN, PAPER_METHODS, STEPS_MATCHED
+from popalign.testbed.settings import (
+    BASELINE,
+    NOMARGIN,
+    NOMARGIN_CONTROLS,
+    ORACLE,
+    PAPER_METHODS,
+    STEPS_MATCHED,
+    STEPS_MATCHED_CONTROLS,
+)
+
+NOMARGIN_ITER = NOMARGIN_CONTROLS["dpo-pop-iter"]
+STEPS_MATCHED_ITER = STEPS_MATCHED_CONTROLS["dpo-pop-iter"]
 
 Kind = Literal["best", "worst", "better", "above", "equivalent"]
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = "reproduced", "not reproduced", "inconclusive", "not run"
@@ -99,6 +110,7 @@ class Claim:
     tolerance: float = 0.0
     paper: str = ""
     group: str = "paper"
+    control: str = ""
 
 
 CLAIMS: list[Claim] = [
@@ -131,15 +143,34 @@ CLAIMS: list[Claim] = [
     Claim("fig2-high", "DPO-PoP-random is more accurate than DPO-PoP-iter on high-margin preferences",
           "Figure 2b", "better", "accuracy_high", "dpo-pop-random", "dpo-pop-iter",
           paper="PoP-iter's upper curve drops"),
-    Claim("steps-acc", "DPO-PoP-iter's accuracy is not just more steps: it beats step-matched vanilla DPO",
-          "control", "better", "accuracy", "dpo-pop-iter", STEPS_MATCHED, group="control"),
+    Claim("steps-acc", "DPO-PoP-iter's accuracy is not just more steps: it beats vanilla DPO given its step "
+          "count", "control", "better", "accuracy", "dpo-pop-iter", STEPS_MATCHED_ITER, group="control"),
     Claim("steps-winrate", "DPO-PoP-random's win rate is not just more steps: it beats step-matched DPO",
           "control", "better", "win_rate", "dpo-pop-random", STEPS_MATCHED, group="control"),
     Claim("nomargin-winrate", "The PoP margin matters: DPO-PoP-random beats PoP sampling without margin "
-          "(win rate)", "control", "better", "win_rate", "dpo-pop-random", NOMARGIN, group="control"),
+          "(win rate)", "control", "better", "win_rate", "dpo-pop-random", NOMARGIN, group="control",
+          control="oracle-winrate"),
     Claim("nomargin-spearman", "The PoP margin matters: DPO-PoP-random has a higher Spearman than PoP "
           "sampling without margin", "control", "better", "spearman", "dpo-pop-random", NOMARGIN,
+          group="control", control="oracle-spearman"),
+    Claim("nomargin-iter-accuracy", "The PoP margin matters: DPO-PoP-iter is more accurate than its PoP "
+          "sampling without margin", "control", "better", "accuracy", "dpo-pop-iter", NOMARGIN_ITER,
+          group="control", control="oracle-accuracy"),
+    Claim("nomargin-iter-spearman", "The PoP margin matters: DPO-PoP-iter has a higher Spearman than its PoP "
+          "sampling without margin", "control", "better", "spearman", "dpo-pop-iter", NOMARGIN_ITER,
+          group="control", control="oracle-spearman"),
+    Claim("oracle-spearman", "Positive control: the oracle margin (from r*) raises the Spearman correlation "
+          "of implicit and true margins over vanilla DPO", "positive control", "better", "spearman", ORACLE,
+          BASELINE, group="positive-control"),
+    Claim("oracle-accuracy", "Positive control: the oracle margin (from r*) raises test accuracy over "
+          "vanilla DPO", "positive control", "better", "accuracy", ORACLE, BASELINE,
+          group="positive-control"),
+    Claim("oracle-over-gt", "The oracle margin beats the score margin (DPO-margin-gt) in Spearman: "
+          "calibration of the margin matters", "control", "better", "spearman", ORACLE, "dpo-margin-gt",
           group="control"),
+    Claim("oracle-winrate", "Positive control: the oracle margin's replies beat vanilla DPO's (win rate "
+          "above 50%)", "positive control", "above", "win_rate", ORACLE, threshold=0.5,
+          group="positive-control"),
 ]  # fmt: skip
 
 
@@ -169,7 +200,13 @@ class Verdict:
     p_equivalence_adjusted: float = float("nan")
     family: str = SECONDARY
     note: str = ""
+    where: str = ""
     tested: bool = field(default=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """The name in a pre-registration: the claim id, with ``@budget`` for a matched-KL verdict."""
+        return f"{self.claim.id}@{self.where}" if self.where else self.claim.id
 
 
 def bound_of(claim: Claim) -> float:
@@ -224,7 +261,7 @@ def decide(verdicts: list[Verdict], primary: Iterable[str] = ()) -> list[Verdict
     wanted = set(primary)
     tested = [v for v in verdicts if v.tested]
     for v in tested:
-        v.family = PRIMARY if v.claim.id in wanted else SECONDARY
+        v.family = PRIMARY if v.key in wanted else SECONDARY
     for family in (PRIMARY, SECONDARY):
         members = [v for v in tested if v.family == family]
         if members:
@@ -241,6 +278,28 @@ def decide(verdicts: list[Verdict], primary: Iterable[str] = ()) -> list[Verdict
             v.verdict = REPRODUCED if sign * v.difference > 0 else NOT_REPRODUCED
         else:
             v.verdict = EQUIVALENT if same else INCONCLUSIVE
+    return gate(verdicts)
+
+
+def gate(verdicts: list[Verdict]) -> list[Verdict]:
+    """Withdraw the verdict of every claim whose positive control was not detected (in place).
+
+    A claim about a margin's effect names its positive control (``Claim.control``: the oracle margin's
+    effect on the same kind of figure, at the same KL budget for matched-KL claims). An instrument that
+    cannot see the oracle margin's effect cannot be trusted to see the PoP margin's, so unless the control
+    is *reproduced*, the claim is *unresolved*, whatever its own tests said (they stay in the record).
+    """
+    by_key = {v.key: v for v in verdicts}
+    for v in verdicts:
+        if not v.claim.control or not v.tested:
+            continue
+        control = by_key.get(f"{v.claim.control}@{v.where}" if v.where else v.claim.control)
+        if control is None or control.verdict != REPRODUCED:
+            seen = control.verdict if control is not None else NOT_RUN
+            v.note = (
+                f"positive control {v.claim.control} {seen}: the testbed cannot be shown to see a margin here"
+            )
+            v.verdict = UNRESOLVED
     return verdicts
 
 

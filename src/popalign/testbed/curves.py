@@ -1,19 +1,32 @@
-"""Training curves: each run's model at evenly spaced optimiser steps, evaluated like its final model.
+"""Training curves: each run's model at checkpoints spaced by KL, evaluated like its final model.
 
-During training a callback saves the policy at ``curve.points`` evenly spaced steps (the last is the final
-model itself). Each point is then evaluated by the code behind ``popalign eval``: replies to the test prompts
-sampled with the run's seed (``run_generate``, which also estimates ``KL(pi || pi_ref)`` against the SFT
-model), judged by ``r*`` against vanilla DPO's final replies of the same seed (``run_judge``). Step 0, the SFT
-model itself (KL exactly 0), is one shared origin per seed. The frontier (:mod:`popalign.testbed.frontier`)
-is drawn from these points.
+A frontier read at matched KL is only as good as its checkpoints near each budget (see
+:mod:`popalign.testbed.frontier`): a run that jumps from KL 1 to 38 between two checkpoints says nothing
+about KL 10. So checkpoints are chosen by KL, not by step:
 
-Layout: ``<run>/curve/step-000042/`` (the saved policy, removed once evaluated) and its ``eval/``;
-``<output_dir>/origin/seed-<s>/eval`` for step 0. A point is finished when its ``judge.json`` exists, so an
-interrupted evaluation resumes at the first unfinished point.
+1. **Snapshots.** During training a callback saves the policy every ``curve.every`` optimiser steps (the
+   same spacing in every run, so a run with twice the steps has twice the snapshots).
+2. **Screen.** A snapshot's ``KL(pi || pi_SFT)`` is estimated cheaply from replies to the first
+   ``curve.screen_prompts`` test prompts: every ``curve.screen_every``-th snapshot, then, by bisection,
+   the snapshots inside any gap where KL grows faster than the spacing below allows (:func:`screen_curve`;
+   recorded in ``curve/screen.json``).
+3. **Select.** A rule on the screened KL alone (never on r*) keeps the subset :func:`select_points` of the
+   screened snapshots: each kept one is the last before the KL would grow past ``curve.max_ratio`` times
+   (and ``curve.min_gap`` nats beyond) the previous kept one, so kept points are dense where KL grows fast
+   and sparse where it is flat. The final model is always kept.
+4. **Evaluate.** Each kept point is evaluated by the code behind ``popalign eval``: replies to all test
+   prompts sampled with the run's seed (``run_generate``, with the KL estimate against the SFT model),
+   judged by ``r*`` against vanilla DPO's final replies of the same seed (``run_judge``).
+
+Step 0, the SFT model itself (KL exactly 0), is one shared origin per seed. Layout:
+``<run>/curve/step-000042/`` (the saved policy, removed once screened and, if kept, evaluated) and its
+``eval/``; ``<output_dir>/origin/seed-<s>/eval`` for step 0. A point is finished when its ``judge.json``
+exists and a screen when ``screen.json`` has it, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -27,11 +40,32 @@ import numpy as np
 CURVE_DIR = "curve"
 
 
-def curve_steps(total_steps: int, points: int) -> list[int]:
-    """``points`` evenly spaced optimiser steps ending at ``total_steps`` (fewer when the run is shorter)."""
-    if points < 1 or total_steps < 1:
+SCREEN_FILE = "screen.json"
+
+
+def curve_steps(total_steps: int, every: int) -> list[int]:
+    """A snapshot every ``every`` optimiser steps, ending at ``total_steps`` (none when ``every`` is 0)."""
+    if every < 1 or total_steps < 1:
         return []
-    return sorted({max(1, round(total_steps * i / points)) for i in range(1, points + 1)})
+    return sorted({*range(every, total_steps + 1, every), total_steps})
+
+
+def select_points(kls: list[float], max_ratio: float, min_gap: float) -> list[int]:
+    """Indices of the snapshots to evaluate, chosen on their screened KL ``kls`` (training order).
+
+    Walking forward from the start (KL 0), a snapshot is kept when the next one's KL would exceed both
+    ``max_ratio`` times and ``min_gap`` nats more than the last kept KL; the last snapshot (the final
+    model) is always kept. Consecutive kept points are thus at most ``max_ratio`` apart wherever the
+    snapshots are dense enough to allow it.
+    """
+    kept: list[int] = []
+    last = 0.0
+    for i in range(len(kls)):
+        final = i == len(kls) - 1
+        if final or kls[i + 1] > max(max_ratio * last, last + min_gap):
+            kept.append(i)
+            last = kls[i]
+    return kept
 
 
 def point_dir(run_dir: Path, step: int) -> Path:
@@ -106,6 +140,70 @@ def evaluate_point(
     )
 
 
+def screen_curve(
+    run_dir: Path,
+    steps: list[int],
+    final_step: int,
+    final_kl: float,
+    screen: Callable[[Path], float],
+    *,
+    every: int,
+    max_ratio: float,
+    min_gap: float,
+) -> dict[int, float]:
+    """The screened KL of the snapshots worth screening: ``{step: kl}`` in step order (final: ``final_kl``).
+
+    Every ``every``-th snapshot is screened first; wherever KL then grows past :func:`select_points`'
+    spacing between two screened neighbours with unscreened snapshots between them, the middle one is
+    screened too, until every such gap is closed or has no snapshot left inside (bisection). KL is screened
+    densely where it grows fast and sparsely where it is flat. ``screen(model_dir)`` estimates one
+    snapshot's KL; each answer is recorded in ``curve/screen.json`` at once, so a resumed run screens only
+    what is missing. The file ends with the final model's KL too.
+    """
+    from popalign.io import atomic_write_json
+
+    path = Path(run_dir) / CURVE_DIR / SCREEN_FILE
+    done: dict[int, float] = {}
+    if path.is_file():
+        done = {int(k): float(v) for k, v in json.loads(path.read_text("utf-8")).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done[final_step] = float(final_kl)
+    available = sorted(set(steps) | {final_step})
+
+    def measure(step: int) -> None:
+        if step in done:
+            return
+        folder = point_dir(run_dir, step)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: the snapshot of step {step} is missing")
+        done[step] = float(screen(folder))
+        atomic_write_json(path, {str(k): v for k, v in sorted(done.items())})
+
+    for step in available[every - 1 :: every]:
+        measure(step)
+    while True:
+        points = [(0, 0.0), *sorted((s, done[s]) for s in done if s in available)]
+        wide = [
+            (a, b)
+            for (a, ka), (b, kb) in itertools.pairwise(points)
+            if kb > max(max_ratio * ka, ka + min_gap) and any(a < s < b for s in available)
+        ]
+        if not wide:
+            break
+        for a, b in wide:
+            inside = [s for s in available if a < s < b]
+            measure(inside[len(inside) // 2])
+    atomic_write_json(path, {str(k): v for k, v in sorted(done.items())})
+    return {s: done[s] for s in available if s in done}
+
+
+def drop_snapshots(run_dir: Path, keep: list[int]) -> None:
+    """Remove the snapshot folders of steps not in ``keep`` (their screen stays in ``screen.json``)."""
+    for folder in (Path(run_dir) / CURVE_DIR).glob("step-*"):
+        if int(folder.name.split("-")[1].split(".")[0]) not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def evaluate_curve(
     run_dir: Path,
     steps: list[int],
@@ -113,7 +211,7 @@ def evaluate_curve(
     final_eval: Path,
     evaluate: Callable[[Path, Path, int], None],
 ) -> list[dict[str, Any]]:
-    """Evaluate every snapshot of a finished run with ``evaluate(model_dir, eval_dir, step)``.
+    """Evaluate the kept snapshots ``steps`` of a finished run with ``evaluate(model_dir, eval_dir, step)``.
 
     The final step reuses the run's own evaluation ``final_eval``. Each snapshot's weights are removed once
     it is evaluated. Returns ``[{"step", "eval"}]`` in step order.

@@ -99,17 +99,24 @@ def plot_sweep(
 
 
 def plot_frontier(curves: list[dict[str, Any]], budgets: list[tuple[str, float]], path: Path) -> Path:
-    """r* against KL(pi || pi_ref), one line per method through its checkpoints (mean over seeds).
+    """r* against KL(pi || pi_ref), one line per run and seed through its checkpoints.
 
-    ``curves``: ``{"name", "kl": (P,), "reward": [(value, low, high)] * P}``; vertical bars are the r*
-    intervals; dotted vertical lines mark the KL ``budgets`` of the matched-KL table.
+    ``curves``: ``{"name", "seed", "kl": (P,), "reward": [(value, low, high)] * P}``; a run's seeds share
+    one colour and one legend entry; vertical bars are the r* intervals; dotted vertical lines mark the KL
+    ``budgets`` of the matched-KL table.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours: dict[str, Any] = {}
     for c in curves:
         v = np.array([p[0] for p in c["reward"]])
         err = np.array([[p[0] - p[1] for p in c["reward"]], [p[2] - p[0] for p in c["reward"]]])
-        ax.errorbar(c["kl"], v, yerr=np.nan_to_num(err), marker="o", ms=3.5, capsize=2, label=c["name"])
+        first = c["name"] not in colours
+        colours.setdefault(c["name"], f"C{len(colours) % 10}")
+        ax.errorbar(
+            c["kl"], v, yerr=np.nan_to_num(err), marker="o", ms=2.5, capsize=1.5, lw=0.9, alpha=0.75,
+            color=colours[c["name"]], label=c["name"] if first else None,
+        )  # fmt: skip
     for (label, value), shade in zip(budgets, np.linspace(0.15, 0.6, max(len(budgets), 1)), strict=False):
         ax.axvline(value, color=str(shade), ls=":", lw=1.2, label=f"budget: {label}")
     # Linear near the reference, where the budgets lie, logarithmic beyond: long runs travel tens of nats.
@@ -117,7 +124,7 @@ def plot_frontier(curves: list[dict[str, Any]], budgets: list[tuple[str, float]]
     top = max([max(c["kl"]) for c in curves if len(c["kl"])] + [1.0])
     ticks = [t for t in (0, 0.5, 1, 1.5, 2, 5, 10, 20, 50, 100, 200, 500) if t <= top * 1.2]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.set_xlim(left=min(0.0, *[min(c["kl"]) for c in curves if len(c["kl"])]), right=top * 1.1)
+    ax.set_xlim(left=min([0.0] + [min(c["kl"]) for c in curves if len(c["kl"])]), right=top * 1.1)
     ax.set_xlabel("KL(pi || pi_SFT) of sampled replies (nats per reply; linear to 2, log beyond)")
     ax.set_ylabel("mean r* of replies to the test prompts")
     ax.set_title("Reward-KL frontier: each point a checkpoint, step 0 = the SFT model")

@@ -17,9 +17,11 @@ of the common range (the smallest largest-KL over every run and seed), so those 
 **Resolution.** A value interpolated at budget ``B`` is *resolved* when it stands on checkpoints near the
 budget and the curve is nearly straight between them (:func:`resolved`; a checkpoint exactly at ``B``
 needs no interpolation): the checkpoint it reaches ``B`` at lies at most at ``2 B`` and the one before it
-at least at ``B / 2``, and the straight line differs from the parabola through these two checkpoints and
-their nearest neighbour by at most :data:`MAX_BEND` at ``B`` (an estimate of the interpolation error, which
-is systematic: a straight line under a concave curve sits below it in every seed). The start (KL 0) as
+at least at ``B / 2``, and the straight line does not differ from the parabola through these two
+checkpoints and their nearest neighbour by more than :data:`MAX_BEND` at ``B`` beyond two standard errors
+of that difference (an estimate of the interpolation error, which is systematic: a straight line under a
+concave curve sits below it in every seed; the standard errors keep noise between checkpoints from
+passing for a bend). The start (KL 0) as
 the lower checkpoint breaks the rule like any other distant one: the straight line from the SFT model is
 not the curve. A matched-KL claim for which any seed of either run is unresolved gets the verdict
 *unresolved*, never a direction; curves are sampled densely enough for this not to happen where KL grows
@@ -41,7 +43,7 @@ import numpy as np
 
 from popalign.testbed import claims as cl
 from popalign.testbed.results import RunResult
-from popalign.testbed.settings import BASELINE, NOMARGIN
+from popalign.testbed.settings import BASELINE, NOMARGIN, NOMARGIN_CONTROLS, ORACLE
 
 # Methods compared with vanilla DPO at matched KL, and the control question the margin answers.
 FRONTIER_CLAIMS: list[cl.Claim] = [
@@ -56,7 +58,14 @@ FRONTIER_CLAIMS: list[cl.Claim] = [
     cl.Claim("kl-nomargin", "At matched KL, PoP sampling without margin scores higher than vanilla DPO",
              "frontier", "better", "reward_at_kl", NOMARGIN, BASELINE, group="frontier"),
     cl.Claim("kl-margin", "The PoP margin matters at matched KL: DPO-PoP-random beats PoP sampling without "
-             "margin", "frontier", "better", "reward_at_kl", "dpo-pop-random", NOMARGIN, group="frontier"),
+             "margin", "frontier", "better", "reward_at_kl", "dpo-pop-random", NOMARGIN, group="frontier",
+             control="kl-oracle"),
+    cl.Claim("kl-margin-iter", "The PoP margin matters at matched KL: DPO-PoP-iter beats its PoP sampling "
+             "without margin", "frontier", "better", "reward_at_kl", "dpo-pop-iter",
+             NOMARGIN_CONTROLS["dpo-pop-iter"], group="frontier", control="kl-oracle"),
+    cl.Claim("kl-oracle", "Positive control: at matched KL, the oracle margin (from r*) scores higher than "
+             "vanilla DPO", "positive control", "better", "reward_at_kl", ORACLE, BASELINE,
+             group="frontier"),
 ]  # fmt: skip
 OUTSIDE = "outside range"
 # The largest interpolation error (in r*) a resolved value may carry: a quarter of the equivalence bound of
@@ -152,26 +161,38 @@ def seed_bracket(run: RunResult, budget: Budget) -> tuple[float, float]:
     return float(kl[max(first - 1, 0)]), float(kl[first])
 
 
-def bend(kl: np.ndarray, value: np.ndarray, budget: float) -> float:
-    """How far the straight line at ``budget`` lies from the parabola through three checkpoints.
+def bend(
+    kl: np.ndarray, value: np.ndarray, budget: float, value_se: np.ndarray | None = None
+) -> tuple[float, float]:
+    """How far the straight line at ``budget`` lies from the parabola through three checkpoints, and the
+    standard error of that difference.
 
     The two checkpoints the budget is interpolated between and the nearest other one (the one before, else
-    the one after): ``|parabola(budget) - line(budget)|``, an estimate of the interpolation error. 0 on a
-    checkpoint; ``inf`` when there is no third checkpoint.
+    the one after): ``|parabola(budget) - line(budget)|``, an estimate of the interpolation error. Both are
+    weighted sums of the three values, so with their standard errors ``value_se`` (checkpoints sampled
+    independently) the estimate's own error follows. ``(0, 0)`` on a checkpoint; ``inf`` when there is no
+    third checkpoint.
     """
     first = int(np.argmax(reaches(kl, budget)))
     if first == 0 or abs(kl[first] - budget) <= 1e-9 * (1.0 + abs(budget)):
-        return 0.0
+        return 0.0, 0.0
     prev = first - 1
     third = prev - 1 if prev >= 1 else first + 1
     if third >= len(kl):
-        return float("inf")
-    xs, ys = kl[[third, prev, first]], value[[third, prev, first]]
+        return float("inf"), 0.0
+    idx = [third, prev, first]
+    xs = kl[idx]
     if len(set(xs.tolist())) < 3:
-        return float("inf")
-    parabola = np.polyval(np.polyfit(xs, ys, 2), budget)
-    line = value[prev] + (budget - kl[prev]) / (kl[first] - kl[prev]) * (value[first] - value[prev])
-    return float(abs(parabola - line))
+        return float("inf"), 0.0
+    # Lagrange weights of the parabola at the budget, minus the line's weights on its two checkpoints.
+    weights = np.array(
+        [np.prod([(budget - xs[j]) / (xs[i] - xs[j]) for j in range(3) if j != i]) for i in range(3)]
+    )
+    t = (budget - kl[prev]) / (kl[first] - kl[prev])
+    weights[1] -= 1.0 - t
+    weights[2] -= t
+    se = 0.0 if value_se is None else float(np.sqrt(np.sum((weights * value_se[idx]) ** 2)))
+    return float(abs(weights @ value[idx])), se
 
 
 def bracket(runs: list[RunResult], budget: Budget) -> tuple[float, float]:
@@ -200,8 +221,17 @@ def unresolved_seeds(runs: list[RunResult], budget: Budget) -> list[str]:
         target = _on_all(r, budget)
         if not resolved((low, high), target):
             out.append(f"{r.spec.name} seed {r.seed} (KL {low:.3g}-{high:.3g})")
-        elif (error := bend(*curve_means(r), target)) > MAX_BEND:
-            out.append(f"{r.spec.name} seed {r.seed} (bend {error:.3g} between KL {low:.3g}-{high:.3g})")
+        else:
+            reward = r.curve.reward
+            se = reward.std(axis=1, ddof=1) / np.sqrt(reward.shape[1])
+            error, error_se = bend(*curve_means(r), target, se)
+            # Only a bend larger than the tolerance beyond its own noise (2 standard errors) counts: the
+            # parabola through three noisy checkpoints bends by chance too.
+            if error - 2 * error_se > MAX_BEND:
+                out.append(
+                    f"{r.spec.name} seed {r.seed} (bend {error:.3g} +- {error_se:.2g} between KL "
+                    f"{low:.3g}-{high:.3g})"
+                )
     return out
 
 
@@ -232,22 +262,24 @@ def judge_matched(claim: cl.Claim, results: dict[str, list[RunResult]], budget: 
     if any(r.curve is None for r in subject + other):
         return cl.Verdict(claim, cl.NOT_RUN)
     if not (in_range(subject, budget) and in_range(other, budget)):
-        return cl.Verdict(claim, OUTSIDE, against=claim.other)
+        return cl.Verdict(claim, OUTSIDE, against=claim.other, where=budget.key)
     broken = unresolved_seeds(subject, budget) + unresolved_seeds(other, budget)
     if broken:
         note = "interpolated between distant checkpoints: " + "; ".join(broken)
-        return cl.Verdict(claim, cl.UNRESOLVED, against=claim.other, note=note)
+        return cl.Verdict(claim, cl.UNRESOLVED, against=claim.other, note=note, where=budget.key)
     every = {r.seed: np.arange(len(r.truth))[None, :] for r in subject + other}
     mine = {r.seed: float(reward_at_budget(r, every[r.seed], budget)[0]) for r in subject}
     theirs = {r.seed: float(reward_at_budget(r, every[r.seed], budget)[0]) for r in other}
     seeds = sorted(set(mine) & set(theirs))
-    return cl.measured(
+    verdict = cl.measured(
         claim,
         [mine[s] - theirs[s] for s in seeds],
         float(np.mean([mine[s] for s in seeds])),
         claim.other,
         float(np.mean([theirs[s] for s in seeds])),
     )
+    verdict.where = budget.key
+    return verdict
 
 
 def _point_stat(field: str, p: int):
@@ -266,24 +298,28 @@ def _point_stat(field: str, p: int):
 def summarise_frontier(
     results: dict[str, list[RunResult]], fractions: list[float], boot: dict
 ) -> dict | None:
-    """Curves (per checkpoint: step, KL, r* and win rate with intervals), budgets, matched-KL verdicts."""
+    """Curves (per run and seed, per checkpoint: step, KL, r* and win rate with intervals), budgets,
+    the matched-KL table and verdicts."""
     with_curves = {n: runs for n, runs in results.items() if all(r.curve is not None for r in runs)}
     if BASELINE not in with_curves:
         return None
-    curves = {}
-    for name, runs in with_curves.items():
-        points = len(runs[0].curve.steps)
-        if any(len(r.curve.steps) != points for r in runs):
-            continue  # seeds of different lengths cannot be averaged point by point
-        curves[name] = [
-            {
-                "step": float(np.mean([r.curve.steps[p] for r in runs])),
-                "kl": cl.bootstrap_stat(runs, None, _point_stat("kl", p), **boot),
-                "reward": cl.bootstrap_stat(runs, None, _point_stat("reward", p), **boot),
-                "win_rate": cl.bootstrap_stat(runs, None, _point_stat("advantage", p), **boot),
-            }
-            for p in range(points)
-        ]
+    # Each seed keeps its own KL-spaced checkpoints (steps differ between seeds), so curves are per seed;
+    # a point's intervals are the item bootstrap of that seed.
+    curves = {
+        name: {
+            str(r.seed): [
+                {
+                    "step": float(r.curve.steps[p]),
+                    "kl": cl.bootstrap_stat([r], None, _point_stat("kl", p), **boot),
+                    "reward": cl.bootstrap_stat([r], None, _point_stat("reward", p), **boot),
+                    "win_rate": cl.bootstrap_stat([r], None, _point_stat("advantage", p), **boot),
+                }
+                for p in range(len(r.curve.steps))
+            ]
+            for r in runs
+        }
+        for name, runs in with_curves.items()
+    }
     chosen = budgets(with_curves, fractions)
     table = {}
     for name, runs in with_curves.items():

@@ -1,13 +1,16 @@
-"""The testbed's preference data: prompts, behaviour-policy candidates, noisy scores, binarising.
+"""The testbed's preference data: prompts, behaviour-policy candidates, annotators' scores, binarising.
 
 For each prompt a fixed stochastic **behaviour policy** (not the model being trained) writes
-``candidates`` responses of varying quality; each is scored ``r*`` plus Gaussian **annotator noise**, rounded
-to UltraFeedback's 0.5 grid and clipped to 1-10. As in UltraFeedback-binarized, the best-scored candidate is
+``candidates`` responses of varying quality; one **annotator** of a pool scores them on its own scale and
+offset with Gaussian noise, rounded to UltraFeedback's 0.5 grid and clipped to 1-10
+(:mod:`popalign.testbed.annotators`). As in UltraFeedback-binarized, the best-scored candidate is
 ``chosen`` (ties broken at random) and a uniformly random other one ``rejected``, so equal scores give ties.
 
 The files are ordinary preference files (``prompt``, ``chosen``, ``rejected``, ``score_chosen``,
-``score_rejected``, ``id``) that :func:`popalign.data.load.load_preferences` reads, plus the exact rewards
-``true_chosen``/``true_rejected`` and the prompt's ``topic`` and ``style`` for analysis.
+``score_rejected``, ``id``) that :func:`popalign.data.load.load_preferences` reads, plus for analysis the
+exact rewards ``true_chosen``/``true_rejected``, the ``annotator`` who scored the prompt, the prompt's
+``topic`` and ``style``, and ``margin``: the oracle arm's margin ``oracle_scale * (true_chosen -
+true_rejected)`` (the data's ``margin`` column, read by the ``column`` margin source only).
 """
 
 from __future__ import annotations
@@ -22,9 +25,19 @@ import numpy as np
 
 from popalign.config import ConfigError, help_field
 from popalign.io import atomic_open, atomic_write_json
+from popalign.pop.build import PoPSpec
+from popalign.testbed.annotators import (
+    AnnotatorPool,
+    annotator_statistics,
+    assign_annotators,
+    observed_scores,
+    oracle_scale,
+    score_margins,
+    true_margins,
+)
 from popalign.testbed.task import FILLER, GLUE, KEYWORDS_PER_PROMPT, STYLES, TOPICS, TaskPrompt, reward
 
-DATA_FORMAT = "popalign.testbed.data/1"
+DATA_FORMAT = "popalign.testbed.data/2"
 MAX_WORDS = 18
 
 
@@ -41,6 +54,22 @@ class TaskSpec:
     )
     candidates: int = help_field(4, help="Behaviour-policy responses per prompt (UltraFeedback has 4).")
     noise: float = help_field(0.5, help="Annotator noise: standard deviation of the Gaussian added to r*.")
+    annotators: int = help_field(
+        20, help="Annotators in the pool; each prompt's candidates are scored by one, drawn uniformly."
+    )
+    annotator_scale_sd: float = help_field(
+        0.5,
+        help="Annotator scale s_a = exp(N(0, sd^2)): how far each stretches or shrinks the 1-10 scale around "
+        "its midpoint, so score margins are miscalibrated across prompts (0: every annotator calibrated).",
+    )
+    annotator_offset_sd: float = help_field(
+        1.0, help="Annotator leniency o_a ~ N(0, sd^2), added to every score it gives (0: none)."
+    )
+    judge_noise: float = help_field(
+        0.5,
+        help="PoP judgements: the judge perceives each reply's r* with N(0, judge_noise^2) error and calls "
+        "the preference with the larger perceived margin stronger (Thurstone; no scale or offset enters).",
+    )
     score_step: float = help_field(
         0.5, help="Observed scores are rounded to multiples of this (UltraFeedback: 0.5)."
     )
@@ -60,6 +89,12 @@ class TaskSpec:
             raise ConfigError(f"task.candidates must be at least 2, got {self.candidates}")
         if self.noise < 0 or self.score_step <= 0:
             raise ConfigError("task.noise must be >= 0 and task.score_step > 0")
+        if self.annotators < 1:
+            raise ConfigError(f"task.annotators must be at least 1, got {self.annotators}")
+        if min(self.annotator_scale_sd, self.annotator_offset_sd, self.judge_noise) < 0:
+            raise ConfigError(
+                "task.annotator_scale_sd, task.annotator_offset_sd and task.judge_noise must be >= 0"
+            )
         if self.quality_a <= 0 or self.quality_b <= 0 or self.quality_spread < 0:
             raise ConfigError("task.quality_a and task.quality_b must be positive, task.quality_spread >= 0")
         if self.validation_prompts < 0:
@@ -140,12 +175,6 @@ def candidate_qualities(spec: TaskSpec, rng: np.random.Generator) -> np.ndarray:
     return np.clip(difficulty + rng.normal(0.0, spec.quality_spread, size=spec.candidates), 0.0, 1.0)
 
 
-def observed_scores(true: np.ndarray, spec: TaskSpec, rng: np.random.Generator) -> np.ndarray:
-    """``r*`` plus N(0, noise^2), rounded to ``score_step`` and clipped to [1, 10] (an annotator's score)."""
-    noisy = true + rng.normal(0.0, spec.noise, size=true.shape)
-    return np.clip(np.round(noisy / spec.score_step) * spec.score_step, 1.0, 10.0)
-
-
 def binarise(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     """UltraFeedback-binarized: best score chosen (random among equals), a random other one rejected."""
     best = np.flatnonzero(scores == scores.max())
@@ -154,14 +183,21 @@ def binarise(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     return chosen, int(others[rng.integers(len(others))])
 
 
+# Each split's annotators come from its own stream, so adding a split leaves the others as they were.
+SPLIT_STREAMS = {"train": 0, "test": 1, "validation": 2}
+
+
 def make_split(prompts: list[TaskPrompt], spec: TaskSpec, rng: np.random.Generator, split: str) -> list[dict]:
-    """One preference record per prompt (see the module doc for the fields)."""
+    """One preference record per prompt (see the module doc for the fields; ``margin`` comes later)."""
+    pool = AnnotatorPool.draw(spec)
+    who = assign_annotators(spec, len(prompts), SPLIT_STREAMS[split])
     rows = []
     for i, p in enumerate(prompts):
         quality = candidate_qualities(spec, rng)
         responses = [behaviour_response(p, float(q), rng) for q in quality]
         true = np.array([reward(p.text, r) for r in responses])
-        scores = observed_scores(true, spec, rng)
+        a = int(who[i])
+        scores = observed_scores(true, spec, rng, scale=pool.scales[a], offset=pool.offsets[a])
         c, r = binarise(scores, rng)
         rows.append(
             {
@@ -173,6 +209,7 @@ def make_split(prompts: list[TaskPrompt], spec: TaskSpec, rng: np.random.Generat
                 "score_rejected": float(scores[r]),
                 "true_chosen": float(true[c]),
                 "true_rejected": float(true[r]),
+                "annotator": a,
                 "topic": p.topic,
                 "style": p.style,
             }
@@ -186,10 +223,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def make_dataset(spec: TaskSpec, out_dir: str | Path) -> dict[str, Any]:
+def add_oracle_margins(rows: list[dict], scale: float) -> None:
+    """Set each record's ``margin`` to the oracle arm's ``scale * (true_chosen - true_rejected)``."""
+    for row, m in zip(rows, true_margins(rows), strict=True):
+        row["margin"] = float(scale * m)
+
+
+def make_dataset(spec: TaskSpec, out_dir: str | Path, min_gap: float = PoPSpec.min_gap) -> dict[str, Any]:
     """Write ``train.jsonl``, ``test.jsonl`` (``validation.jsonl``) and ``task.json`` into ``out_dir``.
 
-    Returns the task record.
+    Returns the task record, with the annotator model's statistics on the training split
+    (:func:`~popalign.testbed.annotators.annotator_statistics`; PoP pairs need a true-margin gap of
+    ``min_gap``). The oracle margins' scale is fixed on the training split alone and applied to every split.
 
     Deterministic in ``spec``: the same settings write the same bytes. Test prompts never occur in training.
     """
@@ -198,23 +243,26 @@ def make_dataset(spec: TaskSpec, out_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
     prompts = draw_prompts(spec.train_prompts + spec.test_prompts, rng)
-    train = make_split(prompts[: spec.train_prompts], spec, rng, "train")
-    test = make_split(prompts[spec.train_prompts :], spec, rng, "test")
-    _write_jsonl(out / "train.jsonl", train)
-    _write_jsonl(out / "test.jsonl", test)
-    splits = {"train": len(train), "test": len(test)}
+    splits = {
+        "train": make_split(prompts[: spec.train_prompts], spec, rng, "train"),
+        "test": make_split(prompts[spec.train_prompts :], spec, rng, "test"),
+    }
     if spec.validation_prompts:
         stream = np.random.default_rng([spec.seed, 1])
         held_out = draw_prompts(spec.validation_prompts, stream, exclude=set(prompts))
-        validation = make_split(held_out, spec, stream, "validation")
-        _write_jsonl(out / "validation.jsonl", validation)
-        splits["validation"] = len(validation)
+        splits["validation"] = make_split(held_out, spec, stream, "validation")
+    train = splits["train"]
+    scale = oracle_scale(true_margins(train), score_margins(train))
+    for name, rows in splits.items():
+        add_oracle_margins(rows, scale)
+        _write_jsonl(out / f"{name}.jsonl", rows)
     record = {
         "format": DATA_FORMAT,
         "fingerprint": spec.fingerprint(),
         "spec": asdict(spec),
         "score_fn": "popalign.testbed.task:reward",
-        "splits": splits,
+        "splits": {name: len(rows) for name, rows in splits.items()},
+        "annotators": annotator_statistics(train, spec, min_gap),
     }
     atomic_write_json(out / "task.json", record)
     return record

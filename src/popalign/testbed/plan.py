@@ -6,11 +6,27 @@ from ``key=value`` overrides, so the testbed exercises exactly the code that tra
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from popalign.testbed.settings import BASELINE, NOMARGIN, STEPS_MATCHED, ReproduceConfig
+from popalign.io import atomic_write_json
+from popalign.testbed.settings import (
+    BASELINE,
+    NOMARGIN_CONTROLS,
+    NOMARGIN_METHOD,
+    ORACLE,
+    ORACLE_METHOD,
+    STEPS_MATCHED_CONTROLS,
+    ReproduceConfig,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from popalign.pop.build import PoPSpec
 
 
 @dataclass(frozen=True)
@@ -18,12 +34,12 @@ class RunSpec:
     """One trained model per seed.
 
     Attributes:
-        name: folder name and label (``dpo-pop-iter``, ``dpo-steps-matched``, ``dpo-pop-random_k4``...).
+        name: folder name and label (``dpo-pop-iter``, ``dpo-steps-matched-iter``, ``dpo-pop-random_k4``...).
         method: the :mod:`popalign.methods` preset it trains.
         group: ``paper`` (Section 4.2), ``control``, ``sweep-k`` (Appendix E) or ``sweep-noise`` (Appendix F).
-        k, noise: the PoP data multiplier and label noise (used by PoP samplers only).
-        strategy: PoP sampling strategy for presets that do not fix one (the no-margin control).
-        matched_steps: train for as many optimiser steps as DPO-PoP-random (the steps control).
+        k, noise: the PoP data multiplier and injected label noise (used by PoP samplers only).
+        strategy: PoP sampling strategy for presets that do not fix one (the no-margin controls).
+        matched_to: train for as many optimiser steps as this PoP method (the steps controls; "": its own).
         lr_factor: multiple of ``preference.learning_rate`` (tuning runs, group ``tune``).
         base: the run this one is a tuning variant of (its own name otherwise).
     """
@@ -34,7 +50,7 @@ class RunSpec:
     k: float
     noise: float
     strategy: str | None = None
-    matched_steps: bool = False
+    matched_to: str = ""
     lr_factor: float = 1.0
     base: str = ""
 
@@ -56,13 +72,20 @@ def _number(x: float) -> str:
 
 def plan_runs(cfg: ReproduceConfig) -> list[RunSpec]:
     """The runs of one seed, vanilla DPO first (the others are judged against its replies)."""
+    from popalign.methods import get_method
+
     k, noise = cfg.pop.k, cfg.pop.noise
     runs = [RunSpec(m, m, "paper", k, noise) for m in cfg.methods]
     runs.sort(key=lambda r: r.name != BASELINE)
-    if STEPS_MATCHED in cfg.controls:
-        runs.append(RunSpec(STEPS_MATCHED, "dpo", "control", k, noise, matched_steps=True))
-    if NOMARGIN in cfg.controls:
-        runs.append(RunSpec(NOMARGIN, NOMARGIN, "control", k, noise, strategy=cfg.pop.nomargin_strategy))
+    for pop_method, name in STEPS_MATCHED_CONTROLS.items():
+        if name in cfg.controls:
+            runs.append(RunSpec(name, BASELINE, "control", k, noise, matched_to=pop_method))
+    for pop_method, name in NOMARGIN_CONTROLS.items():
+        if name in cfg.controls:
+            strategy = get_method(pop_method).pop_strategy
+            runs.append(RunSpec(name, NOMARGIN_METHOD, "control", k, noise, strategy=strategy))
+    if ORACLE in cfg.controls:
+        runs.append(RunSpec(ORACLE, ORACLE_METHOD, "control", k, noise))
     main = list(runs)
     for f in cfg.tuning.learning_rate_factors:
         if f != 1:
@@ -116,6 +139,15 @@ class Layout:
         """Step 0 of every training curve of ``seed``: the SFT model's replies sampled with that seed."""
         return self.root / "origin" / f"seed-{seed}"
 
+    def pop_labels(self, pop: PoPSpec, task: str) -> Path:
+        """The annotators' PoP label file of one sampler setting on the task data with fingerprint ``task``.
+
+        Shared by the runs that sample alike; the name holds everything the file depends on, so a file
+        made for other data or settings is never reused (and a run's fingerprint covers the name).
+        """
+        name = f"{pop.strategy}-k{_number(pop.k)}-gap{_number(pop.min_gap)}-noise{_number(pop.noise)}"
+        return self.root / "pop_labels" / f"{name}-seed{pop.seed}-{task}.jsonl"
+
 
 def pop_strategy(spec: RunSpec) -> str:
     """The PoP sampling strategy a run uses."""
@@ -124,12 +156,46 @@ def pop_strategy(spec: RunSpec) -> str:
     return get_method(spec.method).pop_strategy or spec.strategy or "random"
 
 
-def pop_pairs(cfg: ReproduceConfig, table, spec: RunSpec, seed: int) -> int:
-    """How many PoP pairs the trainer will build for ``spec`` (the same builder, the same seed)."""
-    from popalign.pop.build import PoPSpec, build_pop_for_table
+def pop_spec(cfg: ReproduceConfig, spec: RunSpec, seed: int) -> PoPSpec:
+    """The PoP sampler settings of ``spec`` and ``seed``."""
+    from popalign.pop.build import PoPSpec
 
-    pop = PoPSpec(strategy=pop_strategy(spec), k=spec.k, min_gap=cfg.pop.min_gap, noise=spec.noise, seed=seed)
-    return len(build_pop_for_table(table, pop))
+    return PoPSpec(
+        strategy=pop_strategy(spec), k=spec.k, min_gap=cfg.pop.min_gap, noise=spec.noise, seed=seed
+    )
+
+
+def pop_pairs(cfg: ReproduceConfig, table, spec: RunSpec, seed: int, truth: np.ndarray | None = None) -> int:
+    """How many PoP pairs ``spec`` trains on.
+
+    With ``truth`` (the true margins) the pairs of its judged label file (:func:`ensure_pop_labels` draws
+    them alike); without, the pairs the trainer builds from the score margins.
+    """
+    from popalign.pop.build import build_pop, build_pop_for_table
+
+    pop = pop_spec(cfg, spec, seed)
+    return len(build_pop(truth, pop) if truth is not None else build_pop_for_table(table, pop))
+
+
+def ensure_pop_labels(
+    cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, rows: list[dict]
+) -> tuple[Path, dict[str, Any]]:
+    """The annotators' PoP label file of ``spec`` and ``seed`` (written once) and its summary.
+
+    ``rows`` are the raw training records (true margins included). The summary (pairs, judge errors,
+    injected flips) is written beside the file after it, so its presence means the file is complete.
+    """
+    from popalign.testbed.annotators import write_judged_labels
+
+    pop = pop_spec(cfg, spec, seed)
+    path = layout.pop_labels(pop, cfg.task.fingerprint())
+    summary_path = path.with_suffix(".json")
+    if summary_path.is_file():
+        return path, json.loads(summary_path.read_text(encoding="utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = write_judged_labels(rows, pop, cfg.task.judge_noise, path)
+    atomic_write_json(summary_path, summary)
+    return path, summary
 
 
 def optimiser_steps(cfg: ReproduceConfig, examples: int) -> int:
@@ -137,13 +203,15 @@ def optimiser_steps(cfg: ReproduceConfig, examples: int) -> int:
     return max(1, math.ceil(cfg.preference.epochs * math.ceil(examples / cfg.preference.batch_size)))
 
 
-def run_steps(cfg: ReproduceConfig, table, spec: RunSpec, seed: int) -> int:
-    """Optimiser steps of a run: one pass over its examples, or DPO-PoP-random's count for the control."""
-    if spec.matched_steps:
-        matched = RunSpec("matched", "dpo-pop-random", "control", spec.k, spec.noise)
-        return optimiser_steps(cfg, pop_pairs(cfg, table, matched, seed))
+def run_steps(cfg: ReproduceConfig, table, spec: RunSpec, seed: int, truth: np.ndarray | None = None) -> int:
+    """Optimiser steps of a run: one pass over its examples, or its PoP method's count (steps controls).
+
+    ``truth``: the true margins when the PoP labels are judged (:func:`pop_pairs`).
+    """
+    if spec.matched_to:
+        spec = RunSpec("matched", spec.matched_to, "control", spec.k, spec.noise)
     if spec.uses_pop:
-        return optimiser_steps(cfg, pop_pairs(cfg, table, spec, seed))
+        return optimiser_steps(cfg, pop_pairs(cfg, table, spec, seed, truth))
     return optimiser_steps(cfg, len(table))
 
 
@@ -161,7 +229,8 @@ def _common(cfg: ReproduceConfig, data: Path) -> list[str]:
         "training.lr_scheduler_type=cosine",
         "training.report_to=none",
         "training.progress=false",
-        "training.logging_steps=10",
+        # Logged at every screened snapshot, so each curve checkpoint has the margins of the steps before it.
+        f"training.logging_steps={cfg.curve.screen_every if cfg.curve.every else 10}",
         "training.save_total_limit=1",
         f"training.torch_threads={cfg.threads if cfg.threads else 'null'}",
     ]
@@ -200,9 +269,18 @@ def sft_overrides(cfg: ReproduceConfig, layout: Layout) -> list[str]:
 
 
 def train_overrides(
-    cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, steps: int, sft_model: str
+    cfg: ReproduceConfig,
+    layout: Layout,
+    spec: RunSpec,
+    seed: int,
+    steps: int,
+    sft_model: str,
+    pop_labels: Path | None = None,
 ) -> list[str]:
-    """``popalign train`` settings of one run and seed (``steps`` from :func:`run_steps`)."""
+    """``popalign train`` settings of one run and seed (``steps`` from :func:`run_steps`).
+
+    ``pop_labels``: the PoP label file the run trains on (:func:`ensure_pop_labels`), if judged.
+    """
     p = cfg.preference
     out = [
         *_common(cfg, layout.data),
@@ -228,8 +306,12 @@ def train_overrides(
         *(_model(cfg) if cfg.model.name_or_path else []),
         *cfg.train_settings,
     ]
-    if spec.strategy:
-        out.append(f"pop.strategy={spec.strategy}")
-    if spec.matched_steps:
+    if spec.uses_pop:
+        # Also where a preset fixes it: with a label file the trainer keeps pop.strategy as given, and the
+        # saved config.yaml should name the sampler the labels were drawn with.
+        out.append(f"pop.strategy={pop_strategy(spec)}")
+    if pop_labels is not None:
+        out.append(f"pop_labels={pop_labels}")
+    if spec.matched_to:
         out.append(f"training.max_steps={steps}")
     return out

@@ -25,9 +25,15 @@ from popalign.testbed import figures, sections, tuning
 from popalign.testbed import verdict_report as vr
 from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
-from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all
+from popalign.testbed.results import DISCRIMINATIVE, GENERATIVE, load_all, summarise_margins
 from popalign.testbed.sections import fmt, interval
-from popalign.testbed.settings import BASELINE, CONTROLS, NOMARGIN, STEPS_MATCHED, ReproduceConfig
+from popalign.testbed.settings import (
+    BASELINE,
+    CONTROLS,
+    NOMARGIN_CONTROLS,
+    STEPS_MATCHED_CONTROLS,
+    ReproduceConfig,
+)
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", (headers, rows)) | ("img", caption, path)
 TITLE = "DPO-PoP on the testbed: the paper's experiments, reproduced on a CPU"
@@ -117,7 +123,7 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
     judged = [(v, {}) for v in cl.judge_claims(results)]
     frontier = summarise_frontier(results, cfg.curve.budget_fractions, boot)
     if frontier is not None:
-        judged += [(v, {"budget": b.label, "budget_key": b.key}) for b, v in frontier.pop("verdicts")]
+        judged += [(v, {"budget": b.label}) for b, v in frontier.pop("verdicts")]
     selection = tuning.select_settings(cfg, layout, runs) if tuning.enabled(cfg) else None
     if selection:
         tuned = tuning.judge_tuned(results, selection)
@@ -131,6 +137,7 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
         "methods": methods,
         "verdicts": verdicts,
         "frontier": frontier,
+        "margin_trace": summarise_margins(results),
         "tuning": selection,
         "margin_split": float(np.median(test[test != 0])) if len(test) else None,
         "_results": results,
@@ -149,9 +156,11 @@ def _control_blocks(cfg: ReproduceConfig, verdicts: list[dict[str, Any]]) -> lis
             )
         ]
     return blocks + [
-        ("p", f"{STEPS_MATCHED} is vanilla DPO trained for as many optimiser steps as DPO-PoP-random "
-              f"(k = {cfg.pop.k:g} passes over the preferences); {NOMARGIN} samples PoP pairs like "
-              "DPO-PoP but trains the stronger preference without any margin (Eq. 3 on PoP pairs)."),
+        ("p", f"{', '.join(STEPS_MATCHED_CONTROLS.values())}: vanilla DPO trained for as many optimiser "
+              f"steps as {', '.join(STEPS_MATCHED_CONTROLS)} (k = {cfg.pop.k:g}); "
+              f"{', '.join(NOMARGIN_CONTROLS.values())}: the PoP pairs of each sampler, the stronger "
+              "preference trained without any margin (Eq. 3 on PoP pairs). A claim that the margin matters "
+              "gets a verdict only once its positive control (the oracle margin) is detected."),
         ("table", vr.verdict_table(verdicts, "control")),
     ]  # fmt: skip
 
@@ -303,8 +312,9 @@ def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, floa
         ]
     else:
         what = [
-            "The paper's pipeline (SFT, then the six methods of Section 4.2 and two controls, then",
-            f"discriminative and generative evaluation) on the testbed task: {t.train_prompts} training and",
+            f"The paper's pipeline (SFT, then {len(cfg.methods)} of the six methods of Section 4.2 and",
+            f"{len(cfg.controls)} controls, then discriminative and generative evaluation) on the testbed",
+            f"task: {t.train_prompts} training and",
             f"{t.test_prompts} test preferences, a tiny Llama ({cfg.model.layers} layers, hidden size",
             f"{cfg.model.hidden_size}), seeds {seeds}. Generations are judged by the ground-truth reward r*",
             "itself.",
@@ -325,6 +335,7 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     budgets = (summary["frontier"] or {}).get("budgets", [])
     tuned = bool(summary["tuning"])
     blocks += vr.preregistered_blocks(cfg.preregistered, summary["verdicts"])
+    blocks += vr.positive_control_blocks(summary["verdicts"])
     text = sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative)
     blocks.append(("p", text))
     blocks += [
@@ -334,6 +345,7 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     ]
     blocks += _control_blocks(cfg, summary["verdicts"])
     blocks += sections.frontier_blocks(summary["frontier"], summary["verdicts"], out)
+    blocks += sections.margin_trace_blocks(summary["margin_trace"])
     if tuned:
         blocks += sections.tuning_blocks(summary["tuning"], cfg.tuning.learning_rate_factors)
         blocks.append(("table", vr.verdict_table(summary["verdicts"], "tuned")))

@@ -25,25 +25,42 @@ from typing import Any
 from popalign.config import config_to_dict, load_config, save_config
 from popalign.errors import PopalignError
 from popalign.io import atomic_write_json
+from popalign.testbed import evaluation as ev
 from popalign.testbed import tuning
-from popalign.testbed.curves import curve_steps, evaluate_curve, evaluate_point, snapshot_callback
-from popalign.testbed.plan import Layout, RunSpec, plan_runs, run_steps, sft_overrides, train_overrides
+from popalign.testbed.curves import (
+    curve_steps,
+    snapshot_callback,
+)
+from popalign.testbed.plan import (
+    Layout,
+    RunSpec,
+    ensure_pop_labels,
+    plan_runs,
+    run_steps,
+    sft_overrides,
+    train_overrides,
+)
 from popalign.testbed.settings import BASELINE, ReproduceConfig
 
-SCORE_FN = "popalign.testbed.task:reward"
 DONE = "done.json"
 TRAINED = "trained.json"
 STARTED = "started.json"
 LOG = "log.txt"
 
 RunHook = Callable[[RunSpec, int], None]
-PointEval = Callable[[Path, Path, str], None]
 
 
 # Where things are, and how they are displayed or parallelised, is not what they are: moving an output
 # folder or changing threads must not invalidate its finished runs.
 _IGNORED = ("output_dir", "data.path", "model.name_or_path", "reference.cache_dir", "training.progress")
 _IGNORED += ("training.torch_threads",)
+# Files under output_dir: their name says what they hold (the settings they were made with), not their folder.
+_NAME_ONLY = ("pop_labels",)
+
+
+def _kept(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}={Path(value).name}" if key in _NAME_ONLY else override
 
 
 def settings_fingerprint(overrides: list[str], **extra: Any) -> str:
@@ -52,7 +69,7 @@ def settings_fingerprint(overrides: list[str], **extra: Any) -> str:
     Only what reproduce sets is hashed, so a new setting with a default elsewhere in popalign does not
     invalidate finished runs.
     """
-    kept = sorted(o for o in overrides if o.split("=", 1)[0] not in _IGNORED)
+    kept = sorted(_kept(o) for o in overrides if o.split("=", 1)[0] not in _IGNORED)
     text = json.dumps({"settings": kept, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -128,7 +145,8 @@ def load_preferences_or_fail(path: str, split: str, limit: int | None = None):
 
 def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     """The testbed's preference files (made once; a different task in the folder is an error)."""
-    from popalign.testbed.make_data import make_dataset
+    from popalign.testbed.annotators import annotator_statistics
+    from popalign.testbed.make_data import make_dataset, read_split
 
     if cfg.data:  # the real-model track reads its preferences where they are
         for split in ("train", "test"):
@@ -136,127 +154,17 @@ def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
         return {"source": cfg.data}
     marker = read_marker(layout.data / "task.json")
     if _check_marker(marker, cfg.task.fingerprint(), "the task data", layout.data):
+        if marker["annotators"]["pop_label_error"]["min_gap"] != cfg.pop.min_gap:
+            # The same files; only the PoP statistics depend on the sampler's gap.
+            rows = read_split(layout.data, "train")
+            marker["annotators"] = annotator_statistics(rows, cfg.task, cfg.pop.min_gap)
+            atomic_write_json(layout.data / "task.json", marker)
         return marker
     start = time.time()
-    record = make_dataset(cfg.task, layout.data)
+    record = make_dataset(cfg.task, layout.data, cfg.pop.min_gap)
     record["seconds"] = time.time() - start
     atomic_write_json(layout.data / "task.json", record)
     return record
-
-
-def _evaluate(
-    cfg: ReproduceConfig, layout: Layout, model_dir: Path, name: str, seed: int, baseline: Path | None
-) -> None:
-    """Discriminative metrics, sampled replies and (against ``baseline``'s replies) the r* judgement."""
-    from popalign.eval.pipeline import (
-        BootstrapOptions,
-        ScoringOptions,
-        run_discriminative,
-        run_generate,
-        run_judge,
-    )
-
-    out = model_dir / "eval"
-    boot = BootstrapOptions(n_resamples=cfg.bootstrap, seed=seed)
-    data = str(layout.data)
-    run_discriminative(
-        [str(model_dir)],
-        data,
-        split="test",
-        limit=cfg.test_rows,
-        out=str(out),
-        names=[name],
-        scoring=ScoringOptions(
-            batch_size=64 if cfg.generative else 8, device="cpu", reference_cache_dir=str(layout.cache)
-        ),
-        boot=boot,
-        progress=False,
-        # The report draws its own figures from the per-run JSON; per-run PNGs would go unused.
-        plots=False,
-    )
-    if not cfg.generative:
-        return
-    run_generate(
-        [str(model_dir)],
-        data,
-        spec=_generate_spec(cfg, seed),
-        split="test",
-        out=str(out),
-        names=[name],
-        device="cpu",
-        boot=boot,
-        progress=False,
-    )
-    if baseline is not None:
-        run_judge(
-            [str(out)], str(baseline), score_fn=SCORE_FN, out=str(out), boot=boot, progress=False, plots=False
-        )
-
-
-def _evaluate_validation(cfg: ReproduceConfig, layout: Layout, model_dir: Path, name: str, seed: int) -> None:
-    """Accuracy and sampled replies on the validation split, for :mod:`popalign.testbed.tuning` alone."""
-    from popalign.eval.pipeline import BootstrapOptions, ScoringOptions, run_discriminative, run_generate
-
-    out = str(model_dir / tuning.VALIDATION_DIR)
-    boot = BootstrapOptions(n_resamples=cfg.bootstrap, seed=seed)
-    scoring = ScoringOptions(batch_size=64, device="cpu", reference_cache_dir=str(layout.cache))
-    common = {"split": "validation", "out": out, "names": [name], "progress": False}
-    run_discriminative([str(model_dir)], str(layout.data), scoring=scoring, boot=boot, plots=False, **common)
-    run_generate(
-        [str(model_dir)], str(layout.data), spec=_generate_spec(cfg, seed), device="cpu", kl=False, **common
-    )
-
-
-def _generate_spec(cfg: ReproduceConfig, seed: int):
-    from popalign.eval.generate import GenerateSpec
-
-    g = cfg.generation
-    return GenerateSpec(
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        seed=seed,
-        batch_size=g.batch_size,
-        max_prompt_length=cfg.max_prompt_length,
-    )
-
-
-def _point_evaluator(cfg: ReproduceConfig, layout: Layout, seed: int, reference: str) -> PointEval:
-    """``evaluate(model_dir, eval_dir, name)``: r* of sampled replies, KL to ``reference``, vs vanilla DPO."""
-    from popalign.eval.pipeline import BootstrapOptions
-
-    def evaluate(model_dir: Path, eval_dir: Path, name: str) -> None:
-        evaluate_point(
-            model_dir,
-            eval_dir,
-            name=name,
-            data=str(layout.data),
-            spec=_generate_spec(cfg, seed),
-            reference=reference,
-            baseline=layout.run(BASELINE, seed) / "eval",
-            score_fn=SCORE_FN,
-            boot=BootstrapOptions(n_resamples=cfg.bootstrap, seed=seed),
-        )
-
-    return evaluate
-
-
-def _evaluate_curve(
-    cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, steps: list[int], final: int, sft: str
-) -> None:
-    """Step 0 (the SFT model, shared by every run of ``seed``) and each snapshot of the run."""
-    evaluate = _point_evaluator(cfg, layout, seed, sft)
-    evaluate(Path(sft), layout.origin(seed) / "eval", "sft")
-    folder = layout.run(spec.name, seed)
-    evaluate_curve(
-        folder, steps, final, folder / "eval", lambda m, e, step: evaluate(m, e, f"{spec.name}@{step}")
-    )
-
-
-def _mean_reward(outputs_file: Path) -> float:
-    from popalign.testbed.task import reward
-
-    records = json.loads(outputs_file.read_text(encoding="utf-8"))
-    return sum(reward(r["instruction"], r["output"]) for r in records) / len(records)
 
 
 def ensure_sft(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
@@ -280,12 +188,12 @@ def ensure_sft(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     with _quiet(layout.sft / LOG):
         summary = run_sft(sft_cfg)
         _drop_checkpoints(layout.sft)
-        _evaluate(cfg, layout, layout.sft, "sft", cfg.model.seed, baseline=None)
+        ev.evaluate(cfg, layout, layout.sft, "sft", cfg.model.seed, baseline=None)
     record = {
         "fingerprint": fingerprint,
         "model": summary["model"],
         "train": summary["metrics"],
-        "mean_reward": _mean_reward(layout.sft / "eval" / "model_outputs.json"),
+        "mean_reward": ev.mean_reward(layout.sft / "eval" / "model_outputs.json"),
         "seconds": time.time() - start,
     }
     atomic_write_json(layout.sft / DONE, record)
@@ -302,21 +210,33 @@ def ensure_run(
     cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, table, sft_model: str
 ) -> tuple[bool, dict[str, Any]]:
     """Train and evaluate one (run, seed) unless already done; returns ``(ran_now, done record)``."""
+    from popalign.testbed.annotators import true_margins
+    from popalign.testbed.make_data import read_split
     from popalign.train.config import TrainConfig
     from popalign.train.run import run_train
 
     folder = layout.run(spec.name, seed)
-    steps = run_steps(cfg, table, spec, seed)
-    overrides = train_overrides(cfg, layout, spec, seed, steps, sft_model)
+    # Judged PoP labels are drawn on the true margins, which only the raw records carry.
+    rows = read_split(layout.data, "train")[: cfg.train_rows] if cfg.judged_pop else None
+    truth = true_margins(rows) if rows is not None else None
+    steps = run_steps(cfg, table, spec, seed, truth)
+    labels, label_summary = None, None
+    if rows is not None and spec.uses_pop:
+        labels, label_summary = ensure_pop_labels(cfg, layout, spec, seed, rows)
+    overrides = train_overrides(cfg, layout, spec, seed, steps, sft_model, labels)
     train_cfg = load_config(TrainConfig, None, overrides)
     # Tuning variants are compared at the end of their epoch only; their curves would go unused.
-    points = curve_steps(steps, cfg.curve.points) if spec.group != "tune" and cfg.generative else []
+    points = curve_steps(steps, cfg.curve.every) if spec.group != "tune" and cfg.generative else []
     validate = tuning.enabled(cfg)
     fingerprint = settings_fingerprint(
         overrides,
         generation=config_to_dict(cfg.generation),
         bootstrap=cfg.bootstrap,
-        curve=points,
+        # The budgets are the report's business: changing them must not retrain anything.
+        curve={
+            "steps": points,
+            **{k: v for k, v in config_to_dict(cfg.curve).items() if k != "budget_fractions"},
+        },
         **({"validation": True} if validate else {}),
     )
     if _check_marker(read_marker(folder / DONE), fingerprint, f"run {spec.name} seed {seed}", folder):
@@ -337,11 +257,10 @@ def ensure_run(
         baseline = None if spec.name == BASELINE else layout.run(BASELINE, seed) / "eval"
         if baseline is not None and cfg.generative and not (baseline / "model_outputs.json").is_file():
             raise PopalignError(f"{baseline}: vanilla DPO's replies are missing; it must run first")
-        _evaluate(cfg, layout, folder, spec.name, seed, baseline)
-        if points:
-            _evaluate_curve(cfg, layout, spec, seed, points, steps, sft_model)
+        ev.evaluate(cfg, layout, folder, spec.name, seed, baseline)
+        kept = ev.evaluate_curve_points(cfg, layout, spec, seed, points, steps, sft_model) if points else []
         if validate:
-            _evaluate_validation(cfg, layout, folder, spec.name, seed)
+            ev.evaluate_validation(cfg, layout, folder, spec.name, seed)
     record = {
         "fingerprint": fingerprint,
         "run": spec.name,
@@ -351,7 +270,8 @@ def ensure_run(
         "k": spec.k,
         "noise": spec.noise,
         "steps": trained["steps"],
-        "curve_steps": points,
+        "curve_steps": kept,
+        "pop_labels": label_summary,
         "train_loss": trained["metrics"].get("train_loss"),
         "seconds": time.time() - start,
     }
@@ -359,16 +279,41 @@ def ensure_run(
     return True, record
 
 
+def _seed_job(cfg: ReproduceConfig, seed: int, lines: Any) -> list[str]:
+    """Every run of ``seed`` in this (worker) process, vanilla DPO first; one line on ``lines`` per run."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    layout = Layout.of(cfg)
+    sft = read_marker(layout.sft / DONE)
+    table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
+    ran = []
+    for spec in plan_runs(cfg):
+        if ensure_run(cfg, layout, spec, seed, table, sft["model"])[0]:
+            ran.append(f"{spec.name}/seed-{seed}")
+        lines.put(f"{spec.name} seed {seed}")
+    return ran
+
+
 def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> dict[str, Any]:
     """Run (or resume) the whole reproduction; returns the report paths and what ran now.
 
-    ``on_run_done(spec, seed)`` is called after each run finished in this call (tests interrupt through it).
+    ``on_run_done(spec, seed)`` is called after each run finished in this call (tests interrupt through it);
+    it needs ``workers = 1`` (everything in this process).
     """
+    import dataclasses
+
     import torch
     from tqdm.auto import tqdm
 
     from popalign.testbed.report import write_report
+    from popalign.testbed.verdict_report import check_preregistered
+    from popalign.testbed.workers import run_seeds
 
+    check_preregistered(cfg.preregistered, cfg.curve.budget_fractions)
+    if on_run_done is not None and cfg.workers > 1:
+        raise PopalignError("reproduce: on_run_done needs workers=1")
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -386,15 +331,20 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
         bar.set_postfix_str("sft")
         sft = ensure_sft(cfg, layout)
         bar.update()
-        table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
-        for spec, seed in jobs:
-            bar.set_postfix_str(f"{spec.name} seed {seed}")
-            now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])
-            if now:
-                ran.append(f"{spec.name}/seed-{seed}")
-                if on_run_done is not None:
-                    on_run_done(spec, seed)
-            bar.update()
+        if cfg.workers > 1 and len(cfg.seeds) > 1:
+            # Per-step bars of several processes would garble one terminal: the stage bar speaks for them.
+            quiet = dataclasses.replace(cfg, progress=False)
+            ran = run_seeds(_seed_job, quiet, cfg.seeds, cfg.workers, bar)
+        else:
+            table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
+            for spec, seed in jobs:
+                bar.set_postfix_str(f"{spec.name} seed {seed}")
+                now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])
+                if now:
+                    ran.append(f"{spec.name}/seed-{seed}")
+                    if on_run_done is not None:
+                        on_run_done(spec, seed)
+                bar.update()
         bar.set_postfix_str("report")
         # The settings every finished stage agreed with (a mismatch would have stopped us above).
         save_config(cfg, layout.root / "reproduce.yaml")

@@ -8,6 +8,7 @@ can be checked against each other.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,15 @@ from popalign.testbed.curves import Curve, load_curve, point_dir
 from popalign.testbed.plan import Layout, RunSpec
 
 DISCRIMINATIVE = ("accuracy", "pearson", "spearman", "accuracy_low", "accuracy_high")
+# Training-log means read at each curve checkpoint (the trainer logs means over every example since its
+# previous log, and the testbed logs at each snapshot): the margin the loss used, the policy's own reward
+# margins on the same strong pairs, and the shares of PoP margins clipped to 0 and to M_max.
+MARGIN_LOGS = {
+    "margin": "margin/used",
+    "reward_margin": "rewards/margins",
+    "clipped_low": "pop/clipped_low",
+    "clipped_high": "pop/clipped_high",
+}
 GENERATIVE = ("win_rate", "median_advantage", "mean_reward")
 
 
@@ -30,7 +40,9 @@ class RunResult:
     ``predicted``/``truth``: predicted and ground-truth margins ``(N,)``; ``advantages``: r* advantage over
     vanilla DPO's reply per test prompt ``(N,)`` (None for vanilla DPO itself); ``rewards``: r* of each reply
     (None when replies were not judged: the real-model track);
-    ``curve``: the training curve (:mod:`popalign.testbed.curves`) when the run recorded one.
+    ``curve``: the training curve (:mod:`popalign.testbed.curves`) when the run recorded one;
+    ``margins``: ``step`` and screened ``kl`` of every screened snapshot, and the :data:`MARGIN_LOGS` there
+    (``nan`` where not logged).
     """
 
     spec: RunSpec
@@ -44,6 +56,7 @@ class RunResult:
     discriminative: dict[str, Any]
     judge: dict[str, Any] | None
     curve: Curve | None = None
+    margins: dict[str, np.ndarray] | None = None
     credit: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,7 +90,16 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / "judgements.jsonl")}
         advantages = np.array([by_id[i] for i in ids], dtype=np.float64)
     done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
-    curve = None
+    curve, margins = None, None
+    screened = folder / "curve" / "screen.json"
+    if screened.is_file():
+        # The margins at every screened step, each with its screened KL ("kl"): a grid every seed shares.
+        kl = {int(k): float(v) for k, v in json.loads(screened.read_text(encoding="utf-8")).items()}
+        margins = {
+            "step": np.array(sorted(kl), dtype=np.float64),
+            "kl": np.array([kl[k] for k in sorted(kl)]),
+        }
+        margins.update(margin_trace(folder / "trainer_state.json", sorted(kl)))
     if done.get("curve_steps"):
         points = [(0, layout.origin(seed) / "eval")]
         points += [
@@ -98,7 +120,64 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         discriminative=json.loads((ev / "discriminative.json").read_text(encoding="utf-8")),
         judge=judge,
         curve=curve,
+        margins=margins,
     )
+
+
+def margin_trace(state_file: Path, steps: list[int]) -> dict[str, np.ndarray]:
+    """:data:`MARGIN_LOGS` at each of ``steps`` from a run's ``trainer_state.json``: the log at that step,
+    else the last one before it; ``nan`` where there is none (e.g. a run that logs no PoP margin)."""
+    history = (
+        json.loads(state_file.read_text(encoding="utf-8"))["log_history"] if state_file.is_file() else []
+    )
+    logs = sorted((h for h in history if "loss" in h), key=lambda h: h["step"])
+    out = {}
+    for name, key in MARGIN_LOGS.items():
+        values = []
+        for step in steps:
+            before = [h for h in logs if h["step"] <= step and key in h]
+            values.append(float(before[-1][key]) if before else float("nan"))
+        out[name] = np.array(values, dtype=np.float64)
+    return out
+
+
+def summarise_margins(
+    results: dict[str, list[RunResult]], rows: int = 12
+) -> dict[str, list[dict[str, float]]]:
+    """Per run with a margin: the margin logs at up to ``rows`` steps screened in every seed, seed means.
+
+    Each seed keeps its own checkpoints, but every seed screens the same steps (every
+    ``curve.screen_every``-th and the last), so the table is read there, with the screened KL.
+    ``ratio`` is the mean margin over the mean reward margin of the policy on the same strong pairs: how
+    large the margin is against what the policy already separates. Runs whose margin is 0 throughout
+    (vanilla DPO, the no-margin controls) are left out.
+    """
+    out = {}
+    for name, runs in results.items():
+        if any(r.margins is None for r in runs):
+            continue
+        common = sorted(set.intersection(*(set(r.margins["step"].tolist()) for r in runs)))
+        if not common:
+            continue
+        picked = [common[i] for i in sorted({round(x) for x in np.linspace(0, len(common) - 1, rows)})]
+        index = [{s: i for i, s in enumerate(r.margins["step"].tolist())} for r in runs]
+        stack = {
+            k: np.array([[r.margins[k][ix[s]] for s in picked] for r, ix in zip(runs, index, strict=True)])
+            for k in ("kl", *MARGIN_LOGS)
+        }
+        if not np.nan_to_num(np.abs(stack["margin"])).any():
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a log no seed has stays nan, silently
+            means = {k: np.nanmean(v, axis=0) for k, v in stack.items()}
+        table = []
+        for i, step in enumerate(picked):
+            row = {"step": float(step), **{k: float(means[k][i]) for k in ("kl", *MARGIN_LOGS)}}
+            rm = row["reward_margin"]
+            row["ratio"] = row["margin"] / rm if np.isfinite(rm) and rm != 0 else float("nan")
+            table.append(row)
+        out[name] = table
+    return out
 
 
 def margin_split(truth: np.ndarray) -> float:

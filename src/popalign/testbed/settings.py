@@ -15,17 +15,33 @@ from popalign.testbed.make_data import TaskSpec
 # The six methods of the paper's Section 4.2, in its order; vanilla DPO is the generative baseline.
 PAPER_METHODS = ["dpo", "dpo-margin", "dpo-margin-gt", "dpo-sbt", "dpo-pop-iter", "dpo-pop-random"]
 BASELINE = "dpo"
-# The two controls the paper lacks: vanilla DPO given PoP's step count, PoP sampling without the margin.
-STEPS_MATCHED = "dpo-steps-matched"
-NOMARGIN = "dpo-pop-nomargin"
-CONTROLS = [STEPS_MATCHED, NOMARGIN]
 POP_METHODS = ["dpo-pop-iter", "dpo-pop-random"]
+# The controls the paper lacks, one of each per PoP sampler (keyed by its PoP method): vanilla DPO given
+# that sampler's step count, and that sampler's PoP pairs without the margin.
+STEPS_MATCHED_CONTROLS = {
+    "dpo-pop-iter": "dpo-steps-matched-iter",
+    "dpo-pop-random": "dpo-steps-matched-random",
+}
+NOMARGIN_CONTROLS = {"dpo-pop-iter": "dpo-pop-nomargin-iter", "dpo-pop-random": "dpo-pop-nomargin-random"}
+NOMARGIN_METHOD = "dpo-pop-nomargin"  # the preset the no-margin controls train
+# DPO-PoP-random's, the paper's generative winner: the controls the claims about it name.
+STEPS_MATCHED = STEPS_MATCHED_CONTROLS["dpo-pop-random"]
+NOMARGIN = NOMARGIN_CONTROLS["dpo-pop-random"]
+# The positive control: DPO with the oracle margin oracle_scale * (r*(chosen) - r*(rejected)).
+ORACLE = "dpo-margin-oracle"
+ORACLE_METHOD = "dpo-margin-column"  # the preset it trains: the margin is the data's margin column
+CONTROLS = [*STEPS_MATCHED_CONTROLS.values(), *NOMARGIN_CONTROLS.values(), ORACLE]
 # The default pre-registered contrasts (claim ids of testbed/claims.py and testbed/frontier.py): the
-# questions the testbed exists to answer, fixed before any run. The margin's effect at matched KL, for
-# each sampler; the paper's two headline claims; the steps control.
+# questions the testbed exists to answer, fixed before any run. First the positive controls that must be
+# detected before any margin verdict (the oracle margin's effect); then the PoP margin's effect at matched
+# KL and in Spearman, for each sampler; the paper's two headline claims; the steps controls.
 PREREGISTERED = [
+    "oracle-spearman",
+    "kl-oracle@final",
     "kl-margin@final",
+    "kl-margin-iter@final",
     "nomargin-spearman",
+    "nomargin-iter-spearman",
     "random-beats-dpo",
     "acc-best",
     "steps-winrate",
@@ -81,12 +97,19 @@ class PreferenceSettings:
 @dataclass
 class PoPSettings:
     k: float = help_field(2.0, help="PoP data multiplier: k * |D_pref| pairs (the paper: 2).")
-    min_gap: float = help_field(1.0, help="Smallest score-margin gap of a PoP pair (the paper: 1).")
-    noise: float = help_field(0.0, help="PoP label noise: flip probability (Appendix F; main runs: 0).")
-    nomargin_strategy: str = help_field(
-        "random",
-        help="Sampling of the dpo-pop-nomargin control: random (the control of DPO-PoP-random, the paper's "
-        "generative winner) or iterative.",
+    min_gap: float = help_field(
+        1.0,
+        help="Smallest margin gap of a PoP pair, on the true margins when judged (the paper: 1, on scores).",
+    )
+    noise: float = help_field(
+        0.0,
+        help="Injected PoP label noise: flip probability (Appendix F; main runs: 0), on top of the judge's.",
+    )
+    judged: bool = help_field(
+        True,
+        help="Testbed: PoP labels are the annotators' judgements of the true margins (task.judge_noise), "
+        "pairs drawn on the true margins, passed to training as a label file (pop_labels); false: pairs "
+        "built from the score margins, as the paper does. Real data (data=...) has no true margins: scores.",
     )
 
 
@@ -99,11 +122,26 @@ class GenerationSettings:
 
 @dataclass
 class CurveSettings:
-    points: int = help_field(
-        6,
-        help="Checkpoints per run evaluated for the training curves and the reward-KL frontier, evenly "
-        "spaced and including the end (0: final models only, no frontier).",
+    every: int = help_field(
+        1,
+        help="Save a snapshot every N optimiser steps for the training curves and the reward-KL frontier "
+        "(the same spacing in every run; 0: final models only, no frontier).",
     )
+    screen_every: int = help_field(
+        5,
+        help="Screen the KL of every Nth snapshot first; snapshots between two screened ones are screened "
+        "(by bisection) only where KL grows faster than max_ratio allows.",
+    )
+    screen_prompts: int = help_field(
+        64,
+        help="Test prompts whose replies estimate each snapshot's KL cheaply, to choose which to evaluate.",
+    )
+    max_ratio: float = help_field(
+        1.5,
+        help="Evaluated checkpoints are spaced by screened KL: the next one is the last snapshot before KL "
+        "exceeds max_ratio times (and min_gap nats beyond) the previous one's.",
+    )
+    min_gap: float = help_field(0.1, help="Smallest KL step (nats) between evaluated checkpoints.")
     budget_fractions: list[float] = help_field(
         default_factory=lambda: [0.25, 0.5, 0.75],
         help="KL budgets of the matched-KL table besides vanilla DPO's final KL, as fractions of the common "
@@ -141,7 +179,8 @@ class ReproduceConfig:
 
     output_dir: str = help_field("runs/reproduce", help="Everything goes here; a rerun resumes from it.")
     seeds: list[int] = help_field(
-        default_factory=lambda: [0, 1, 2], help="Seeds of data order, PoP pairs and sampling, one run each."
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        help="Seeds of data order, PoP pairs and sampling, one run each: the unit of replication.",
     )
     methods: list[str] = help_field(
         default_factory=lambda: list(PAPER_METHODS), help="The paper's methods to run (dpo is the baseline)."
@@ -179,6 +218,11 @@ class ReproduceConfig:
         help="torch CPU threads (None: torch's default, all cores). 1: the tiny model gains nothing from "
         "more, and one thread cannot stall when other processes compete for the cores.",
     )
+    workers: int = help_field(
+        2,
+        help="Seeds trained side by side, each in its own process with `threads` torch threads (1: all in "
+        "this process, one after another). Results do not depend on it.",
+    )
     compare_data: str = help_field(
         "../shared/data/ultrafeedback-binarized-sample",
         help="UltraFeedback preferences whose margins the report compares with the testbed's ('' to skip).",
@@ -196,12 +240,19 @@ class ReproduceConfig:
         """Whether replies are judged: only the testbed's task has a ground-truth reward to judge them."""
         return not self.data
 
+    @property
+    def judged_pop(self) -> bool:
+        """Whether PoP labels are the annotators' judgements of the true margins (the testbed's only)."""
+        return self.generative and self.pop.judged
+
     def validate(self) -> None:
         self.task.validate()
         if self.data and self.tuning.learning_rate_factors:
             raise ConfigError("tuning needs the testbed's validation prompts; it does not run with data")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: each seed once, got {self.seeds}")
         if BASELINE not in self.methods:
@@ -212,8 +263,10 @@ class ReproduceConfig:
         for c in self.controls:
             if c not in CONTROLS:
                 raise ConfigError(f"controls: {c!r} is not one of {', '.join(CONTROLS)}")
-        if self.pop.nomargin_strategy not in ("random", "iterative"):
-            raise ConfigError("pop.nomargin_strategy must be random or iterative")
+        if self.data and ORACLE in self.controls:
+            raise ConfigError(
+                f"controls: {ORACLE} needs the testbed's true rewards; it does not run with data"
+            )
         if any(k <= 0 for k in self.sweeps.k) or any(not 0 <= e <= 1 for e in self.sweeps.noise):
             raise ConfigError("sweeps.k must be positive and sweeps.noise in [0, 1]")
         factors = self.tuning.learning_rate_factors
@@ -222,7 +275,13 @@ class ReproduceConfig:
                 "tuning.learning_rate_factors needs positive factors and task.validation_prompts >= 2: "
                 "settings are picked on validation prompts, never on the test ones"
             )
-        if self.curve.points < 0 or any(not 0 < f <= 1 for f in self.curve.budget_fractions):
-            raise ConfigError("curve.points must be >= 0 and curve.budget_fractions in (0, 1]")
+        c = self.curve
+        if c.every < 0 or c.screen_every < 1 or c.screen_prompts < 2 or c.max_ratio <= 1 or c.min_gap < 0:
+            raise ConfigError(
+                "curve.every must be >= 0, curve.screen_every >= 1, curve.screen_prompts >= 2, "
+                "curve.max_ratio > 1, curve.min_gap >= 0"
+            )
+        if any(not 0 < f <= 1 for f in c.budget_fractions):
+            raise ConfigError("curve.budget_fractions must lie in (0, 1]")
         if self.max_prompt_length >= self.max_length:
             raise ConfigError("max_prompt_length must be smaller than max_length")

@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from popalign.config import ConfigError
 from popalign.testbed import claims as cl
 from popalign.testbed import sections
+from popalign.testbed.frontier import FINAL, FRONTIER_CLAIMS
 from popalign.testbed.sections import fmt, interval
 
 
@@ -35,6 +37,7 @@ def verdict_record(v: cl.Verdict, id_suffix: str = "", group: str = "", **extra:
         "family": v.family,
         "verdict": v.verdict,
         "note": v.note,
+        "key": v.key + id_suffix,
         **extra,
     }
 
@@ -90,16 +93,11 @@ RULE = (
 )
 
 
-def _key(v: dict[str, Any]) -> str:
-    """A verdict's name in the pre-registration: its id, and ``@budget`` for a matched-KL verdict."""
-    return f"{v['id']}@{v['budget_key']}" if v.get("budget_key") else v["id"]
-
-
 def preregistered_blocks(primary: list[str], verdicts: list[dict[str, Any]]) -> list[tuple]:
     """First in the report: the contrasts fixed in the preset before the run, with their verdicts."""
     if not primary:
         return []
-    by_key = {_key(v): v for v in verdicts}
+    by_key = {v["key"]: v for v in verdicts}
     rows = []
     for key in primary:
         v = by_key.get(key)
@@ -124,3 +122,63 @@ def preregistered_blocks(primary: list[str], verdicts: list[dict[str, Any]]) -> 
     headers = ["Pre-registered contrast", "Difference [95% t CI over seeds]", "Holm-adjusted p", "Note"]
     headers.append("Verdict")
     return [("h2", "Pre-registered contrasts"), ("p", text), ("table", (headers, rows))]
+
+
+POSITIVE_TEXT = (
+    "Before any claim about a margin's effect, the testbed must show it can see one. The oracle arm trains "
+    "vanilla DPO with a margin computed from the ground-truth reward r* itself; if even that margin's effect "
+    "is not detected on a kind of figure, no verdict about the PoP margin on that kind of figure is drawn "
+    "(those claims read 'unresolved')."
+)
+
+
+def positive_control_blocks(verdicts: list[dict[str, Any]]) -> list[tuple]:
+    """Second in the report: the oracle margin's effect, and what follows for the margin claims."""
+    named = {c.control for c in (*cl.CLAIMS, *FRONTIER_CLAIMS) if c.control}
+    controls = [v for v in verdicts if v["id"] in named]
+    if not controls:
+        return []
+    rows = []
+    for v in controls:
+        tested = v["verdict"] in TESTED
+        rows.append(
+            [
+                f"{v['claim']}{' (' + v['budget'] + ')' if v.get('budget') else ''}",
+                interval(tuple(v["difference"])) if tested else "-",
+                sections.p_text(v) if tested else "-",
+                v["verdict"],
+            ]
+        )
+    detected = [v for v in controls if v["verdict"] == cl.REPRODUCED]
+    if not any(v["verdict"] != cl.NOT_RUN for v in controls):
+        outcome = "Not run: this configuration has no oracle arm, so no margin claim gets a verdict."
+    elif detected:
+        names = ", ".join(f"{v['claim'].split(': ', 1)[-1]}" for v in detected)
+        outcome = f"Detected: {names}. Margin claims on the same kind of figure get verdicts."
+    else:
+        outcome = (
+            "Not detected: this testbed, at these settings and seeds, cannot show a margin effect even when "
+            "the margin is the true one; it draws no verdict about the PoP margin."
+        )
+    headers = ["Positive control", "Difference [95% t CI over seeds]", "Holm-adjusted p", "Verdict"]
+    return [
+        ("h2", "Positive control"),
+        ("p", POSITIVE_TEXT),
+        ("table", (headers, rows)),
+        ("p", outcome),
+    ]
+
+
+def check_preregistered(keys: list[str], fractions: list[float]) -> None:
+    """Every pre-registered contrast names a claim; matched-KL ones a budget of this configuration.
+
+    Raises:
+        ConfigError: naming the first unknown entry and the valid ones.
+    """
+    budgets = [FINAL, *(f"range{round(f * 100)}" for f in fractions)]
+    valid = [c.id for c in cl.CLAIMS] + [f"{c.id}@{b}" for c in FRONTIER_CLAIMS for b in budgets]
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(
+                f"preregistered: {key!r} is not a claim of this report; valid: {', '.join(valid)}"
+            )
