@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("train", "preference training: DPO, margin variants, DPO-PoP, reward models"),
     ("model", "prepare models (e.g. convert the offline SmolLM2 GGUF to safetensors)"),
     ("eval", "evaluate models: discriminative metrics, RewardBench, generation, judged win rates"),
+    ("probe", "is PoP worth it for my data? reward heads on a frozen model's features, cross-fitted"),
     ("report", "compare evaluated runs in one Markdown and one HTML page"),
     ("push", "upload a trained model with its model card to the Hugging Face Hub"),
     ("reproduce", "the paper's experiments on the CPU testbed, with a report of which claims hold"),

@@ -121,3 +121,26 @@ class PreferenceTable:
             h.update(json.dumps(self.row(i), sort_keys=True, ensure_ascii=False).encode("utf-8"))
             h.update(b"\x00")
         return h.hexdigest()[:16]
+
+
+def concat_tables(tables: list[PreferenceTable], prefixes: list[str]) -> PreferenceTable:
+    """Several tables as one, each id prefixed by its table's prefix (``train:17``) so that none collide.
+
+    Scores are kept only when every table has them (a mixed stack has no margins); ``margin`` likewise.
+    """
+    if len(tables) != len(prefixes):
+        raise ValueError("concat_tables: one prefix per table")
+    if len(tables) == 1:
+        return tables[0]
+    scored = all(t.has_scores for t in tables)
+    with_column = all(t.margin is not None for t in tables)
+    return PreferenceTable(
+        ids=[f"{p}:{i}" for t, p in zip(tables, prefixes, strict=True) for i in t.ids],
+        prompts=[x for t in tables for x in t.prompts],
+        chosen=[x for t in tables for x in t.chosen],
+        rejected=[x for t in tables for x in t.rejected],
+        score_chosen=np.concatenate([t.score_chosen for t in tables]) if scored else None,
+        score_rejected=np.concatenate([t.score_rejected for t in tables]) if scored else None,
+        source=" + ".join(t.source for t in tables),
+        margin=np.concatenate([t.margin for t in tables]) if with_column else None,
+    )
