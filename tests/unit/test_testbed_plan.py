@@ -150,7 +150,7 @@ def test_default_preset_file_equals_the_built_in_defaults():
     assert config_to_dict(preset) == config_to_dict(ReproduceConfig())
 
 
-@pytest.mark.parametrize("name", ["seeds5", "sweeps", "large"])
+@pytest.mark.parametrize("name", ["seeds10", "sweeps", "large"])
 def test_presets_load(name):
     assert load_config(ReproduceConfig, REPO / "configs" / "testbed" / f"{name}.yaml").seeds
 

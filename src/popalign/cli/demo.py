@@ -1,7 +1,8 @@
 """``popalign demo``: the main job, what ``make demo`` runs: ``popalign reproduce`` at its default size.
 
-SFT, the paper's six methods and two controls on the testbed task, three seeds, both evaluations and the
-report of which claims hold; minutes on two CPU cores. A rerun resumes where an interrupted one stopped.
+SFT, the paper's six methods, four controls and the oracle-margin positive control on the testbed task, five
+seeds, both evaluations and the report of which claims hold; minutes on two CPU cores. A rerun resumes
+where an interrupted one stopped.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import argparse
 from popalign.cli._runconfig import add_config_arguments
 
 EPILOG = """examples:
-  popalign reproduce                                    # the default preset: 3 seeds, minutes on 2 CPU cores
-  popalign reproduce --config configs/testbed/seeds5.yaml             # 5 seeds
+  popalign reproduce                                    # the default preset: 5 seeds, minutes on 2 CPU cores
+  popalign reproduce --config configs/testbed/seeds10.yaml            # 10 seeds
   popalign reproduce --config configs/testbed/sweeps.yaml             # + Appendix E (k) and F (noise)
   popalign reproduce --config configs/testbed/tuned.yaml              # each method tuned on validation
   popalign reproduce --config configs/testbed/real.yaml               # SmolLM2 + LoRA on UltraFeedback
@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
     p = sub.add_parser(
         "reproduce",
         help=summary,
-        description=summary + ": SFT, the six methods of the paper and two controls, several seeds, "
+        description=summary
+        + ": SFT, the six methods of the paper, its controls and the oracle-margin positive control, "
+        "several seeds, "
         "discriminative and generative evaluation judged by the testbed's ground-truth reward, and a report "
         "of which claims hold.",
         epilog=EPILOG,
