@@ -189,6 +189,8 @@ def test_select_points_spaces_checkpoints_by_kl():
     jump = [0.3, 0.6, 0.9, 30.0, 31.0, 32.0, 33.0]
     assert select_points(jump, 1.5, 0.1) == [0, 1, 2, 3, 6]
     assert select_points([2.0], 1.5, 0.1) == [0]
+    # Beyond max_kl only the final model: 30 and 31 are skipped.
+    assert select_points(jump, 1.5, 0.1, max_kl=10.0) == [0, 1, 2, 6]
 
 
 def _snapshots(tmp_path, steps):

@@ -13,7 +13,8 @@ about KL 10. So checkpoints are chosen by KL, not by step:
 3. **Select.** A rule on the screened KL alone (never on r*) keeps the subset :func:`select_points` of the
    screened snapshots: each kept one is the last before the KL would grow past ``curve.max_ratio`` times
    (and ``curve.min_gap`` nats beyond) the previous kept one, so kept points are dense where KL grows fast
-   and sparse where it is flat. The final model is always kept.
+   and sparse where it is flat. Nothing beyond ``curve.max_kl`` is screened densely or kept but the final
+   model, which is always kept.
 4. **Evaluate.** Each kept point is evaluated by the code behind ``popalign eval``: replies to all test
    prompts sampled with the run's seed (``run_generate``, with the KL estimate against the SFT model),
    judged by ``r*`` against vanilla DPO's final replies of the same seed (``run_judge``).
@@ -50,18 +51,23 @@ def curve_steps(total_steps: int, every: int) -> list[int]:
     return sorted({*range(every, total_steps + 1, every), total_steps})
 
 
-def select_points(kls: list[float], max_ratio: float, min_gap: float) -> list[int]:
+def select_points(
+    kls: list[float], max_ratio: float, min_gap: float, max_kl: float = float("inf")
+) -> list[int]:
     """Indices of the snapshots to evaluate, chosen on their screened KL ``kls`` (training order).
 
     Walking forward from the start (KL 0), a snapshot is kept when the next one's KL would exceed both
     ``max_ratio`` times and ``min_gap`` nats more than the last kept KL; the last snapshot (the final
     model) is always kept. Consecutive kept points are thus at most ``max_ratio`` apart wherever the
-    snapshots are dense enough to allow it.
+    snapshots are dense enough to allow it. Beyond ``max_kl`` nothing but the final model is kept: no
+    budget is compared there, so those checkpoints would cost evaluations for the picture alone.
     """
     kept: list[int] = []
     last = 0.0
     for i in range(len(kls)):
         final = i == len(kls) - 1
+        if not final and kls[i] > max_kl:
+            continue
         if final or kls[i + 1] > max(max_ratio * last, last + min_gap):
             kept.append(i)
             last = kls[i]
@@ -150,13 +156,15 @@ def screen_curve(
     every: int,
     max_ratio: float,
     min_gap: float,
+    max_kl: float = float("inf"),
 ) -> dict[int, float]:
     """The screened KL of the snapshots worth screening: ``{step: kl}`` in step order (final: ``final_kl``).
 
     Every ``every``-th snapshot is screened first; wherever KL then grows past :func:`select_points`'
     spacing between two screened neighbours with unscreened snapshots between them, the middle one is
     screened too, until every such gap is closed or has no snapshot left inside (bisection). KL is screened
-    densely where it grows fast and sparsely where it is flat. ``screen(model_dir)`` estimates one
+    densely where it grows fast and sparsely where it is flat; gaps that start beyond ``max_kl`` are left
+    alone (nothing is compared there). ``screen(model_dir)`` estimates one
     snapshot's KL; each answer is recorded in ``curve/screen.json`` at once, so a resumed run screens only
     what is missing. The file ends with the final model's KL too.
     """
@@ -186,7 +194,7 @@ def screen_curve(
         wide = [
             (a, b)
             for (a, ka), (b, kb) in itertools.pairwise(points)
-            if kb > max(max_ratio * ka, ka + min_gap) and any(a < s < b for s in available)
+            if ka <= max_kl and kb > max(max_ratio * ka, ka + min_gap) and any(a < s < b for s in available)
         ]
         if not wide:
             break

@@ -179,9 +179,10 @@ def evaluate_curve_points(
         every=c.screen_every,
         max_ratio=c.max_ratio,
         min_gap=c.min_gap,
+        max_kl=c.max_kl,
     )
     order = list(screened)
-    kept = [order[i] for i in select_points([screened[s] for s in order], c.max_ratio, c.min_gap)]
+    kept = [order[i] for i in select_points([screened[s] for s in order], c.max_ratio, c.min_gap, c.max_kl)]
     drop_snapshots(folder, kept)
     evaluate_curve(
         folder, kept, final, folder / "eval", lambda m, e, step: evaluate(m, e, f"{spec.name}@{step}")

@@ -142,6 +142,12 @@ class CurveSettings:
         "exceeds max_ratio times (and min_gap nats beyond) the previous one's.",
     )
     min_gap: float = help_field(0.1, help="Smallest KL step (nats) between evaluated checkpoints.")
+    max_kl: float = help_field(
+        10.0,
+        help="Beyond this KL (nats) only the final model is evaluated and KL is not screened densely: the "
+        "budgets compared lie far below (vanilla DPO ends near 2), and past it runs have collapsed into "
+        "degenerate text, so checkpoints there would cost evaluations for the picture alone.",
+    )
     budget_fractions: list[float] = help_field(
         default_factory=lambda: [0.25, 0.5, 0.75],
         help="KL budgets of the matched-KL table besides vanilla DPO's final KL, as fractions of the common "
@@ -276,10 +282,17 @@ class ReproduceConfig:
                 "settings are picked on validation prompts, never on the test ones"
             )
         c = self.curve
-        if c.every < 0 or c.screen_every < 1 or c.screen_prompts < 2 or c.max_ratio <= 1 or c.min_gap < 0:
+        if (
+            c.every < 0
+            or c.screen_every < 1
+            or c.screen_prompts < 2
+            or c.max_ratio <= 1
+            or c.min_gap < 0
+            or c.max_kl <= 0
+        ):
             raise ConfigError(
                 "curve.every must be >= 0, curve.screen_every >= 1, curve.screen_prompts >= 2, "
-                "curve.max_ratio > 1, curve.min_gap >= 0"
+                "curve.max_ratio > 1, curve.min_gap >= 0, curve.max_kl > 0"
             )
         if any(not 0 < f <= 1 for f in c.budget_fractions):
             raise ConfigError("curve.budget_fractions must lie in (0, 1]")
