@@ -31,27 +31,38 @@ def run_seeds(job: SeedJob, cfg: Any, seeds: list[int], workers: int, bar: Any) 
     """
     ran: list[str] = []
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        lines = manager.Queue()
-        with ProcessPoolExecutor(max_workers=min(workers, len(seeds)), mp_context=context) as pool:
-            pending = {pool.submit(_watched, job, cfg, seed, lines, os.getpid()) for seed in seeds}
-            try:
-                while pending:
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    _drain(lines, bar)
-                    for future in done:
-                        ran += future.result()
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
-            finally:
+    # The queue reaches the workers when they start (no manager process that could outlive us).
+    lines = context.Queue()
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(seeds)),
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(lines, os.getpid()),
+    )
+    with pool:
+        pending = {pool.submit(_run_job, job, cfg, seed) for seed in seeds}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 _drain(lines, bar)
+                for future in done:
+                    ran += future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    # The workers have exited, so their queue feeders have flushed: the last lines are in the pipe.
+    _drain(lines, bar, wait=0.2)
     return ran
 
 
-def _watched(job: SeedJob, cfg: Any, seed: int, lines: Any, parent: int) -> list[str]:
-    """``job`` in a worker that exits as soon as ``parent`` is gone (it is re-parented)."""
+_LINES: Any = None
+
+
+def _start_worker(lines: Any, parent: int) -> None:
+    """Keep the progress queue, and exit as soon as ``parent`` is gone (the worker is re-parented)."""
+    global _LINES
+    _LINES = lines
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -59,13 +70,16 @@ def _watched(job: SeedJob, cfg: Any, seed: int, lines: Any, parent: int) -> list
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
-    return job(cfg, seed, lines)
 
 
-def _drain(lines: Any, bar: Any) -> None:
+def _run_job(job: SeedJob, cfg: Any, seed: int) -> list[str]:
+    return job(cfg, seed, _LINES)
+
+
+def _drain(lines: Any, bar: Any, wait: float = 0.0) -> None:
     while True:
         try:
-            line = lines.get_nowait()
+            line = lines.get(timeout=wait) if wait else lines.get_nowait()
         except queue_module.Empty:
             return
         bar.set_postfix_str(line)
