@@ -137,13 +137,14 @@ def _find(verdicts: list[dict], claim_id: str, budget: str | None = None) -> dic
 def p_text(v: dict) -> str:
     """The Holm-adjusted p-values of a verdict: of the difference test, and of the equivalence test."""
     d, e = v.get("p_difference_adjusted"), v.get("p_equivalence_adjusted")
-    return f"p = {_p(d)}, p(within +-{v.get('bound', float('nan')):g}) = {_p(e)}"
+    return f"p {_p(d)}, p(within +-{v.get('bound', float('nan')):g}) {_p(e)}"
 
 
 def _p(x: float | None) -> str:
+    """``= 0.58``, ``< 0.001``, or ``= -`` when there was no test."""
     if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:.2g}" if x >= 0.001 else "<0.001"
+        return "= -"
+    return f"= {x:.2g}" if x >= 0.001 else "< 0.001"
 
 
 def _said(v: dict | None, what: str) -> str:
