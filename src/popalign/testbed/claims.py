@@ -303,11 +303,6 @@ def gate(verdicts: list[Verdict]) -> list[Verdict]:
     return verdicts
 
 
-def seed_mean(runs: list[RunResult], name: str, idx: np.ndarray | None = None, split: float | None = None):
-    """The mean of a figure over a method's seeds."""
-    return float(np.mean([metric(r, name, idx, split) for r in runs]))
-
-
 def _paired(a: list[RunResult], b: list[RunResult] | None) -> tuple[list[RunResult], list[RunResult] | None]:
     if b is None:
         return a, None
