@@ -73,9 +73,12 @@ def plot_cumulative_accuracy(runs: list[Run], path: str | Path, title: str | Non
 def _margin_bins(margins: np.ndarray) -> np.ndarray:
     values = np.unique(margins)
     if 1 < len(values) <= 40:
-        # Discrete scores (UltraFeedback's steps of 0.5): one bar per observed margin.
+        # Discrete scores (UltraFeedback's steps of 0.5): one bar per step of the grid. Few distinct
+        # continuous margins (a small test split) are no grid: their smallest gap can be a rounding error.
         step = float(np.min(np.diff(values)))
-        return np.arange(values[0] - step / 2, values[-1] + step, step)
+        on_grid = np.allclose((values - values[0]) / step, np.round((values - values[0]) / step), atol=1e-6)
+        if on_grid and (values[-1] - values[0]) / step <= 200:
+            return np.arange(values[0] - step / 2, values[-1] + step, step)
     return np.histogram_bin_edges(margins, bins=30 if len(values) > 1 else 1)
 
 
