@@ -279,21 +279,50 @@ def ensure_run(
     return True, record
 
 
-def _seed_job(cfg: ReproduceConfig, seed: int, lines: Any) -> list[str]:
-    """Every run of ``seed`` in this (worker) process, vanilla DPO first; one line on ``lines`` per run."""
+_TABLES: dict[tuple[str, int | None], Any] = {}
+
+
+def _run_job(cfg: ReproduceConfig, key: tuple[str, int]) -> list[str]:
+    """One (run, seed) in a worker process; ``[run/seed-N]`` if it ran now (not resumed as done)."""
     import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    name, seed = key
     layout = Layout.of(cfg)
-    sft = read_marker(layout.sft / DONE)
-    table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
-    ran = []
-    for spec in plan_runs(cfg):
-        if ensure_run(cfg, layout, spec, seed, table, sft["model"])[0]:
-            ran.append(f"{spec.name}/seed-{seed}")
-        lines.put(f"{spec.name} seed {seed}")
-    return ran
+    sft = ensure_sft(cfg, layout)  # done by the parent: this reads its marker (or names a pretrained model)
+    # A worker runs many jobs: the training preferences are read once per process.
+    source = (str(layout.data), cfg.train_rows)
+    if source not in _TABLES:
+        _TABLES[source] = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
+    spec = {r.name: r for r in plan_runs(cfg)}[name]
+    ran_now, _ = ensure_run(cfg, layout, spec, seed, _TABLES[source], sft["model"])
+    return [f"{name}/seed-{seed}"] if ran_now else []
+
+
+def _job_label(key: tuple[str, int]) -> str:
+    return f"{key[0]} seed {key[1]}"
+
+
+def schedule(cfg: ReproduceConfig, runs: list[RunSpec]) -> tuple[list[tuple[str, int]], dict]:
+    """Every (run, seed) in the order to start them, and what each waits for (its seed's vanilla DPO).
+
+    Vanilla DPO of every seed comes first (the others are judged against its replies), then the rest,
+    longest first (runs with PoP pairs or their step counts take about twice as long), so that the last
+    jobs are short and the workers finish together.
+    """
+
+    def length(spec: RunSpec) -> int:
+        return 0 if spec.name == BASELINE else (1 if spec.uses_pop or spec.matched_to else 2)
+
+    order = sorted(((spec, seed) for seed in cfg.seeds for spec in runs), key=lambda j: length(j[0]))
+    keys = [(spec.name, seed) for spec, seed in order]
+    has_baseline = any(spec.name == BASELINE for spec in runs)
+    needs = {
+        (spec.name, seed): {(BASELINE, seed)} if has_baseline and spec.name != BASELINE else set()
+        for spec, seed in order
+    }
+    return keys, needs
 
 
 def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> dict[str, Any]:
@@ -309,7 +338,7 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
 
     from popalign.testbed.report import write_report
     from popalign.testbed.verdict_report import check_preregistered
-    from popalign.testbed.workers import run_seeds
+    from popalign.testbed.workers import run_jobs
 
     check_preregistered(cfg.preregistered, cfg.curve.budget_fractions)
     if on_run_done is not None and cfg.workers > 1:
@@ -331,10 +360,11 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
         bar.set_postfix_str("sft")
         sft = ensure_sft(cfg, layout)
         bar.update()
-        if cfg.workers > 1 and len(cfg.seeds) > 1:
+        if cfg.workers > 1 and len(jobs) > 1:
             # Per-step bars of several processes would garble one terminal: the stage bar speaks for them.
             quiet = dataclasses.replace(cfg, progress=False)
-            ran = run_seeds(_seed_job, quiet, cfg.seeds, cfg.workers, bar)
+            keys, needs = schedule(cfg, runs)
+            ran = run_jobs(_run_job, quiet, keys, needs, cfg.workers, bar, label=_job_label)
         else:
             table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
             for spec, seed in jobs:
