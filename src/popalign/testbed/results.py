@@ -78,6 +78,9 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
     ev = folder / "eval"
     rows = _jsonl(ev / "discriminative_predictions.jsonl")
     ids = [str(r["id"]) for r in rows]
+    truth = np.array([r["gt_margin"] for r in rows], dtype=np.float64)
+    if layout.source is None:
+        truth = true_margins_of(layout.data, "test", ids)
     generated = ev / "model_outputs.json"
     outputs = (
         {str(r["id"]): r for r in json.loads(generated.read_text(encoding="utf-8"))}
@@ -112,7 +115,7 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         done=done,
         ids=ids,
         predicted=np.array([r["predicted_margin"] for r in rows], dtype=np.float64),
-        truth=np.array([r["gt_margin"] for r in rows], dtype=np.float64),
+        truth=truth,
         rewards=np.array([reward(outputs[i]["instruction"], outputs[i]["output"]) for i in ids])
         if outputs
         else None,
@@ -122,6 +125,22 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         curve=curve,
         margins=margins,
     )
+
+
+def true_margins_of(data_dir: Path, split: str, ids: list[str]) -> np.ndarray:
+    """The testbed's true margins ``r*(chosen) - r*(rejected)`` of ``ids`` in ``split``, ``(N,)``.
+
+    Discriminative figures on the testbed are judged against r*, as its replies are: the annotators' score
+    margins (what evaluation files call ``gt_margin``) carry their noise and miscalibration, which would
+    blur every difference and count a model that learnt the true ordering as wrong. Real data has no r*
+    and keeps the score margins, as in the paper.
+    """
+    from popalign.testbed.annotators import true_margins
+    from popalign.testbed.make_data import read_split
+
+    rows = read_split(data_dir, split)
+    by_id = dict(zip((str(r["id"]) for r in rows), true_margins(rows).tolist(), strict=True))
+    return np.array([by_id[i] for i in ids], dtype=np.float64)
 
 
 def margin_trace(state_file: Path, steps: list[int]) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from popalign.testbed import claims as cl
 from popalign.testbed.plan import Layout, RunSpec
-from popalign.testbed.results import GENERATIVE, RunResult
+from popalign.testbed.results import GENERATIVE, RunResult, true_margins_of
 from popalign.testbed.settings import BASELINE, ReproduceConfig
 
 VALIDATION_DIR = "eval-validation"
@@ -33,17 +33,28 @@ def enabled(cfg: ReproduceConfig) -> bool:
     return bool(cfg.tuning.learning_rate_factors)
 
 
-def validation_figures(folder: Path) -> dict[str, float] | None:
-    """``{"generative": mean r* of validation replies, "discriminative": validation accuracy}``."""
+def validation_figures(folder: Path, layout: Layout) -> dict[str, float] | None:
+    """``{"generative": mean r* of validation replies, "discriminative": validation accuracy}``.
+
+    Accuracy is judged against the true margins, as on the test split (:func:`true_margins_of`), where the
+    data has them; against the score margins otherwise.
+    """
+    from popalign.eval.discriminative import accuracy
     from popalign.testbed.task import reward
 
     ev = folder / VALIDATION_DIR
-    if not (ev / "discriminative.json").is_file() or not (ev / "model_outputs.json").is_file():
+    if not (ev / "discriminative_predictions.jsonl").is_file() or not (ev / "model_outputs.json").is_file():
         return None
-    acc = json.loads((ev / "discriminative.json").read_text(encoding="utf-8"))["metrics"]["accuracy"]["value"]
+    with open(ev / "discriminative_predictions.jsonl", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    predicted = np.array([r["predicted_margin"] for r in rows], dtype=np.float64)
+    truth = np.array([r["gt_margin"] for r in rows], dtype=np.float64)
+    if layout.source is None:
+        truth = true_margins_of(layout.data, "validation", [str(r["id"]) for r in rows])
+    acc = float(accuracy(predicted, truth))
     outputs = json.loads((ev / "model_outputs.json").read_text(encoding="utf-8"))
     mean_reward = float(np.mean([reward(r["instruction"], r["output"]) for r in outputs]))
-    return {"generative": mean_reward, "discriminative": float("nan") if acc is None else float(acc)}
+    return {"generative": mean_reward, "discriminative": acc}
 
 
 def select_settings(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict[str, Any]:
@@ -52,7 +63,8 @@ def select_settings(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -
     for family in dict.fromkeys(r.family for r in runs if r.group in ("paper", "control", "tune")):
         grid = {}
         for spec in (r for r in runs if r.family == family):
-            found = [f for seed in cfg.seeds if (f := validation_figures(layout.run(spec.name, seed)))]
+            folders = [layout.run(spec.name, seed) for seed in cfg.seeds]
+            found = [f for folder in folders if (f := validation_figures(folder, layout))]
             if len(found) == len(cfg.seeds):
                 grid[spec.name] = {
                     "lr_factor": spec.lr_factor,
