@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from popalign.config import ConfigError
 from popalign.data.load import load_preferences
 from popalign.pop.build import PoPSpec
 from popalign.pop.labels import load_pop_labels
@@ -196,3 +197,19 @@ def test_the_task_record_follows_the_samplers_gap_without_remaking_the_data(tmp_
     assert (layout.data / "train.jsonl").read_bytes() == train
     record = json.loads((layout.data / "task.json").read_text())
     assert record["annotators"]["pop_label_error"] == wider
+
+
+def test_the_oracle_factor_scales_the_oracle_margins_and_nothing_else(small, tmp_path):
+    out, record = small
+    assert replace(SMALL, oracle_factor=1.0).fingerprint() == SMALL.fingerprint()  # older data stays valid
+    doubled = replace(SMALL, oracle_factor=2.0)
+    assert doubled.fingerprint() != SMALL.fingerprint()
+    twice = make_dataset(doubled, tmp_path / "twice")
+    assert twice["oracle_margin_scale"] == pytest.approx(2 * record["oracle_margin_scale"])
+    for split in ("train", "test"):
+        base, scaled = read_split(out, split), read_split(tmp_path / "twice", split)
+        assert [r["margin"] for r in scaled] == pytest.approx([2 * r["margin"] for r in base])
+        strip = [{k: v for k, v in r.items() if k != "margin"} for r in base]
+        assert strip == [{k: v for k, v in r.items() if k != "margin"} for r in scaled]
+    with pytest.raises(ConfigError, match="oracle_factor"):
+        replace(SMALL, oracle_factor=-1.0).validate()

@@ -80,6 +80,12 @@ class TaskSpec:
     quality_spread: float = help_field(
         0.2, help="Each candidate's quality is d + N(0, quality_spread^2), clipped to [0, 1]."
     )
+    oracle_factor: float = help_field(
+        1.0,
+        help="The oracle arm's margins are oracle_factor * oracle_scale * (r*(chosen) - r*(rejected)), where "
+        "oracle_scale gives them the root mean square of the score margins; the factor was chosen on "
+        "validation prompts (docs/testbed.md).",
+    )
     seed: int = help_field(0, help="Seed of prompts, responses and noise: same seed, same files.")
 
     def validate(self) -> None:
@@ -97,6 +103,8 @@ class TaskSpec:
             )
         if self.quality_a <= 0 or self.quality_b <= 0 or self.quality_spread < 0:
             raise ConfigError("task.quality_a and task.quality_b must be positive, task.quality_spread >= 0")
+        if self.oracle_factor < 0:
+            raise ConfigError(f"task.oracle_factor must be >= 0, got {self.oracle_factor}")
         if self.validation_prompts < 0:
             raise ConfigError("task.validation_prompts must be >= 0")
         if self.train_prompts + self.test_prompts + self.validation_prompts > max_prompts():
@@ -104,8 +112,11 @@ class TaskSpec:
 
     def fingerprint(self) -> str:
         fields = asdict(self)
-        if not self.validation_prompts:  # data made before the validation split existed stays valid
+        # Data made before these settings existed stays valid at their neutral values.
+        if not self.validation_prompts:
             del fields["validation_prompts"]
+        if self.oracle_factor == 1.0:
+            del fields["oracle_factor"]
         text = json.dumps({"format": DATA_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -252,7 +263,7 @@ def make_dataset(spec: TaskSpec, out_dir: str | Path, min_gap: float = PoPSpec.m
         held_out = draw_prompts(spec.validation_prompts, stream, exclude=set(prompts))
         splits["validation"] = make_split(held_out, spec, stream, "validation")
     train = splits["train"]
-    scale = oracle_scale(true_margins(train), score_margins(train))
+    scale = spec.oracle_factor * oracle_scale(true_margins(train), score_margins(train))
     for name, rows in splits.items():
         add_oracle_margins(rows, scale)
         _write_jsonl(out / f"{name}.jsonl", rows)
@@ -263,6 +274,7 @@ def make_dataset(spec: TaskSpec, out_dir: str | Path, min_gap: float = PoPSpec.m
         "score_fn": "popalign.testbed.task:reward",
         "splits": {name: len(rows) for name, rows in splits.items()},
         "annotators": annotator_statistics(train, spec, min_gap),
+        "oracle_margin_scale": scale,
     }
     atomic_write_json(out / "task.json", record)
     return record
