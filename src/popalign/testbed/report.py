@@ -339,7 +339,7 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
     text = sections.plain_summary(summary["verdicts"], budgets, tuned, cfg.generative)
     blocks.append(("p", text))
     blocks += [
-        ("h2", "The paper's claims (paper protocol: the paper's settings for every method, one epoch)"),
+        ("h2", "The paper's claims (paper protocol: one setting for every method, the same epochs)"),
         ("table", vr.verdict_table(summary["verdicts"], "paper")),
         ("p", vr.RULE),
     ]

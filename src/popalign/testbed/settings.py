@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from popalign.config import ConfigError, help_field
-from popalign.losses.forms import DEFAULT_BETA
 from popalign.testbed.make_data import TaskSpec
 
 # The six methods of the paper's Section 4.2, in its order; vanilla DPO is the generative baseline.
@@ -76,12 +75,21 @@ class SFTSettings:
 @dataclass
 class PreferenceSettings:
     learning_rate: float = help_field(
-        1.5e-4,
-        help="Peak learning rate of every preference method: SFT's / 20, the paper's ratio (Tables 5-6).",
+        3e-4,
+        help="Peak learning rate of every preference method (settled with beta and epochs on validation "
+        "prompts: docs/testbed.md, 'The regime').",
     )
     batch_size: int = help_field(16, help="Examples (preferences or PoP pairs) per optimiser step.")
-    epochs: float = help_field(1.0, help="Epochs over each method's examples (the paper: 1).")
-    beta: float = help_field(DEFAULT_BETA, help="DPO's beta (the paper: 0.1).")
+    epochs: float = help_field(
+        2.0,
+        help="Epochs over each method's examples (the paper: 1; here 2 so that reward margins reach "
+        "the margins' scale: docs/testbed.md).",
+    )
+    beta: float = help_field(
+        1.0,
+        help="DPO's beta (the paper: 0.1, for replies of hundreds of tokens; the testbed's replies of about "
+        "10 tokens need 1 for implicit reward margins on the scale of the margins: docs/testbed.md).",
+    )
     margin: float = help_field(1.0, help="The constant margin of dpo-margin (the paper: 1).")
     max_margin: float = help_field(10.0, help="M_max, the clip of PoP margins (Eq. 7; the paper: 10).")
     warmup_ratio: float = help_field(0.03, help="Warmup fraction (the paper's Table 6).")
@@ -128,7 +136,7 @@ class CurveSettings:
         "(the same spacing in every run; 0: final models only, no frontier).",
     )
     screen_every: int = help_field(
-        5,
+        10,
         help="Screen the KL of every Nth snapshot first; snapshots between two screened ones are screened "
         "(by bisection) only where KL grows faster than max_ratio allows.",
     )
@@ -226,8 +234,9 @@ class ReproduceConfig:
     )
     workers: int = help_field(
         2,
-        help="Seeds trained side by side, each in its own process with `threads` torch threads (1: all in "
-        "this process, one after another). Results do not depend on it.",
+        help="Worker processes training runs side by side (each run as soon as its seed's vanilla DPO is "
+        "done), each with `threads` torch threads (1: all in this process, one after another). Results do "
+        "not depend on it.",
     )
     compare_data: str = help_field(
         "../shared/data/ultrafeedback-binarized-sample",
