@@ -11,10 +11,10 @@ import torch
 
 from popalign.errors import PopalignError
 from popalign.losses import implicit_rewards
+from popalign.method_tables import format_methods_table
 from popalign.methods import (
     METHODS,
     REWARD_MODEL_METHODS,
-    format_methods_table,
     get_method,
     method_loss,
 )

@@ -178,8 +178,8 @@ class RewardModelScorer:
     def _score_rows(self, rows: list[list[int]], progress: bool, desc: str) -> np.ndarray:
         from tqdm.auto import tqdm
 
+        from popalign.modeling.batching import pad_rows
         from popalign.modeling.logps import sequence_scores
-        from popalign.train.collate import pad_rows
 
         device = next(self.model.parameters()).device
         # Longest first: similar lengths share a batch and an out-of-memory shows up at once.

@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from popalign.data.tokenize import TokenizedPreferences
-from popalign.modeling.batching import pad_rows, pair_tensors
+from popalign.modeling.batching import pair_tensors
 
-__all__ = ["BudgetBatches", "PairExamples", "PreferenceCollator", "SequenceCollator", "pad_rows"]
+__all__ = ["BudgetBatches", "PairExamples", "PreferenceCollator"]
 
 
 class PairExamples(Dataset):
@@ -167,13 +167,3 @@ class PreferenceCollator:
             batch.update(self._side(weak, "weak_"))
             batch["weak_index"] = torch.tensor(weak, dtype=torch.long)
         return batch
-
-
-class SequenceCollator:
-    """Prompt+response rows for reward models and reference precompute: ids, mask, completion mask."""
-
-    def __init__(self, tokenized: TokenizedPreferences, pad_token_id: int):
-        self.inner = PreferenceCollator(tokenized, pad_token_id)
-
-    def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        return self.inner.pair_tensors(idx)

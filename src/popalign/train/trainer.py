@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import glob
-import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -461,9 +460,3 @@ def preference_count(inputs: dict[str, Any]) -> int:
 
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
-
-
-def steps_per_epoch(n_examples: int, batch_size: int, accumulation: int, processes: int = 1) -> int:
-    """Optimiser steps in one epoch (the Trainer's own arithmetic, for progress reporting)."""
-    micro = math.ceil(n_examples / (batch_size * processes))
-    return max(1, micro // accumulation)
