@@ -311,8 +311,8 @@ def test_margin_column_is_read_and_a_bad_value_names_file_row_and_field(tmp_path
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table, _ = load_preferences(good)
-    assert table.margin.tolist() == [0.5, 2.0, 1.5]
-    assert table.select([2, 0]).margin.tolist() == [1.5, 0.5]
+    assert table.margin_column.tolist() == [0.5, 2.0, 1.5]
+    assert table.select([2, 0]).margin_column.tolist() == [1.5, 0.5]
     MARGIN_SOURCES["column"].check_table(table)  # accepted
 
     bad = tmp_path / "bad.jsonl"
@@ -321,6 +321,6 @@ def test_margin_column_is_read_and_a_bad_value_names_file_row_and_field(tmp_path
         load_preferences(bad)
 
     without = table.select([0])
-    without.margin = None
+    without.margin_column = None
     with pytest.raises(ValueError, match="needs a per-row 'margin' column"):
         MARGIN_SOURCES["column"].check_table(without)

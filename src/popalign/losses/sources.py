@@ -89,7 +89,7 @@ class MarginSource:
             raise ValueError(
                 f"{table.source}: margin source {self.name!r} needs scores (ground-truth margins)"
             )
-        if self.needs_column and table.margin is None:
+        if self.needs_column and table.margin_column is None:
             raise ValueError(f"{table.source}: margin source {self.name!r} needs a per-row 'margin' column")
 
 
@@ -235,7 +235,8 @@ class OffsetMargin(MarginSource):
         gt = _needed(inputs.gt_margins, "gt_margins (ground-truth score margins)", self)
         if bool((gt <= 0).any()):
             raise ValueError(
-                f"margin source {self.name!r} takes the log of the score margin, which must be > 0"
+                f"margin source {self.name!r} takes the log of the score margin, which must be > 0; "
+                "data.tie_policy=skip (--tie-policy skip) leaves ties out of the data"
             )
         return params.odpo_alpha * torch.log(gt), {}
 
@@ -246,5 +247,6 @@ class OffsetMargin(MarginSource):
             raise ValueError(
                 f"{table.source}: margin source {self.name!r} needs score_chosen > score_rejected, but "
                 f"{len(bad)} rows do not (first: id {table.ids[bad[0]]!r}, margin {table.margins[bad[0]]}); "
-                "ODPO takes the log of the score margin, so leave ties out of the data"
+                "ODPO takes the log of the score margin, so leave ties out of the data with "
+                "data.tie_policy=skip (--tie-policy skip)"
             )

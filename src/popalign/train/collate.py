@@ -81,10 +81,11 @@ class PreferenceCollator:
 
     Keys for the strong pair: ``input_ids``, ``attention_mask``, ``completion_mask`` of shape ``(2B, T)``
     (rows ``:B`` chosen, ``B:`` rejected), ``reference_chosen_logps``/``reference_rejected_logps`` ``(B,)``
-    when reference log-probs are precomputed, ``gt_margins`` ``(B,)`` when the data has scores, ``margin``
-    ``(B,)`` when the data's per-row margin column is given (margin source ``column``). With
-    ``with_weak`` the same keys prefixed ``weak_`` describe the weak pair of each PoP example, and
-    ``weak_index`` ``(B,)`` holds its row in the table (the key of the trainer's margin cache).
+    when reference log-probs are precomputed, ``gt_margins`` ``(B,)`` (the score differences) when the
+    data has scores, ``margin_column`` ``(B,)`` when the data's per-row margin column is given (margin
+    source ``column``). With ``with_weak`` the same pair keys prefixed ``weak_`` describe the weak pair of
+    each PoP example, and ``weak_index`` ``(B,)`` holds its row in the table (the key of the trainer's
+    margin cache).
 
     With ``prefix_sharing`` the pair tensors are instead ``input_ids`` ``(B, L)`` rows
     ``prompt + chosen + rejected`` and ``prompt_lengths``/``chosen_lengths``/``rejected_lengths`` ``(B,)``
@@ -159,7 +160,7 @@ class PreferenceCollator:
         if self.gt is not None:
             batch["gt_margins"] = torch.tensor(self.gt[strong], dtype=torch.float32)
         if self.margin_column is not None:
-            batch["margin"] = torch.tensor(self.margin_column[strong], dtype=torch.float32)
+            batch["margin_column"] = torch.tensor(self.margin_column[strong], dtype=torch.float32)
         if self.with_weak:
             weak = [int(it["weak"]) for it in items]
             if min(weak) < 0:

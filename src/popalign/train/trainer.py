@@ -320,7 +320,7 @@ class PreferenceTrainer(Trainer):
             gt_margins=inputs.get("gt_margins"),
             weak_chosen_rewards=weak_c,
             weak_rejected_rewards=weak_r,
-            margin_column=inputs.get("margin"),
+            margin_column=inputs.get("margin_column"),
             lengths=lengths,
             **self.loss_settings(),
         )
