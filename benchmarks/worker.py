@@ -184,7 +184,7 @@ def _training_spec(spec: RunSpec):
 def _strong_first_trainer():
     """PreferenceTrainer with the forward order before the memory lever: the weak pair's no-grad forward
     runs while the strong pair's graph is alive."""
-    from popalign.methods import method_loss
+    from popalign.losses.compose import method_loss
     from popalign.train.trainer import PreferenceTrainer
 
     class StrongFirst(PreferenceTrainer):
@@ -198,7 +198,7 @@ def _strong_first_trainer():
                 rejected,
                 weak_chosen_rewards=weak_c,
                 weak_rejected_rewards=weak_r,
-                **self.loss_settings(),
+                params=self.loss,
             )
             out.metrics.update(logs)
             return out

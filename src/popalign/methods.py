@@ -15,25 +15,21 @@ preset picks
 The paper's policy presets are :data:`METHODS`; its reward-model objective (explicit rewards) uses the names
 in :data:`REWARD_MODEL_METHODS`, which carry the same parts (``bt`` is ``dpo``, ``pop`` is ``dpo-pop``, ...).
 Presets beyond the paper (other loss forms, margin sources) are :data:`EXTENSIONS`; ``method=custom`` takes
-its form and source from the loss settings. No two names collide, so :func:`get_method` resolves any. This
-module imports torch only inside :func:`method_loss`, so command-line help stays fast.
+its form and source from the loss settings. No two names collide, so :func:`get_method` resolves any. A
+method's loss on a batch is :func:`popalign.losses.compose.method_loss`. This module never imports torch,
+so command-line help stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from popalign.errors import PopalignError
-from popalign.losses.forms import DEFAULT_BETA, FORMS, LossForm
+from popalign.losses.forms import FORMS, LossForm
 from popalign.losses.sources import MARGIN_SOURCES, MarginSource
 from popalign.losses.weights import WEIGHTINGS
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from popalign.losses.preference import LossOutput
 
 Sampler = Literal["preferences", "pop"]
 Objective = Literal["policy", "reward-model"]
@@ -346,102 +342,3 @@ def resolve_method(
 def all_methods(objective: Objective = "policy") -> dict[str, Method]:
     """Every preset of one objective by name (the paper's first)."""
     return dict(_TABLES[objective])
-
-
-def _require(value, what: str, method: Method):
-    if value is None:
-        raise ValueError(f"method {method.name!r} needs {what}, but it was not given")
-    return value
-
-
-def method_loss(
-    method: Method,
-    chosen_rewards: Tensor,
-    rejected_rewards: Tensor,
-    *,
-    gt_margins: Tensor | None = None,
-    weak_chosen_rewards: Tensor | None = None,
-    weak_rejected_rewards: Tensor | None = None,
-    margin_column: Tensor | None = None,
-    constant: float = 1.0,
-    max_margin: float | None = 10.0,
-    odpo_alpha: float = 1.0,
-    beta: float = DEFAULT_BETA,
-    label_smoothing: float = 0.0,
-    lengths: dict[str, Tensor] | None = None,
-) -> LossOutput:
-    """The loss of ``method`` on a batch: ask its margin source and weighting, then apply its loss form.
-
-    Args:
-        method: the preset.
-        chosen_rewards, rejected_rewards: (B,) rewards of the (strong) preference, with their graph.
-        gt_margins: (B,) ground-truth score margins ``score_chosen - score_rejected`` of the (strong)
-            preference; needed when ``method.needs_gt_margin``.
-        weak_chosen_rewards, weak_rejected_rewards: (B,) rewards of the weaker preference of each PoP pair
-            under the target (or live) model (``beta`` applied); needed when ``method.needs_weak_pair``.
-            They are detached here whatever their origin.
-        margin_column: (B,) the data's per-row ``margin`` column (margin source ``column``).
-        constant: the margin of source ``constant`` (the paper's DPO-margin-1 uses 1; SimPO's gamma).
-        max_margin: ``M_max`` of Eq. 7 for the PoP margin (paper: 10); ``None`` leaves it unclipped (Eq. 5/6).
-        odpo_alpha: ODPO's ``alpha`` (source ``odpo``).
-        beta: the KL strength (IPO's target ``1/(2 beta)``); the rewards carry it already.
-        label_smoothing: ``eps`` of the ``cdpo`` and ``robust`` forms.
-        lengths: (B,) completion-token counts ``chosen`` / ``rejected`` (and ``weak_chosen`` /
-            ``weak_rejected`` for PoP), needed when ``method.needs_lengths``. The weak pair's rewards are
-            normalised with them like the strong pair's, so a PoP margin is in the units of the argument.
-
-    Returns:
-        :class:`~popalign.losses.preference.LossOutput`; the PoP sources add ``pop/target_margin``
-        (clipped), ``pop/raw_margin`` (unclipped), ``pop/clipped_low`` (1.0 where the raw margin was raised
-        to 0) and ``pop/clipped_high`` (1.0 where it was lowered to ``max_margin``); both flags are 0 when
-        ``max_margin`` is ``None``.
-
-    Raises:
-        ValueError: a needed input is missing, or an SBT weight (ground-truth margin) is negative.
-    """
-    import torch
-
-    from popalign.losses.preference import preference_loss
-    from popalign.losses.sources import MarginInputs, MarginParams
-
-    def as_rewards_like(value: Tensor | None) -> Tensor | None:
-        if value is None:
-            return None
-        return torch.as_tensor(value, dtype=chosen_rewards.dtype, device=chosen_rewards.device)
-
-    form, lengths = method.loss_form, lengths or {}
-    if method.needs_gt_margin:
-        _require(gt_margins, "gt_margins (ground-truth score margins)", method)
-    weak_c = weak_r = None
-    if method.needs_weak_pair:
-        weak_c = _require(weak_chosen_rewards, "weak_chosen_rewards (the weaker pair's rewards)", method)
-        weak_r = _require(weak_rejected_rewards, "weak_rejected_rewards", method)
-        # The margin is the weak pair's value of the same argument: per token where the form is.
-        weak_c = form.per_token(weak_c, lengths.get("weak_chosen"))
-        weak_r = form.per_token(weak_r, lengths.get("weak_rejected"))
-    if method.source.needs_column:
-        _require(margin_column, "margin_column (the data's per-row margin column)", method)
-    gt = as_rewards_like(gt_margins)
-    inputs = MarginInputs(
-        like=chosen_rewards,
-        gt_margins=gt,
-        weak_chosen_rewards=weak_c,
-        weak_rejected_rewards=weak_r,
-        column=as_rewards_like(margin_column),
-    )
-    params = MarginParams(constant=constant, max_margin=max_margin, odpo_alpha=odpo_alpha)
-    margin, extra = method.source(inputs, params)
-    weight = WEIGHTINGS[method.weighting](gt, method.name)
-    out = preference_loss(
-        chosen_rewards,
-        rejected_rewards,
-        margin=margin,
-        weight=weight,
-        form=form,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        chosen_lengths=lengths.get("chosen"),
-        rejected_lengths=lengths.get("rejected"),
-    )
-    out.metrics.update(extra)
-    return out

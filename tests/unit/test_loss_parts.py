@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from popalign.errors import PopalignError
-from popalign.losses.forms import DEFAULT_BETA, FORMS, get_form
+from popalign.losses.compose import method_loss
+from popalign.losses.forms import FORMS, get_form
+from popalign.losses.params import DEFAULT_BETA, LossParams
 from popalign.losses.preference import preference_loss
-from popalign.losses.sources import MARGIN_SOURCES, MarginInputs, MarginParams, get_source
+from popalign.losses.sources import MARGIN_SOURCES, MarginInputs, get_source
 from popalign.method_tables import docs_tables
 from popalign.methods import (
     CUSTOM,
@@ -25,7 +27,6 @@ from popalign.methods import (
     Method,
     all_methods,
     get_method,
-    method_loss,
     resolve_method,
 )
 
@@ -47,8 +48,7 @@ def loss(form: str, chosen=0.2, rejected=-0.1, margin=None, eps=0.0, beta=0.1, l
         t(rejected),
         margin=margin,
         form=get_form(form),
-        beta=beta,
-        label_smoothing=eps,
+        params=LossParams(beta=beta, label_smoothing=eps),
         chosen_lengths=t(lengths[0]),
         rejected_lengths=t(lengths[1]),
     )
@@ -142,7 +142,7 @@ def test_metrics_report_summed_rewards_whatever_the_form():
 
 
 def source(name: str, **inputs):
-    return get_source(name)(MarginInputs(like=t(0.0, 0.0), **inputs), MarginParams(odpo_alpha=0.5))
+    return get_source(name)(MarginInputs(like=t(0.0, 0.0), **inputs), LossParams(odpo_alpha=0.5))
 
 
 def test_odpo_offset_is_alpha_log_of_the_score_margin():
@@ -151,7 +151,9 @@ def test_odpo_offset_is_alpha_log_of_the_score_margin():
     with pytest.raises(ValueError, match="must be > 0"):
         source("odpo", gt_margins=t(1.0, 0.0))
     # through the loss: z = 0.3, offset 0.5 * log(e) = 0.5: log(1 + e^0.2) = 0.7981389
-    out = method_loss(EXTENSIONS["odpo"], t(0.2), t(-0.1), gt_margins=t(math.e), odpo_alpha=0.5)
+    out = method_loss(
+        EXTENSIONS["odpo"], t(0.2), t(-0.1), gt_margins=t(math.e), params=LossParams(odpo_alpha=0.5)
+    )
     assert out.losses.item() == pytest.approx(0.7981389, abs=1e-6)
 
 
@@ -202,7 +204,7 @@ def test_every_extension_preset_at_initialisation(name):
         weak_rejected_rewards=zero,
         margin_column=t(0.5, 0.0),
         lengths={k: t(3.0, 2.0) for k in ("chosen", "rejected", "weak_chosen", "weak_rejected")},
-        label_smoothing=0.1,
+        params=LossParams(label_smoothing=0.1),
     )
     # z = 0 and every PoP margin 0; constant 1 (simpo), odpo log e = 1 and log 1 = 0, column 0.5 and 0.
     expected = {

@@ -28,7 +28,7 @@ import torch
 from popalign.data.schema import PreferenceTable, Prompt
 from popalign.data.tokenize import TokenizeSpec, tokenize_preferences
 from popalign.errors import PopalignError
-from popalign.losses.forms import DEFAULT_BETA
+from popalign.losses.params import DEFAULT_BETA
 
 RANDOM_PREFIX = "random:"
 

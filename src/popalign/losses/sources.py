@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from popalign.data.schema import PreferenceTable
+    from popalign.losses.params import LossParams
 
 MARGIN_SOURCES: dict[str, MarginSource] = {}
 """Every margin source by name (``loss.margin_source``)."""
@@ -45,15 +46,6 @@ class MarginInputs:
     weak_chosen_rewards: Tensor | None = None
     weak_rejected_rewards: Tensor | None = None
     column: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class MarginParams:
-    """The sources' settings (``loss.margin``, ``loss.max_margin``, ``loss.odpo_alpha``)."""
-
-    constant: float = 1.0
-    max_margin: float | None = 10.0
-    odpo_alpha: float = 1.0
 
 
 class MarginSource:
@@ -79,8 +71,9 @@ class MarginSource:
     uses_target: ClassVar[bool] = False
     needs_column: ClassVar[bool] = False
 
-    def __call__(self, inputs: MarginInputs, params: MarginParams) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """``(margin, metrics)``: a (B,) margin (None: no margin) and detached (B,) metrics."""
+    def __call__(self, inputs: MarginInputs, params: LossParams) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """``(margin, metrics)``: a (B,) margin (None: no margin) and detached (B,) metrics; ``params`` are
+        the loss settings, whole (a source reads the fields it needs)."""
         raise NotImplementedError
 
     def check_table(self, table: PreferenceTable) -> None:
@@ -132,7 +125,7 @@ class ConstantMargin(MarginSource):
     def __call__(self, inputs, params):
         from popalign.losses.margins import constant_margin
 
-        return constant_margin(inputs.like.shape[0], params.constant, like=inputs.like), {}
+        return constant_margin(inputs.like.shape[0], params.margin, like=inputs.like), {}
 
 
 @register_source

@@ -4,7 +4,7 @@ The training loop, distribution (DDP, FSDP, DeepSpeed through accelerate), check
 are transformers'. This class adds three things: the forward passes a preference loss needs
 (the strong pair through the policy; for PoP the weak pair through the target under ``no_grad``),
 the Polyak update of the target after every optimiser step, and the target's state in checkpoints.
-The loss maths itself lives in :mod:`popalign.losses` and :mod:`popalign.methods`.
+The loss maths itself lives in :mod:`popalign.losses` (:func:`popalign.losses.compose.method_loss`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from popalign.errors import PopalignError
+from popalign.losses.compose import method_loss
 from popalign.losses.preference import LossOutput
 from popalign.losses.rewards import implicit_rewards
-from popalign.methods import Method, method_loss
+from popalign.methods import Method
 from popalign.modeling.logps import completion_logps, sequence_scores
 from popalign.modeling.packing import packed_logps, sequence_sums
 from popalign.modeling.prefix_sharing import shared_prefix_logps
@@ -244,17 +245,6 @@ class PreferenceTrainer(Trainer):
         half = counts.shape[0] // 2
         return counts[:half], counts[half:]
 
-    def loss_settings(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~popalign.methods.method_loss` that the loss settings fix."""
-        spec = self.loss
-        return {
-            "constant": spec.margin,
-            "max_margin": spec.max_margin,
-            "odpo_alpha": spec.odpo_alpha,
-            "beta": spec.beta,
-            "label_smoothing": spec.label_smoothing,
-        }
-
     @torch.no_grad()
     def _weak_rewards(self, model, inputs, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.margin_cache is not None and "weak_index" in inputs:
@@ -322,7 +312,7 @@ class PreferenceTrainer(Trainer):
             weak_rejected_rewards=weak_r,
             margin_column=inputs.get("margin_column"),
             lengths=lengths,
-            **self.loss_settings(),
+            params=self.loss,
         )
         out.metrics.update(logs)
         return out
