@@ -15,11 +15,11 @@ from popalign.config import ConfigError, load_config
 from popalign.data.tokenize import TokenizedPreferences
 from popalign.modeling.logps import completion_logps
 from popalign.modeling.packing import pack_pairs, pack_rows, packed_logps, padding_free_unsupported
+from popalign.modeling.pair_batch import WEAK, select_pairs
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.collate import BudgetBatches, PairExamples, PreferenceCollator
 from popalign.train.config import TrainConfig
-from popalign.train.margin_cache import select_pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -147,11 +147,11 @@ def test_select_pairs_repacks_the_chosen_preferences(tokenizer, tokenized):
     pad = tokenizer.pad_token_id
     collator = PreferenceCollator(tokenized, pad, padding_free=True, with_weak=True)
     batch = collator([{"strong": 0, "weak": w} for w in (4, 1, 5)])
-    sub = select_pairs(batch, "weak_", torch.tensor([2, 0]))
+    sub = select_pairs(batch.pair(WEAK), torch.tensor([2, 0]))
     want = pack_pairs(tokenized, [5, 4], pad)
-    for key in ("input_ids", "position_ids", "completion_mask", "sequence_index", "sequence_lengths"):
-        assert torch.equal(sub[f"weak_{key}"], want[key]), key
-    assert "input_ids" not in sub and "weak_index" not in sub
+    assert set(sub) == set(want)  # the weak pair alone: no strong tensors, no table rows
+    for key in want:
+        assert torch.equal(sub[key], want[key]), key
 
 
 def test_support_check(tokenizer):

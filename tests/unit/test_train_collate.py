@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from popalign.data.tokenize import TokenizedPreferences
+from popalign.modeling.pair_batch import STRONG, WEAK, preference_count
 from popalign.train.collate import BudgetBatches, PairExamples, PreferenceCollator
-from popalign.train.trainer import preference_count
 
 PAD = 0
 # Three preferences: prompt lengths 2, 1, 3; replies of 1-3 tokens.
@@ -47,9 +47,11 @@ def test_strong_pair_rows_masks_and_row_columns():
         [0, 0, 0, 1, 1, 1],
         [0, 0, 1, 1, 0, 0],
     ]
-    assert batch["gt_margins"].tolist() == [3.0, 0.5]  # the score differences of preferences 2 and 0
-    assert batch["margin_column"].tolist() == [7.0, 9.0]  # the data's own column, a different thing
-    assert "weak_input_ids" not in batch and preference_count(batch) == 2
+    assert batch.gt_margins.tolist() == [3.0, 0.5]  # the score differences of preferences 2 and 0
+    assert batch.margin_column.tolist() == [7.0, 9.0]  # the data's own column, a different thing
+    assert batch.pair(WEAK) == {} and batch.weak_index is None
+    assert set(batch.pair(STRONG)) == {"input_ids", "attention_mask", "completion_mask"}
+    assert preference_count(batch.pair(STRONG)) == 2
 
 
 def test_reference_logps_follow_their_rows():
@@ -60,27 +62,30 @@ def test_reference_logps_follow_their_rows():
         reference_rejected_logps=np.array([-4.0, -5.0, -6.0]),
     )
     batch = collate([{"strong": 1, "weak": -1}, {"strong": 2, "weak": -1}])
-    assert batch["reference_chosen_logps"].tolist() == [-2.0, -3.0]
-    assert batch["reference_rejected_logps"].tolist() == [-5.0, -6.0]
-    assert "gt_margins" not in batch and "margin_column" not in batch
+    strong = batch.pair(STRONG)
+    assert strong["reference_chosen_logps"].tolist() == [-2.0, -3.0]
+    assert strong["reference_rejected_logps"].tolist() == [-5.0, -6.0]
+    assert batch.gt_margins is None and batch.margin_column is None
 
 
 def test_weak_pairs_get_the_same_keys_prefixed_and_their_table_rows():
     collate = PreferenceCollator(TOKENS, PAD, with_weak=True)
     batch = collate([{"strong": 0, "weak": 1}, {"strong": 2, "weak": 1}])
-    strong = PreferenceCollator(TOKENS, PAD)([{"strong": 1, "weak": -1}, {"strong": 1, "weak": -1}])
-    for key in ("input_ids", "attention_mask", "completion_mask"):
-        assert torch.equal(batch[f"weak_{key}"], strong[key])
-    assert batch["weak_index"].tolist() == [1, 1]
+    alone = PreferenceCollator(TOKENS, PAD)([{"strong": 1, "weak": -1}, {"strong": 1, "weak": -1}])
+    weak = batch.pair(WEAK)
+    assert set(weak) == {"input_ids", "attention_mask", "completion_mask"}
+    for key in weak:
+        assert torch.equal(weak[key], alone.pair(STRONG)[key])
+    assert batch.weak_index.tolist() == [1, 1]
     with pytest.raises(ValueError, match="without a weak preference"):
         collate([{"strong": 0, "weak": -1}])
 
 
 def test_prefix_sharing_puts_a_pair_in_one_row():
-    batch = PreferenceCollator(TOKENS, PAD, prefix_sharing=True)([{"strong": 0, "weak": -1}])
-    assert batch["input_ids"].tolist() == [[5, 6, 11, 21, 22]]  # prompt once, then chosen, then rejected
-    assert (batch["prompt_lengths"].tolist(), batch["chosen_lengths"].tolist()) == ([2], [1])
-    assert batch["rejected_lengths"].tolist() == [2] and preference_count(batch) == 1
+    pair = PreferenceCollator(TOKENS, PAD, prefix_sharing=True)([{"strong": 0, "weak": -1}]).pair(STRONG)
+    assert pair["input_ids"].tolist() == [[5, 6, 11, 21, 22]]  # prompt once, then chosen, then rejected
+    assert (pair["prompt_lengths"].tolist(), pair["chosen_lengths"].tolist()) == ([2], [1])
+    assert pair["rejected_lengths"].tolist() == [2] and preference_count(pair) == 1
     with pytest.raises(ValueError, match="choose one"):
         PreferenceCollator(TOKENS, PAD, prefix_sharing=True, padding_free=True)
 
@@ -97,6 +102,6 @@ def test_budget_batches_hold_whole_pairs_within_the_budget():
     alone = BudgetBatches(examples, TOKENS, budget=6, seed=0)
     assert sorted(len(alone[i]) for i in range(len(alone))) == [1, 1, 1]
     collated = PreferenceCollator(TOKENS, PAD)([batches[i] for i in range(len(batches))])
-    assert preference_count(collated) == 3  # lists of examples are concatenated
+    assert preference_count(collated.pair(STRONG)) == 3  # lists of examples are concatenated
     with pytest.raises(ValueError, match="budget"):
         BudgetBatches(examples, TOKENS, budget=0)
