@@ -133,6 +133,35 @@ def test_package_does_not_import(package, forbidden):
     assert not offenders, offenders
 
 
+# Lowest first; a module imports only from its own layer or below (docs/architecture.md draws them).
+LAYERS = [
+    ("errors", "io", "config"),
+    ("data", "losses"),
+    ("methods", "method_tables", "modeling", "pop"),
+    ("eval", "hub"),
+    ("train", "probe", "testbed", "label"),
+    ("cli",),
+]
+
+
+def _layer(name: str) -> int | None:
+    """The layer of a ``popalign.x...`` module; None for the package itself (``popalign.__version__``)."""
+    part = name.split(".")[1] if name.count(".") else None
+    return next((i for i, names in enumerate(LAYERS) if part in names), None)
+
+
+def test_every_module_has_a_layer_and_imports_run_downwards():
+    unplaced = sorted({name.split(".")[1] for name in MODULES if name.count(".") and _layer(name) is None})
+    assert not unplaced, f"add these to LAYERS: {unplaced}"
+    upward = [
+        f"{name} imports {imported}"
+        for name, imported_set in import_graph().items()
+        for imported in sorted(imported_set)
+        if _layer(imported) is not None and _layer(name) is not None and _layer(imported) > _layer(name)
+    ]
+    assert not upward, upward
+
+
 def test_no_source_file_over_the_limit():
     lines = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in MODULES.items()}
     long = {name: n for name, n in lines.items() if n > MAX_LINES}
