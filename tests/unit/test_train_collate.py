@@ -105,3 +105,22 @@ def test_budget_batches_hold_whole_pairs_within_the_budget():
     assert preference_count(collated.pair(STRONG)) == 3  # lists of examples are concatenated
     with pytest.raises(ValueError, match="budget"):
         BudgetBatches(examples, TOKENS, budget=0)
+
+
+def test_only_pair_batch_spells_the_weak_pairs_keys():
+    """The batch's flat key names live in modeling/pair_batch.py; everyone else asks PairBatch."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "popalign"
+    spelled = re.compile(
+        r"[\"']weak_([\"']|input_ids|attention_mask|completion_mask|index|reference|prompt_lengths|seq)"
+    )
+    hits = [
+        f"{path.relative_to(src)}:{number}"
+        for path in src.rglob("*.py")
+        if path.name != "pair_batch.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if spelled.search(line)
+    ]
+    assert not hits, hits

@@ -237,10 +237,9 @@ class RowNormaliser:
     """Turns one raw row into ``(id, prompt, chosen, rejected, score_chosen, score_rejected)``.
 
     Returns ``None`` for a tie (equal scores, ordered row or unordered pair) that ``tie_policy="skip"``
-    drops; raises :class:`RowError`
-    for a bad row. Scores are ``None`` when the layout has none. An empty reply is a real (poor)
-    response -- UltraFeedback scores a few -- so ``empty_replies="keep"`` accepts it; an empty prompt
-    is always an error.
+    drops; raises :class:`RowError` for a bad row. Scores are ``None`` when the layout has none. An empty
+    reply is a real (poor) response -- UltraFeedback scores a few -- so ``empty_replies="keep"`` accepts
+    it; an empty prompt is always an error.
     """
 
     def __init__(self, layout: Layout, source: str, tie_policy: str = "error", empty_replies: str = "keep"):
