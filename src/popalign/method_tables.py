@@ -97,7 +97,7 @@ def format_parts_table(markdown: bool = False) -> str:
                 (m.needs_column, "a margin column"),
             )
             if flag
-        ]
+        ] + list(m.row_inputs)
         sources.append([code(m.name), code(m.equation), ", ".join(needs) or "-", m.citation])
     grid = []
     policy = all_methods("policy")

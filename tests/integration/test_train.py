@@ -408,6 +408,27 @@ def test_every_extension_preset_trains_through_the_cli_on_the_tiny_config(tmp_pa
     AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_a_margin_source_with_its_own_row_input_trains_as_written_in_the_docs(tmp_path):
+    import re
+
+    from popalign.losses.sources import MARGIN_SOURCES, ROW_INPUTS
+
+    text = (REPO / "docs" / "losses.md").read_text()
+    block = re.search(r"<!-- add-your-own: row-input -->\n```python\n(.*?)```", text, re.S).group(1)
+    try:
+        exec(compile(block, "docs/losses.md (row-input)", "exec"), {})
+        run_train(
+            config(tmp_path, "method=custom", "loss.margin_source=chosen_score", "training.max_steps=2")
+        )
+        state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+        logged = [h for h in state["log_history"] if "margin/used" in h]
+        # The margin is a tenth of the chosen replies' scores: the sample's are between 1 and 10.
+        assert logged and all(0.1 <= h["margin/used"] <= 1.0 for h in logged)
+    finally:
+        MARGIN_SOURCES.pop("chosen_score", None)
+        ROW_INPUTS.pop("chosen_score", None)
+
+
 def test_reference_logps_are_cached(tmp_path):
     first = config(tmp_path, "method=dpo", "training.max_steps=1", name="a")
     run_train(first)

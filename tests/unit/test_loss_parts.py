@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from popalign.data.schema import PreferenceTable
 from popalign.errors import PopalignError
 from popalign.losses.compose import method_loss
 from popalign.losses.forms import FORMS, get_form
 from popalign.losses.params import DEFAULT_BETA, LossParams
 from popalign.losses.preference import preference_loss
-from popalign.losses.sources import MARGIN_SOURCES, MarginInputs, get_source
+from popalign.losses.sources import MARGIN_SOURCES, ROW_INPUTS, MarginInputs, get_source
 from popalign.method_tables import docs_tables
 from popalign.methods import (
     CUSTOM,
@@ -269,10 +270,10 @@ def test_the_add_your_own_section_works_as_written():
     text = (REPO / "docs" / "losses.md").read_text()
     blocks = {
         key: re.search(rf"<!-- add-your-own: {key} -->\n```python\n(.*?)```", text, re.S).group(1)
-        for key in ("form", "source", "test")
+        for key in ("form", "source", "test", "row-input", "row-input-test")
     }
     try:
-        for key in ("form", "source", "test"):
+        for key in ("form", "source", "test", "row-input", "row-input-test"):
             exec(compile(blocks[key], f"docs/losses.md ({key})", "exec"), {})
         assert "exponential" in FORMS and "half_gt" in MARGIN_SOURCES
         # the new parts appear in the generated tables and combine with every other part
@@ -280,9 +281,20 @@ def test_the_add_your_own_section_works_as_written():
         method = resolve_method("dpo-pop", "policy", form="exponential")
         out = method_loss(method, t(0.2), t(-0.1), weak_chosen_rewards=t(0.3), weak_rejected_rewards=t(0.0))
         assert out.losses.item() == pytest.approx(1.0, abs=1e-9)  # exp(-(0.3 - 0.3))
+        # the new input is asked for by name, read from the table, and refused where the data lacks it
+        custom = MARGIN_SOURCES["chosen_score"]
+        assert "chosen_score" in docs_tables()
+        table = PreferenceTable(["a"], ["p"], ["x"], ["y"], score_chosen=[7.0], score_rejected=[2.0])
+        assert custom.row_arrays(table)["chosen_score"].tolist() == [7.0]
+        with pytest.raises(ValueError, match="needs 'chosen_score', which the data lacks"):
+            custom.check_table(PreferenceTable(["a"], ["p"], ["x"], ["y"]))
+        with pytest.raises(ValueError, match="needs the row input 'chosen_score'"):
+            method_loss(resolve_method("custom", margin_source="chosen_score"), t(0.2), t(-0.1))
     finally:
         FORMS.pop("exponential", None)
         MARGIN_SOURCES.pop("half_gt", None)
+        MARGIN_SOURCES.pop("chosen_score", None)
+        ROW_INPUTS.pop("chosen_score", None)
 
 
 def test_no_method_or_source_name_is_compared_as_a_string_outside_the_registries():

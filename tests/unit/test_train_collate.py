@@ -54,6 +54,14 @@ def test_strong_pair_rows_masks_and_row_columns():
     assert preference_count(batch.pair(STRONG)) == 2
 
 
+def test_a_sources_row_inputs_travel_by_name_beside_the_pair():
+    collate = PreferenceCollator(TOKENS, PAD, row_inputs={"chosen_score": np.array([7.0, 8.0, 9.0])})
+    batch = collate([{"strong": 2, "weak": -1}, {"strong": 1, "weak": -1}])
+    assert {k: v.tolist() for k, v in batch.rows.items()} == {"chosen_score": [9.0, 8.0]}
+    assert set(batch.pair(STRONG)) == {"input_ids", "attention_mask", "completion_mask"}
+    assert PreferenceCollator(TOKENS, PAD)([{"strong": 0, "weak": -1}]).rows == {}
+
+
 def test_reference_logps_follow_their_rows():
     collate = PreferenceCollator(
         TOKENS,

@@ -57,6 +57,7 @@ def method_loss(
     weak_rejected_rewards: Tensor | None = None,
     margin_column: Tensor | None = None,
     lengths: dict[str, Tensor] | None = None,
+    rows: dict[str, Tensor] | None = None,
     params: LossParams | None = None,
 ) -> LossOutput:
     """The loss of ``method`` on a batch: ask its margin source and weighting, then apply its loss form.
@@ -73,6 +74,7 @@ def method_loss(
         lengths: (B,) completion-token counts ``chosen`` / ``rejected`` (and ``weak_chosen`` /
             ``weak_rejected`` for PoP), needed by a length-normalised form. The weak pair's rewards are
             normalised with them like the strong pair's, so a PoP margin is in the units of the argument.
+        rows: (B,) the margin source's further per-row inputs by name (``source.row_inputs``).
         params: the loss settings, handed whole to the source and the form (``margin``: the constant
             source's margin; ``max_margin``: ``M_max`` of Eq. 7, ``None`` unclipped (Eq. 5/6);
             ``odpo_alpha``; ``beta``: IPO's target ``1/(2 beta)``, the rewards carry it already;
@@ -110,6 +112,9 @@ def method_loss(
         weak_r = form.per_token(weak_r, lengths.get("weak_rejected"))
     if method.source.needs_column:
         _require(margin_column, "margin_column (the data's per-row margin column)", method)
+    rows = rows or {}
+    for name in method.source.row_inputs:
+        _require(rows.get(name), f"the row input {name!r}", method)
     gt = as_rewards_like(gt_margins)
     inputs = MarginInputs(
         like=chosen_rewards,
@@ -117,6 +122,7 @@ def method_loss(
         weak_chosen_rewards=weak_c,
         weak_rejected_rewards=weak_r,
         column=as_rewards_like(margin_column),
+        rows={name: as_rewards_like(rows[name]) for name in method.source.row_inputs},
     )
     margin, extra = method.source(inputs, params)
     weight = WEIGHTINGS[method.weighting](gt, method.name)

@@ -30,6 +30,7 @@ Side = Literal["strong", "weak"]
 STRONG: Side = "strong"
 WEAK: Side = "weak"
 _WEAK_PREFIX = "weak_"
+_ROW_PREFIX = "row:"  # a margin source's further per-row inputs, by name
 _GT_MARGINS, _MARGIN_COLUMN, _WEAK_INDEX = "gt_margins", "margin_column", "weak_index"
 _ROW_COLUMNS = (_GT_MARGINS, _MARGIN_COLUMN, _WEAK_INDEX)
 
@@ -50,11 +51,13 @@ class PairBatch(dict):
         weak_index: Tensor | None = None,
         gt_margins: Tensor | None = None,
         margin_column: Tensor | None = None,
+        rows: Mapping[str, Tensor] | None = None,
     ) -> PairBatch:
         """The batch of a strong pair and, for PoP, the weak pair with its table rows ``weak_index`` (the
         margin cache's key); ``gt_margins`` are the strong preferences' score differences, ``margin_column``
-        the data's own margin column, each ``(B,)``."""
+        the data's own margin column, ``rows`` a margin source's further inputs by name, each ``(B,)``."""
         batch = cls(strong)
+        batch.update({f"{_ROW_PREFIX}{k}": v for k, v in (rows or {}).items()})
         if gt_margins is not None:
             batch[_GT_MARGINS] = gt_margins
         if margin_column is not None:
@@ -73,7 +76,16 @@ class PairBatch(dict):
                 for k, v in self.items()
                 if k.startswith(_WEAK_PREFIX) and k != _WEAK_INDEX
             }
-        return {k: v for k, v in self.items() if not k.startswith(_WEAK_PREFIX) and k not in _ROW_COLUMNS}
+        return {
+            k: v
+            for k, v in self.items()
+            if not k.startswith((_WEAK_PREFIX, _ROW_PREFIX)) and k not in _ROW_COLUMNS
+        }
+
+    @property
+    def rows(self) -> dict[str, Tensor]:
+        """``(B,)`` a margin source's further per-row inputs, by name (``MarginSource.row_inputs``)."""
+        return {k[len(_ROW_PREFIX) :]: v for k, v in self.items() if k.startswith(_ROW_PREFIX)}
 
     @property
     def gt_margins(self) -> Tensor | None:

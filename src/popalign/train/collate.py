@@ -83,7 +83,8 @@ class PreferenceCollator:
     The strong pair in one layout (padded, ``2B`` rows, chosen first; with ``prefix_sharing`` one row
     ``prompt + chosen + rejected`` per preference; with ``padding_free`` packed rows), with the reference
     log-probs when they are precomputed; the score differences (``gt_margins``) when the data has scores;
-    the data's margin column when given (margin source ``column``). With ``with_weak`` the weak pair of
+    the data's margin column when given (margin source ``column``); a margin source's further per-row
+    inputs (``row_inputs``, by name). With ``with_weak`` the weak pair of
     each PoP example in the same layout, and its row in the table (the key of the trainer's margin cache).
 
     Items may be examples or lists of examples (:class:`BudgetBatches`), which are concatenated.
@@ -98,6 +99,7 @@ class PreferenceCollator:
         reference_rejected_logps: np.ndarray | None = None,
         gt_margins: np.ndarray | None = None,
         margin_column: np.ndarray | None = None,
+        row_inputs: dict[str, np.ndarray] | None = None,
         with_weak: bool = False,
         pad_to_multiple_of: int | None = None,
         prefix_sharing: bool = False,
@@ -111,6 +113,7 @@ class PreferenceCollator:
         self.ref_r = reference_rejected_logps
         self.gt = gt_margins
         self.margin_column = margin_column
+        self.row_inputs = row_inputs or {}
         self.with_weak = with_weak
         self.multiple_of = pad_to_multiple_of
         self.prefix_sharing = prefix_sharing
@@ -165,4 +168,5 @@ class PreferenceCollator:
                 if self.margin_column is None
                 else torch.tensor(self.margin_column[strong], dtype=torch.float32)
             ),
+            rows={k: torch.tensor(v[strong], dtype=torch.float32) for k, v in self.row_inputs.items()},
         )

@@ -170,6 +170,7 @@ def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]
         reference_rejected_logps=ref_r,
         gt_margins=table.margins if table.has_scores else None,
         margin_column=table.margin_column if method.source.needs_column else None,
+        row_inputs=method.source.row_arrays(table),
         with_weak=method.needs_weak_pair,
         prefix_sharing=info["prefix_sharing"],
         padding_free=info["padding_free"],

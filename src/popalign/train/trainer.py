@@ -311,6 +311,7 @@ class PreferenceTrainer(Trainer):
             weak_rejected_rewards=weak_r,
             margin_column=batch.margin_column,
             lengths=lengths,
+            rows=batch.rows,
             params=self.loss,
         )
         out.metrics.update(logs)
