@@ -1,4 +1,5 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create and reuse .venv.
+# `make test-fast` is the inner loop: the unit tests alone (no end-to-end runs, no browser or database).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -37,6 +38,9 @@ test: lint
 	# Debian's postgresql and nginx-light for the label app's PostgreSQL and proxy tests (same rules).
 	bash scripts/install_label_server_test_deps.sh
 	$(PY) -m pytest tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

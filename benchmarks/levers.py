@@ -39,8 +39,8 @@ def _timed_rounds(variants: dict[str, Callable[[], None]], reps: int) -> dict[st
 
 def _plain_batch(shape: Shape, prompt_lens: list[int], seed: int = 0):
     """Plain 2B-row batch (chosen rows, then rejected) and the same preferences in the shared layout."""
+    from popalign.modeling.batching import pad_rows
     from popalign.modeling.prefix_sharing import shared_rows
-    from popalign.train.collate import pad_rows
 
     b = len(prompt_lens)
     _, chosen, rejected = synthetic_ids(shape, b, seed)

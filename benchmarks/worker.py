@@ -184,21 +184,23 @@ def _training_spec(spec: RunSpec):
 def _strong_first_trainer():
     """PreferenceTrainer with the forward order before the memory lever: the weak pair's no-grad forward
     runs while the strong pair's graph is alive."""
-    from popalign.methods import method_loss
+    from popalign.losses.compose import method_loss
+    from popalign.modeling.pair_batch import STRONG, PairBatch
     from popalign.train.trainer import PreferenceTrainer
 
     class StrongFirst(PreferenceTrainer):
         def preference_outputs(self, model, inputs):
             logs: dict = {}
-            chosen, rejected = self._rewards(model, inputs, "", logs)
-            weak_c, weak_r = self._weak_rewards(model, inputs, logs)
+            batch = PairBatch(inputs)
+            chosen, rejected = self._rewards(model, batch.pair(STRONG), logs)
+            weak_c, weak_r = self._weak_rewards(model, batch, logs)
             out = method_loss(
                 self.method,
                 chosen,
                 rejected,
                 weak_chosen_rewards=weak_c,
                 weak_rejected_rewards=weak_r,
-                **self.loss_settings(),
+                params=self.loss,
             )
             out.metrics.update(logs)
             return out

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from popalign.cli.main import main
-from popalign.hub.card import parse_card
+from tests._cards import parse_card
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "data_formats.md"

@@ -359,23 +359,20 @@ def margin_column_data(tmp_path) -> str:
     return _sample_rows(tmp_path, "with_margin.jsonl", row)
 
 
-def untied_data(tmp_path) -> str:
-    """The rows whose scores differ (ODPO's log needs a positive score margin)."""
-
-    def row(p, c, r, sc, sr):
-        keep = {"prompt": p, "chosen": c, "rejected": r, "score_chosen": sc, "score_rejected": sr}
-        return keep if sc > sr else None
-
-    return _sample_rows(tmp_path, "untied.jsonl", row)
-
-
-# What some presets need beyond the tiny config: their own data, or a setting.
-PRESET_DATA = {"odpo": untied_data, "dpo-margin-column": margin_column_data}
-PRESET_SETTINGS = {"rdpo": ["loss.label_smoothing=0.1"], "cdpo": ["loss.label_smoothing=0.1"]}
+# What some presets need beyond the tiny config: their own data, or a setting. ODPO's log needs a
+# positive score margin: the sample's tied rows are left out by the data option that does it.
+PRESET_DATA = {"dpo-margin-column": margin_column_data}
+PRESET_SETTINGS = {
+    "rdpo": ["loss.label_smoothing=0.1"],
+    "cdpo": ["loss.label_smoothing=0.1"],
+    "odpo": ["data.tie_policy=skip"],
+}
 
 
 def test_odpo_refuses_tied_scores_naming_the_row(tmp_path):
-    with pytest.raises(PopalignError, match="odpo.*7 rows do not.*margin 0.0.*leave ties out"):
+    with pytest.raises(
+        PopalignError, match="odpo.*7 rows do not.*margin 0.0.*leave ties out.*tie_policy=skip"
+    ):
         run_train(config(tmp_path, "method=odpo", "data.limit=64", "training.max_steps=1"))
 
 
@@ -409,6 +406,27 @@ def test_every_extension_preset_trains_through_the_cli_on_the_tiny_config(tmp_pa
     if EXTENSIONS[method].margin != "none":
         assert "margin/used" in logged[0]
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_a_margin_source_with_its_own_row_input_trains_as_written_in_the_docs(tmp_path):
+    import re
+
+    from popalign.losses.sources import MARGIN_SOURCES, ROW_INPUTS
+
+    text = (REPO / "docs" / "losses.md").read_text()
+    block = re.search(r"<!-- add-your-own: row-input -->\n```python\n(.*?)```", text, re.S).group(1)
+    try:
+        exec(compile(block, "docs/losses.md (row-input)", "exec"), {})
+        run_train(
+            config(tmp_path, "method=custom", "loss.margin_source=chosen_score", "training.max_steps=2")
+        )
+        state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+        logged = [h for h in state["log_history"] if "margin/used" in h]
+        # The margin is a tenth of the chosen replies' scores: the sample's are between 1 and 10.
+        assert logged and all(0.1 <= h["margin/used"] <= 1.0 for h in logged)
+    finally:
+        MARGIN_SOURCES.pop("chosen_score", None)
+        ROW_INPUTS.pop("chosen_score", None)
 
 
 def test_reference_logps_are_cached(tmp_path):

@@ -285,6 +285,36 @@ def test_unordered_pairs_are_ordered_by_score_and_ties_follow_the_policy():
     assert (kept.chosen[i], kept.rejected[i], kept.margins[i]) == ("Hello!", "Good day to you, friend.", 0.0)
 
 
+def test_ordered_ties_are_kept_unless_the_tie_policy_skips_them(tmp_path):
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 7, "score_rejected": 7},
+        {"prompt": "q", "chosen": "c", "rejected": "d", "score_chosen": 8, "score_rejected": 5.5},
+    ]
+    path = write_jsonl(tmp_path / "ordered.jsonl", rows)
+    for policy in ("error", "keep"):  # an ordered row names its chosen reply: the data has decided
+        table, report = load_preferences(path, tie_policy=policy)
+        assert table.margins.tolist() == [0.0, 2.5] and report.skipped == {}
+    table, report = load_preferences(path, tie_policy="skip")
+    assert table.chosen == ["c"] and table.margins.tolist() == [2.5]
+    assert report.skipped == {"tie (tie_policy=skip)": 1} and report.rows_read == 2
+    assert "skipped 1: tie (tie_policy=skip)" in report.summary()
+
+
+def test_ultrafeedback_ties_left_out_for_odpo_with_the_tie_policy(ultrafeedback_dir):
+    """The sample's ordered rows hold 111 ties in 1,000; ODPO's log needs them gone and names the option."""
+    from popalign.losses.sources import MARGIN_SOURCES
+
+    odpo = MARGIN_SOURCES["odpo"]
+    kept, report = load_preferences(ultrafeedback_dir)
+    assert len(kept) == 1000 and int((kept.margins == 0).sum()) == 111 and report.skipped == {}
+    with pytest.raises(ValueError, match=r"111 rows do not.*data.tie_policy=skip \(--tie-policy skip\)"):
+        odpo.check_table(kept)
+    untied, report = load_preferences(ultrafeedback_dir, tie_policy="skip")
+    assert len(untied) == 889 and report.skipped == {"tie (tie_policy=skip)": 111}
+    assert (untied.margins > 0).all()
+    odpo.check_table(untied)  # accepted
+
+
 def test_unordered_pairs_of_conversations(tmp_path):
     rows = [
         {
@@ -592,12 +622,12 @@ def test_round_trip_keeps_the_margin_column(tmp_path, suffix, scores):
         prompts=["p", "q"],
         chosen=["x", "y"],
         rejected=["z", "w"],
-        margin=[0.25, 7.5],
+        margin_column=[0.25, 7.5],
         **extra,
     )
     save_preferences(table, tmp_path / f"t{suffix}")
     again, _ = load_preferences(tmp_path / f"t{suffix}")
-    assert again.margin is not None and again.margin.tolist() == [0.25, 7.5]
+    assert again.margin_column is not None and again.margin_column.tolist() == [0.25, 7.5]
     assert again.has_scores is scores
 
 

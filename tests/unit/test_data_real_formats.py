@@ -204,6 +204,53 @@ def test_split_is_grouped_reproducible_and_recorded(tmp_path):
     assert len(rows.test) == 15
 
 
+def test_split_of_a_scored_file_never_invents_a_margin_column(tmp_path, capsys):
+    """The score difference is not the data's margin column: a round trip through ``popalign data split``
+    must not write one as the other, or ``margin_source=column`` would silently train on score
+    differences."""
+    from popalign.cli.main import main
+    from popalign.losses.sources import MARGIN_SOURCES
+
+    scored = write_jsonl(
+        tmp_path / "scored.jsonl",
+        [
+            {"prompt": f"q{i}", "chosen": "a", "rejected": "b", "score_chosen": 4.0, "score_rejected": i}
+            for i in range(4)
+        ],
+    )
+    out = tmp_path / "split"
+    assert main(["data", "split", str(scored), "-o", str(out), "--test-fraction", "0.5"]) == 0
+    capsys.readouterr()
+    for side in ("train", "test"):
+        rows = [json.loads(line) for line in (out / f"{side}.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all("margin" not in r and r["score_chosen"] == 4.0 for r in rows)
+        part, _ = load_preferences(out / f"{side}.jsonl")
+        assert part.margin_column is None and part.has_scores
+        assert part.margins.tolist() == [4.0 - float(r["score_rejected"]) for r in rows]
+        with pytest.raises(ValueError, match="needs a per-row 'margin' column"):
+            MARGIN_SOURCES["column"].check_table(part)
+
+    # A margin column of the data's own goes through unchanged, never replaced by the score difference.
+    given = write_jsonl(
+        tmp_path / "given.jsonl",
+        [
+            {
+                "prompt": f"q{i}",
+                "chosen": "a",
+                "rejected": "b",
+                "score_chosen": 4.0,
+                "score_rejected": 1.0,
+                "margin": m,
+            }
+            for i, m in enumerate((0.5, 2.5))
+        ],
+    )
+    assert main(["data", "split", str(given), "-o", str(tmp_path / "given"), "--test-fraction", "0.5"]) == 0
+    parts = [load_preferences(tmp_path / "given" / f"{side}.jsonl")[0] for side in ("train", "test")]
+    assert {p.prompts[0]: p.margin_column.tolist() for p in parts} == {"q0": [0.5], "q1": [2.5]}
+    assert all(p.margins.tolist() == [3.0] for p in parts)
+
+
 def test_overlap_with_training_rows_is_counted_and_warned(tmp_path):
     table, _ = load_preferences(FIXTURES / "graded_pairs.jsonl", tie_policy="skip")
     cut = split_table(table, 0.2, seed=0)

@@ -14,9 +14,10 @@ from popalign.cli.main import main
 from popalign.config import load_config, save_config
 from popalign.data.load import load_preferences
 from popalign.data.overlap import record_training_rows
-from popalign.hub.card import parse_card, write_model_card
+from popalign.hub.card import write_model_card
 from popalign.io import atomic_write_json
 from popalign.train.config import SFTConfig, TrainConfig
+from tests._cards import parse_card
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 MODEL_FILES = [

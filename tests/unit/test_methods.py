@@ -11,12 +11,13 @@ import torch
 
 from popalign.errors import PopalignError
 from popalign.losses import implicit_rewards
+from popalign.losses.compose import method_loss
+from popalign.losses.params import LossParams
+from popalign.method_tables import format_methods_table
 from popalign.methods import (
     METHODS,
     REWARD_MODEL_METHODS,
-    format_methods_table,
     get_method,
-    method_loss,
 )
 
 LOG2 = math.log(2.0)
@@ -159,7 +160,7 @@ def test_metrics_are_detached_per_example(name):
 
 def test_constant_margin_method_uses_the_constant():
     # strong z = 0.3; margin 2: log(1 + e^(2 - 0.3)) = log(1 + 5.4739474) = 1.8677860
-    out = method_loss(METHODS["dpo-margin"], t(0.2), t(-0.1), constant=2.0)
+    out = method_loss(METHODS["dpo-margin"], t(0.2), t(-0.1), params=LossParams(margin=2.0))
     assert out.losses.item() == pytest.approx(1.8677860, abs=1e-6)
     assert out.metrics["margin/used"].tolist() == [2.0]
 
@@ -176,7 +177,7 @@ def test_pop_margin_metrics_and_clipping():
     # losses: log 2, log(1 + e^0.5) = 0.9740770, log(1 + e^10) = 10.0000454
     assert out.losses.tolist() == pytest.approx([LOG2, 0.9740770, 10.0000454], abs=1e-6)
 
-    unclipped = method_loss(METHODS["dpo-pop"], strong, strong, **weak, max_margin=None)
+    unclipped = method_loss(METHODS["dpo-pop"], strong, strong, **weak, params=LossParams(max_margin=None))
     assert unclipped.metrics["pop/target_margin"].tolist() == [-3.0, 0.5, 12.0]
     assert unclipped.metrics["pop/clipped_low"].tolist() == [0.0, 0.0, 0.0]
     assert unclipped.metrics["pop/clipped_high"].tolist() == [0.0, 0.0, 0.0]
@@ -212,7 +213,7 @@ def test_live_reward_model_margin_carries_no_gradient():
         (w @ strong_r).reshape(1),
         weak_chosen_rewards=(w @ weak_c).reshape(1),
         weak_rejected_rewards=(w @ weak_r).reshape(1),
-        max_margin=None,
+        params=LossParams(max_margin=None),
     )
     out.losses.sum().backward()
     # z = 0 - 1; dL/dz = -sigmoid(1) = -0.7310586; dz/dw = strong_c - strong_r = (1, -0.5) only

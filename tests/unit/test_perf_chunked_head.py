@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 
 from popalign.modeling import chunked_head
 from popalign.modeling.chunked_head import (
-    chunk_size,
+    chunk_size_setting,
     chunk_tokens,
     linear_token_logps,
     select_kernel,
@@ -26,6 +28,17 @@ from popalign.modeling.tokenizer import build_local_tokenizer
 from tests.unit.test_perf_logps import batch as rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+
+@contextmanager
+def chunk_size(tokens: int | None) -> Iterator[None]:
+    """:func:`set_chunk_size` for the duration of a ``with`` block."""
+    before = chunk_size_setting()
+    set_chunk_size(tokens)
+    try:
+        yield
+    finally:
+        set_chunk_size(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ from transformers import TrainingArguments
 from popalign.config import ConfigError, load_config
 from popalign.data.tokenize import TokenizedPreferences
 from popalign.methods import get_method
+from popalign.modeling.pair_batch import WEAK, PairBatch, select_pairs
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.collate import PairExamples, PreferenceCollator
 from popalign.train.config import LossSpec, TrainConfig
-from popalign.train.margin_cache import WeakRewardCache, select_pairs
+from popalign.train.margin_cache import WeakRewardCache
 from popalign.train.trainer import PreferenceTrainer
 
 
@@ -53,20 +54,22 @@ def torch_round_trip(state):
 
 
 def test_select_pairs_keeps_chosen_and_rejected_rows_of_the_plain_layout():
-    batch = {
-        "input_ids": torch.arange(6)[:, None],  # strong pair: untouched
-        "weak_input_ids": torch.tensor([[10], [11], [12], [20], [21], [22]]),  # B = 3: chosen, rejected
-        "weak_attention_mask": torch.ones(6, 1),
-        "weak_reference_chosen_logps": torch.tensor([0.0, 1.0, 2.0]),
-        "weak_index": torch.tensor([7, 8, 9]),
-    }
-    sub = select_pairs(batch, "weak_", torch.tensor([0, 2]))
-    assert sub["weak_input_ids"].squeeze(-1).tolist() == [10, 12, 20, 22]
-    assert sub["weak_reference_chosen_logps"].tolist() == [0.0, 2.0]
-    assert set(sub) == {"weak_input_ids", "weak_attention_mask", "weak_reference_chosen_logps"}
-    shared = {"weak_input_ids": torch.tensor([[1], [2], [3]]), "weak_prompt_lengths": torch.tensor([4, 5, 6])}
-    sub = select_pairs(shared, "weak_", torch.tensor([1]))
-    assert sub["weak_input_ids"].tolist() == [[2]] and sub["weak_prompt_lengths"].tolist() == [5]
+    batch = PairBatch.build(
+        {"input_ids": torch.arange(6)[:, None], "attention_mask": torch.ones(6, 1)},  # strong: untouched
+        weak={
+            "input_ids": torch.tensor([[10], [11], [12], [20], [21], [22]]),  # B = 3: chosen, rejected
+            "attention_mask": torch.ones(6, 1),
+            "reference_chosen_logps": torch.tensor([0.0, 1.0, 2.0]),
+        },
+        weak_index=torch.tensor([7, 8, 9]),
+    )
+    sub = select_pairs(batch.pair(WEAK), torch.tensor([0, 2]))
+    assert sub["input_ids"].squeeze(-1).tolist() == [10, 12, 20, 22]
+    assert sub["reference_chosen_logps"].tolist() == [0.0, 2.0]
+    assert set(sub) == {"input_ids", "attention_mask", "reference_chosen_logps"}
+    shared = {"input_ids": torch.tensor([[1], [2], [3]]), "prompt_lengths": torch.tensor([4, 5, 6])}
+    sub = select_pairs(shared, torch.tensor([1]))
+    assert sub["input_ids"].tolist() == [[2]] and sub["prompt_lengths"].tolist() == [5]
 
 
 def test_config_refuses_a_refresh_below_one():

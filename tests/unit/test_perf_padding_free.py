@@ -10,20 +10,16 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import TrainingArguments
 
 from popalign.config import ConfigError, load_config
 from popalign.data.tokenize import TokenizedPreferences
-from popalign.methods import get_method
 from popalign.modeling.logps import completion_logps
 from popalign.modeling.packing import pack_pairs, pack_rows, packed_logps, padding_free_unsupported
+from popalign.modeling.pair_batch import WEAK, select_pairs
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.collate import BudgetBatches, PairExamples, PreferenceCollator
 from popalign.train.config import TrainConfig
-from popalign.train.margin_cache import select_pairs
-from popalign.train.setup import apply_lora
-from popalign.train.trainer import PreferenceTrainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -37,8 +33,8 @@ def tokenizer():
     return build_local_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def tokenized(tokenizer):
+def draw_rows(tokenizer) -> TokenizedPreferences:
+    """Random token rows of the lengths above (seeded): the preferences every test here packs."""
     gen = torch.Generator().manual_seed(0)
 
     def draw(n):
@@ -47,6 +43,11 @@ def tokenized(tokenizer):
     return TokenizedPreferences(
         [draw(n) for n in PROMPTS], [draw(n) for n in CHOSEN], [draw(n) for n in REJECTED]
     )
+
+
+@pytest.fixture(scope="module")
+def tokenized(tokenizer):
+    return draw_rows(tokenizer)
 
 
 def padded_and_packed(model, tokenized, pad, idx, average=False):
@@ -146,11 +147,11 @@ def test_select_pairs_repacks_the_chosen_preferences(tokenizer, tokenized):
     pad = tokenizer.pad_token_id
     collator = PreferenceCollator(tokenized, pad, padding_free=True, with_weak=True)
     batch = collator([{"strong": 0, "weak": w} for w in (4, 1, 5)])
-    sub = select_pairs(batch, "weak_", torch.tensor([2, 0]))
+    sub = select_pairs(batch.pair(WEAK), torch.tensor([2, 0]))
     want = pack_pairs(tokenized, [5, 4], pad)
-    for key in ("input_ids", "position_ids", "completion_mask", "sequence_index", "sequence_lengths"):
-        assert torch.equal(sub[f"weak_{key}"], want[key]), key
-    assert "input_ids" not in sub and "weak_index" not in sub
+    assert set(sub) == set(want)  # the weak pair alone: no strong tensors, no table rows
+    for key in want:
+        assert torch.equal(sub[key], want[key]), key
 
 
 def test_support_check(tokenizer):
@@ -190,107 +191,6 @@ def test_config_refuses_prefix_sharing_and_reward_models():
         load_config(TrainConfig, None, [*base, "objective=reward-model", "method=bt"]).validate()
     with pytest.raises(ConfigError, match="max_tokens_per_batch"):
         load_config(TrainConfig, None, ["data.path=x.jsonl", "training.max_tokens_per_batch=0"]).validate()
-
-
-# ---- whole optimiser steps through PreferenceTrainer ------------------------------------------------
-
-
-def one_step(
-    tokenizer, tokenized, tmp_path, *, method, padding_free, batch, accumulation, lora=False, budget=None
-):
-    """The weights' change after one SGD step (learning rate 1, no clipping): minus the step's gradient."""
-    model = tiny_causal_lm(tokenizer, seed=5)
-    if lora:
-        from popalign.train.config import LoraSpec
-
-        torch.manual_seed(6)  # peft draws LoRA's A from the global generator
-        model = apply_lora(model, LoraSpec(enabled=True, r=4, target_modules=["q_proj", "v_proj"]))
-        for name, p in model.named_parameters():  # LoRA's B starts at 0; make the adapter matter
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(6))
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    n = len(PROMPTS)
-    ref = np.linspace(-30.0, -20.0, n)
-    method = get_method(method)
-    collator = PreferenceCollator(
-        tokenized,
-        tokenizer.pad_token_id,
-        reference_chosen_logps=ref,
-        reference_rejected_logps=ref - 1.5,
-        with_weak=method.needs_weak_pair,
-        padding_free=padding_free,
-    )
-    examples = PairExamples(np.arange(n), np.arange(n)[::-1].copy() if method.needs_weak_pair else None)
-    dataset = examples if budget is None else BudgetBatches(examples, tokenized, budget, seed=1)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        report_to="none",
-        use_cpu=True,
-        optim="sgd",
-        learning_rate=1.0,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        max_steps=1,
-        per_device_train_batch_size=1 if budget else batch,
-        gradient_accumulation_steps=accumulation,
-        save_strategy="no",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-    )
-    trainer = PreferenceTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        method=method,
-        mean_over_step=budget is not None,
-    )
-    trainer.train()
-    return {n: p.detach() - before[n] for n, p in model.named_parameters() if n in before}
-
-
-def assert_same_step(got, want):
-    assert got.keys() == want.keys()
-    for name in want:
-        assert want[name].norm() > 0, name
-        assert (got[name] - want[name]).norm() <= 2e-5 * want[name].norm(), name
-
-
-@pytest.mark.parametrize(
-    ("method", "lora", "accumulation"),
-    [("dpo", False, 1), ("dpo-pop", False, 1), ("dpo-pop", True, 1), ("dpo", False, 3), ("dpo-pop", True, 2)],
-)
-def test_a_training_step_equals_the_padded_one(tokenizer, tokenized, tmp_path, method, lora, accumulation):
-    batch = 6 // accumulation
-    kw = {"method": method, "lora": lora, "batch": batch, "accumulation": accumulation}
-    want = one_step(tokenizer, tokenized, tmp_path / "padded", padding_free=False, **kw)
-    got = one_step(tokenizer, tokenized, tmp_path / "packed", padding_free=True, **kw)
-    assert_same_step(got, want)
-
-
-@pytest.mark.parametrize("method", ["dpo", "dpo-pop"])
-def test_a_token_budget_that_splits_pairs_unevenly_equals_one_padded_batch(
-    tokenizer, tokenized, tmp_path, method
-):
-    # A 50-token budget groups the 6 preferences (15..22 tokens each) into micro-batches of unequal size;
-    # with one accumulation step per micro-batch the optimiser step sees every preference once, and its
-    # loss is the mean over all six, as in one padded batch of six.
-    groups = BudgetBatches(PairExamples(np.arange(6)), tokenized, 50, seed=1).batches
-    assert len({len(g) for g in groups}) > 1
-    want = one_step(
-        tokenizer, tokenized, tmp_path / "padded", method=method, padding_free=False, batch=6, accumulation=1
-    )
-    got = one_step(
-        tokenizer,
-        tokenized,
-        tmp_path / "budget",
-        method=method,
-        padding_free=True,
-        batch=1,
-        accumulation=len(groups),
-        budget=50,
-    )
-    assert_same_step(got, want)
 
 
 def test_a_scored_first_token_is_refused(tokenizer):

@@ -12,6 +12,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from popalign.data.tokenize import TokenizedPreferences
+from popalign.modeling.batching import pad_rows
 from popalign.modeling.logps import completion_logps
 from popalign.modeling.prefix_sharing import (
     _positions,
@@ -23,7 +24,7 @@ from popalign.modeling.prefix_sharing import (
 )
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
-from popalign.train.collate import PreferenceCollator, pad_rows
+from popalign.train.collate import PreferenceCollator
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 

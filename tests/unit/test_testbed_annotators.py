@@ -118,7 +118,7 @@ def test_oracle_margins_are_the_true_margins_at_the_score_margins_size(small):
     true, observed = true_margins(rows), score_margins(rows)
     scale = record["annotators"]["oracle_scale"]
     assert scale == pytest.approx(oracle_scale(true, observed))
-    column = load_preferences(str(out))[0].margin
+    column = load_preferences(str(out))[0].margin_column
     assert column == pytest.approx(scale * true)
     assert np.sqrt(np.mean(column**2)) == pytest.approx(np.sqrt(np.mean(observed**2)))
     # The test split carries the training split's scale, never its own.

@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 
 from popalign.data.tokenize import TokenizedPreferences
 from popalign.methods import get_method
+from popalign.modeling.pair_batch import STRONG, WEAK
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.collate import PairExamples, PreferenceCollator
@@ -30,10 +31,10 @@ REAL = 5 + 5 + 3 + 10
 )
 def test_row_tokens_of_every_layout(layout, positions):
     batch = PreferenceCollator(TOKENIZED, 0, **layout)([{"strong": 0, "weak": -1}, {"strong": 1, "weak": -1}])
-    real, width = row_tokens(batch)
+    real, width = row_tokens(batch.pair(STRONG))
     # Prefix sharing runs each prompt once: 6 prompt tokens fewer.
     assert (real, width) == ((REAL - 6, positions) if "prefix_sharing" in layout else (REAL, positions))
-    assert row_tokens(batch, "weak_") == (0, 0)
+    assert row_tokens(batch.pair(WEAK)) == (0, 0)
 
 
 def test_meter_rates_by_hand(monkeypatch):

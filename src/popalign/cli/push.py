@@ -38,20 +38,22 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from popalign.errors import PopalignError
+    from popalign.eval.report import card_section
     from popalign.hub.card import write_model_card
     from popalign.hub.push import files_to_upload, push
 
+    evaluation = card_section(args.run)
     if args.card_only:
-        print(f"wrote {write_model_card(args.run)}")
+        print(f"wrote {write_model_card(args.run, evaluation)}")
         return 0
     if not args.repo:
         raise PopalignError("--repo OWNER/NAME: say which Hub repository to upload to")
-    files = files_to_upload(args.run)
+    files = files_to_upload(args.run, evaluation)
     if args.dry_run:
         print(f"would upload {len(files)} files from {args.run} to {args.repo}:")
         for name in files:
             print(f"  {name}  ({(Path(args.run) / name).stat().st_size:,} bytes)")
         return 0
-    url = push(args.run, args.repo, private=args.private)
+    url = push(args.run, args.repo, private=args.private, evaluation=evaluation)
     print(f"uploaded {len(files)} files to {url}")
     return 0

@@ -21,7 +21,8 @@ A run resumes from its newest complete checkpoint in output_dir (resume=never to
 
 def epilog() -> str:
     """The examples, then every preset and part from the registries (docs/losses.md has the same table)."""
-    from popalign.methods import CUSTOM, format_methods_table, format_parts_table
+    from popalign.method_tables import format_methods_table, format_parts_table
+    from popalign.methods import CUSTOM
 
     return "\n".join(
         [
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction, summary: str) -> None:
 def run(args: argparse.Namespace) -> int:
     code = run_config_command("popalign.train.config:TrainConfig", "popalign.train.run:run_train", args)
     if args.help_config:
-        from popalign.methods import format_parts_table
+        from popalign.method_tables import format_parts_table
 
         print(f"\n{format_parts_table()}")
     return code

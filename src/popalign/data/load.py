@@ -229,7 +229,7 @@ def load_preferences(
         score_rejected=np.asarray(out.sr, dtype=np.float64) if layout.has_scores else None,
         source=raw.source,
         row_numbers=out.row_numbers,
-        margin=_margin_column(raw, out.row_numbers),
+        margin_column=_margin_column(raw, out.row_numbers),
     )
     return table, report
 
@@ -265,8 +265,9 @@ def save_preferences(table: PreferenceTable, path: str | Path) -> None:
     """Write ``table`` as ``.jsonl`` or ``.parquet``, atomically; :func:`load_preferences` reads it back.
 
     Columns: ``id``, ``prompt`` (text, or a message list for multi-turn prompts), ``chosen``,
-    ``rejected``, with scores ``score_chosen`` and ``score_rejected``, and ``margin``: the data's own
-    margin column where it has one, else the scores' difference. In Parquet a
+    ``rejected``, with scores ``score_chosen`` and ``score_rejected``, and ``margin`` only where the data
+    has a margin column of its own (never the scores' difference: a file read back must not gain a
+    margin column that the ``column`` margin source would then train on). In Parquet a
     column has one type, so when any prompt is multi-turn every prompt is stored as messages; a lone
     user message reads back as text.
     """
@@ -296,10 +297,7 @@ def save_preferences(table: PreferenceTable, path: str | Path) -> None:
     if table.score_chosen is not None and table.score_rejected is not None:
         arrays["score_chosen"] = pa.array(table.score_chosen, pa.float64())
         arrays["score_rejected"] = pa.array(table.score_rejected, pa.float64())
-        arrays["margin"] = pa.array(table.margins, pa.float64())
-    if table.margin is not None:
-        # The data's own margin column (the ``margin`` source reads it) wins over the scores' difference,
-        # as in the JSON Lines rows.
-        arrays["margin"] = pa.array(table.margin, pa.float64())
+    if table.margin_column is not None:
+        arrays["margin"] = pa.array(table.margin_column, pa.float64())
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(arrays), tmp)

@@ -39,7 +39,9 @@ class DataSpec:
     )
     tie_policy: Literal["error", "skip", "keep"] = help_field(
         "error",
-        help="unordered pairs with equal scores: error, skip (counted), or keep (response_a as chosen)",
+        help="pairs with equal scores: skip (counted) leaves them out, ordered rows (chosen/rejected) and "
+        "unordered pairs alike; for unordered pairs error asks for a decision and keep puts response_a in "
+        "chosen; ordered ties are kept under error and keep (the data chose)",
     )
     skip_bad_rows: bool = help_field(
         False, help="bad rows: stop at the first (false), or skip them and report counts per reason (true)"

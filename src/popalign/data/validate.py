@@ -236,10 +236,10 @@ def _same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> int | None:
 class RowNormaliser:
     """Turns one raw row into ``(id, prompt, chosen, rejected, score_chosen, score_rejected)``.
 
-    Returns ``None`` for an unordered tie that ``tie_policy="skip"`` drops; raises :class:`RowError`
-    for a bad row. Scores are ``None`` when the layout has none. An empty reply is a real (poor)
-    response -- UltraFeedback scores a few -- so ``empty_replies="keep"`` accepts it; an empty prompt
-    is always an error.
+    Returns ``None`` for a tie (equal scores, ordered row or unordered pair) that ``tie_policy="skip"``
+    drops; raises :class:`RowError` for a bad row. Scores are ``None`` when the layout has none. An empty
+    reply is a real (poor) response -- UltraFeedback scores a few -- so ``empty_replies="keep"`` accepts
+    it; an empty prompt is always an error.
     """
 
     def __init__(self, layout: Layout, source: str, tie_policy: str = "error", empty_replies: str = "keep"):
@@ -270,6 +270,9 @@ class RowNormaliser:
                 "score_chosen",
                 "chosen scored below rejected",
             )
+        # An ordered row names its chosen reply even when the scores tie, so only ``skip`` drops it.
+        if sc == sr and self.tie_policy == "skip":
+            return None
         return pref_id, prompt, chosen, rejected, sc, sr
 
     def _unordered(self, raw: dict[str, Any], pref_id: str) -> tuple | None:

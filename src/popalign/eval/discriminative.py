@@ -21,7 +21,6 @@ import numpy as np
 from popalign.eval.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
-    Estimate,
     estimate,
     pearson,
     spearman,
@@ -133,11 +132,3 @@ def discriminative_metrics(
         out["pearson"] = estimate(pearson, predicted, truth_arr, **boot).to_dict()
         out["spearman"] = estimate(spearman, predicted, truth_arr, **boot).to_dict()
     return out
-
-
-def metric_estimates(metrics: dict[str, Any]) -> dict[str, Estimate | None]:
-    """The three headline figures of a :func:`discriminative_metrics` dict as :class:`Estimate` objects."""
-    return {
-        k: (Estimate.from_dict(metrics[k]) if metrics.get(k) else None)
-        for k in ("accuracy", "pearson", "spearman")
-    }

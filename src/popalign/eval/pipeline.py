@@ -377,7 +377,7 @@ def _refresh_card(eval_dir: Path) -> None:
 
     run = Path(eval_dir).parent
     if Path(eval_dir).name == rep.EVAL_DIR and (run / CARD).is_file() and (run / "config.yaml").is_file():
-        write_model_card(run)
+        write_model_card(run, rep.card_section(run))
 
 
 def _prompt_table(spec: Any):

@@ -275,6 +275,34 @@ def render_html(runs: list[RunResults], title: str, images: list[tuple[str, Path
     return "\n".join(parts)
 
 
+def card_section(run_dir: str | Path) -> list[str]:
+    """The evaluation section of a run folder's model card (the tables as ``popalign report`` prints them),
+    or nothing before ``eval``."""
+    try:
+        run = load_run(Path(run_dir))
+    except PopalignError:
+        return []
+    lines = ["## Evaluation", ""]
+    for heading, table in (
+        ("Discriminative (test preferences)", discriminative_table([run])),
+        ("RewardBench", rewardbench_table([run])),
+        ("Judged generations", judge_table([run])),
+    ):
+        if table:
+            lines += [f"### {heading}", "", markdown_table(table), ""]
+    disc = run.results.get("discriminative", {}).get("data", {})
+    if disc:
+        lines.append(
+            f"Test data: `{disc.get('path', disc.get('source'))}` ({disc.get('rows')} rows, fingerprint "
+            f"`{disc.get('fingerprint')}`)."
+        )
+        overlap = disc.get("training_overlap")
+        if overlap and overlap.get("rows"):
+            lines.append(f"**{overlap['rows']} of the test rows were training rows.**")
+        lines.append("")
+    return lines if len(lines) > 2 else []
+
+
 def write_run_markdown(eval_dir: str | Path) -> Path:
     """(Re)write ``eval.md`` in an evaluation folder from every result it holds."""
     run = load_run(eval_dir)

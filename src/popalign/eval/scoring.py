@@ -28,7 +28,7 @@ import torch
 from popalign.data.schema import PreferenceTable, Prompt
 from popalign.data.tokenize import TokenizeSpec, tokenize_preferences
 from popalign.errors import PopalignError
-from popalign.losses.forms import DEFAULT_BETA
+from popalign.losses.params import DEFAULT_BETA
 
 RANDOM_PREFIX = "random:"
 
@@ -178,8 +178,8 @@ class RewardModelScorer:
     def _score_rows(self, rows: list[list[int]], progress: bool, desc: str) -> np.ndarray:
         from tqdm.auto import tqdm
 
+        from popalign.modeling.batching import pad_rows
         from popalign.modeling.logps import sequence_scores
-        from popalign.train.collate import pad_rows
 
         device = next(self.model.parameters()).device
         # Longest first: similar lengths share a batch and an out-of-memory shows up at once.

@@ -3,12 +3,15 @@
 YAML front matter (``base_model``, ``datasets``, ``tags``, ``library_name``) rendered by
 ``huggingface_hub.ModelCardData``, then what a reader needs to trust or reproduce the model: the method
 and its loss settings, the data and its fingerprint, the evaluation results when ``popalign eval`` has
-run, the versions, and the paper to cite. Training writes the card; evaluating a run folder rewrites it.
+run, the versions, and the paper to cite. Training writes the card; evaluating a run folder rewrites it. The
+evaluation section comes from the caller (``popalign.eval.report.card_section``): the card knows the Hub's
+format, not how results are stored.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -72,38 +75,12 @@ def _settings(cfg: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _evaluation(run_dir: Path) -> list[str]:
-    """The run's evaluation tables (as ``popalign report`` prints them), or nothing before ``eval``."""
-    from popalign.errors import PopalignError
-    from popalign.eval import report as rep
+def model_card(run_dir: str | Path, evaluation: Sequence[str] = ()) -> str:
+    """The card's text for the run in ``run_dir`` (its ``config.yaml`` and what training recorded).
 
-    try:
-        run = rep.load_run(run_dir)
-    except PopalignError:
-        return []
-    lines = ["## Evaluation", ""]
-    for heading, table in (
-        ("Discriminative (test preferences)", rep.discriminative_table([run])),
-        ("RewardBench", rep.rewardbench_table([run])),
-        ("Judged generations", rep.judge_table([run])),
-    ):
-        if table:
-            lines += [f"### {heading}", "", rep.markdown_table(table), ""]
-    disc = run.results.get("discriminative", {}).get("data", {})
-    if disc:
-        lines.append(
-            f"Test data: `{disc.get('path', disc.get('source'))}` ({disc.get('rows')} rows, fingerprint "
-            f"`{disc.get('fingerprint')}`)."
-        )
-        overlap = disc.get("training_overlap")
-        if overlap and overlap.get("rows"):
-            lines.append(f"**{overlap['rows']} of the test rows were training rows.**")
-        lines.append("")
-    return lines if len(lines) > 2 else []
-
-
-def model_card(run_dir: str | Path) -> str:
-    """The card's text for the run in ``run_dir`` (its ``config.yaml`` and what training recorded)."""
+    ``evaluation``: the Markdown lines of the run's evaluation section, given by whoever knows the results
+    (``popalign.eval.report.card_section``); none before ``popalign eval`` has run.
+    """
     from huggingface_hub import ModelCardData
 
     run_dir = Path(run_dir)
@@ -139,22 +116,14 @@ def model_card(run_dir: str | Path) -> str:
             ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in results.items()),
             "",
         ]
-    lines += _evaluation(run_dir)
+    lines += evaluation
     lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in _versions().items()), ""]
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)
 
 
-def write_model_card(run_dir: str | Path) -> Path:
-    """(Re)write ``run_dir/README.md``."""
+def write_model_card(run_dir: str | Path, evaluation: Sequence[str] = ()) -> Path:
+    """(Re)write ``run_dir/README.md`` (``evaluation`` as in :func:`model_card`)."""
     path = Path(run_dir) / CARD
-    atomic_write_text(path, model_card(run_dir))
+    atomic_write_text(path, model_card(run_dir, evaluation))
     return path
-
-
-def parse_card(path: str | Path) -> tuple[dict[str, Any], str]:
-    """``(front matter, body)`` of a card file, read back with ``huggingface_hub.ModelCard``."""
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(str(path))
-    return card.data.to_dict(), card.text

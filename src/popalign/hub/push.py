@@ -8,6 +8,7 @@ on the way (no network, offline mode, no token) becomes one line saying that not
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from pathlib import Path
 
 from popalign.errors import PopalignError
@@ -41,8 +42,9 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def files_to_upload(run_dir: str | Path) -> list[str]:
-    """The run folder's files that go to the Hub, sorted; writes the card first if the run has none.
+def files_to_upload(run_dir: str | Path, evaluation: Sequence[str] = ()) -> list[str]:
+    """The run folder's files that go to the Hub, sorted; writes the card first if the run has none
+    (with ``evaluation`` as its evaluation section, see :func:`popalign.hub.card.model_card`).
 
     Raises :class:`PopalignError` when the folder holds no final model (weights or adapter) or no tokenizer.
     """
@@ -58,7 +60,7 @@ def files_to_upload(run_dir: str | Path) -> list[str]:
     if not any(_matches(n, TOKENIZER) for n in names):
         raise PopalignError(f"{run}: no tokenizer files here (tokenizer.json, tokenizer_config.json)")
     if CARD not in names:
-        write_model_card(run)
+        write_model_card(run, evaluation)
         names.append(CARD)
     return sorted(n for n in names if n == CARD or _matches(n, WEIGHTS + TOKENIZER + CONFIGS))
 
@@ -73,11 +75,11 @@ def _hub_failure(exc: Exception) -> PopalignError:
     return PopalignError(f"cannot upload to the Hugging Face Hub ({why}); nothing was uploaded")
 
 
-def push(run_dir: str | Path, repo: str, private: bool = False) -> str:
+def push(run_dir: str | Path, repo: str, private: bool = False, evaluation: Sequence[str] = ()) -> str:
     """Upload :func:`files_to_upload` to the model repository ``repo`` (created if needed); its URL."""
     from huggingface_hub import HfApi, constants
 
-    files = files_to_upload(run_dir)
+    files = files_to_upload(run_dir, evaluation)
     if constants.HF_HUB_OFFLINE:
         raise PopalignError(
             "cannot reach the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1); nothing was uploaded"

@@ -3,7 +3,8 @@
 ``loss = weight * f(reward_diff(strong) - margin)`` with a loss form ``f`` (:mod:`popalign.losses.forms`),
 a margin source (:mod:`popalign.losses.sources`) and a weighting (:mod:`popalign.losses.weights`); with
 DPO's ``f(u) = -log sigmoid(u)`` it is the paper's Eq. 2-8. The named presets that choose the parts live in
-:mod:`popalign.methods`.
+:mod:`popalign.methods`; :func:`method_loss` (:mod:`popalign.losses.compose`) puts a method's parts
+together, with the settings of :class:`LossParams` (:mod:`popalign.losses.params`) handed whole.
 
 The names below are loaded on first use, so that the registries (and command-line help built from them)
 do not import torch.
@@ -15,6 +16,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "LossParams": "params",
+    "method_loss": "compose",
     "LossOutput": "preference",
     "preference_loss": "preference",
     "clip_margin": "margins",

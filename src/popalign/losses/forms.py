@@ -23,8 +23,7 @@ from popalign.losses.registry import lookup, registrar
 if TYPE_CHECKING:
     from torch import Tensor
 
-DEFAULT_BETA = 0.1
-"""The KL strength beta of Eq. 3 (the paper's Table 6); every default of ``beta`` refers to this one."""
+    from popalign.losses.params import LossParams
 
 FORMS: dict[str, LossForm] = {}
 """Every loss form by name (``loss.form``)."""
@@ -52,11 +51,11 @@ class LossForm:
     length_normalised: ClassVar[bool] = False
     reference_free: ClassVar[bool] = False
 
-    def check(self, *, beta: float, label_smoothing: float) -> None:
-        """Raise ``ValueError`` for parameters the form cannot use."""
+    def check(self, params: LossParams) -> None:
+        """Raise ``ValueError`` for settings the form cannot use."""
 
-    def losses(self, u: Tensor, *, beta: float, label_smoothing: float) -> Tensor:
-        """(B,) per-example losses of the (B,) argument ``u = z - m``."""
+    def losses(self, u: Tensor, params: LossParams) -> Tensor:
+        """(B,) per-example losses of the (B,) argument ``u = z - m``, with the loss settings ``params``."""
         raise NotImplementedError
 
     def per_token(self, rewards: Tensor, lengths: Tensor | None) -> Tensor:
@@ -113,7 +112,7 @@ class Sigmoid(LossForm):
     citation = "Rafailov et al. 2023, Eq. 7 (the paper's Eq. 3; Eq. 4 with a margin)"
     margin_enters = "inside the log-sigmoid: -log sigmoid(z - m) (Eq. 4)"
 
-    def losses(self, u: Tensor, *, beta: float, label_smoothing: float) -> Tensor:
+    def losses(self, u: Tensor, params: LossParams) -> Tensor:
         import torch.nn.functional as F
 
         # logsigmoid is the numerically stable form of log(1 / (1 + exp(-u))) for large |u|.
@@ -139,7 +138,8 @@ class IPO(LossForm):
     margin_enters = "raises the regression target 1/2 to 1/2 + m: ((z - m) - 1/2)^2 / beta^2"
     length_normalised = True
 
-    def losses(self, u: Tensor, *, beta: float, label_smoothing: float) -> Tensor:
+    def losses(self, u: Tensor, params: LossParams) -> Tensor:
+        beta = params.beta
         return (u / beta - 1.0 / (2.0 * beta)) ** 2
 
 
@@ -157,7 +157,7 @@ class Hinge(LossForm):
     citation = "Zhao et al. 2023 (SLiC-HF), Eq. 1"
     margin_enters = "raises the hinge point: max(0, 1 + m - z)"
 
-    def losses(self, u: Tensor, *, beta: float, label_smoothing: float) -> Tensor:
+    def losses(self, u: Tensor, params: LossParams) -> Tensor:
         import torch
 
         return torch.relu(1.0 - u)
@@ -177,13 +177,13 @@ class ConservativeDPO(LossForm):
     equation = "-(1 - eps) log sigmoid(u) - eps log sigmoid(-u)"
     citation = "Mitchell 2023 (cDPO note), Sec. 2"
 
-    def check(self, *, beta: float, label_smoothing: float) -> None:
-        _smoothing_in(label_smoothing, 0.5, self.name, closed=True)
+    def check(self, params: LossParams) -> None:
+        _smoothing_in(params.label_smoothing, 0.5, self.name, closed=True)
 
-    def losses(self, u: Tensor, *, beta: float, label_smoothing: float) -> Tensor:
+    def losses(self, u: Tensor, params: LossParams) -> Tensor:
         import torch.nn.functional as F
 
-        eps = label_smoothing
+        eps = params.label_smoothing
         return -(1.0 - eps) * F.logsigmoid(u) - eps * F.logsigmoid(-u)
 
 
@@ -201,13 +201,13 @@ class RobustDPO(LossForm):
     equation = "(-(1 - eps) log sigmoid(u) + eps log sigmoid(-u)) / (1 - 2 eps)"
     citation = "Chowdhury et al. 2024, Sec. 3 (the de-biased loss)"
 
-    def check(self, *, beta: float, label_smoothing: float) -> None:
-        _smoothing_in(label_smoothing, 0.5, self.name, closed=False)
+    def check(self, params: LossParams) -> None:
+        _smoothing_in(params.label_smoothing, 0.5, self.name, closed=False)
 
-    def losses(self, u: Tensor, *, beta: float, label_smoothing: float) -> Tensor:
+    def losses(self, u: Tensor, params: LossParams) -> Tensor:
         import torch.nn.functional as F
 
-        eps = label_smoothing
+        eps = params.label_smoothing
         return (-(1.0 - eps) * F.logsigmoid(u) + eps * F.logsigmoid(-u)) / (1.0 - 2.0 * eps)
 
 
@@ -228,7 +228,7 @@ class SimPO(LossForm):
     length_normalised = True
     reference_free = True
 
-    def losses(self, u: Tensor, *, beta: float, label_smoothing: float) -> Tensor:
+    def losses(self, u: Tensor, params: LossParams) -> Tensor:
         import torch.nn.functional as F
 
         return -F.logsigmoid(u)

@@ -4,7 +4,8 @@ With DPO's form ``f(u) = -log sigmoid(u)`` this is the paper's family (Eq. 2-8):
 the Bradley-Terry reward model (Eq. 2) have no margin and weight 1; the margin variants (Eq. 4) and DPO-PoP
 (Eq. 5-7) subtract a margin inside the log-sigmoid; the scaled Bradley-Terry loss (Eq. 8) multiplies
 outside. Other forms (IPO, hinge, cDPO, rDPO, SimPO) are in :mod:`popalign.losses.forms`; which margin,
-weight and form a method uses is the job of :mod:`popalign.methods`.
+weight and form a method uses is the job of :mod:`popalign.methods`, and
+:func:`popalign.losses.compose.method_loss` puts a method's parts together.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from popalign.losses.forms import DEFAULT_BETA, FORMS, LossForm
+from popalign.losses.forms import FORMS, LossForm
+from popalign.losses.params import LossParams
 
 
 @dataclass
@@ -49,8 +51,7 @@ def preference_loss(
     margin: Tensor | float | None = None,
     weight: Tensor | None = None,
     form: LossForm | None = None,
-    beta: float = DEFAULT_BETA,
-    label_smoothing: float = 0.0,
+    params: LossParams | None = None,
     chosen_lengths: Tensor | None = None,
     rejected_lengths: Tensor | None = None,
 ) -> LossOutput:
@@ -67,7 +68,8 @@ def preference_loss(
         weight: (B,) weight outside (Eq. 8); ``None`` means 1. A weight of 0 (an SBT tie) gives loss 0 and
             gradient 0.
         form: a :class:`~popalign.losses.forms.LossForm`; ``None`` is ``sigmoid``.
-        beta, label_smoothing: the form's parameters (IPO's ``beta``; cDPO's and rDPO's ``eps``).
+        params: the loss settings, handed whole to the form (IPO's ``beta``; cDPO's and rDPO's
+            ``label_smoothing``); ``None`` is :class:`~popalign.losses.params.LossParams`' defaults.
         chosen_lengths, rejected_lengths: (B,) completion-token counts, for a length-normalised form.
 
     Returns:
@@ -82,7 +84,8 @@ def preference_loss(
             f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}"
         )
     form = form or FORMS["sigmoid"]
-    form.check(beta=beta, label_smoothing=label_smoothing)
+    params = params or LossParams()
+    form.check(params)
     reward_margins = chosen_rewards - rejected_rewards
     logits = form.argument(chosen_rewards, rejected_rewards, chosen_lengths, rejected_lengths)
     metrics: dict[str, Tensor] = {}
@@ -90,7 +93,7 @@ def preference_loss(
         margin_b = _as_batch(margin, chosen_rewards, "margin")
         logits = logits - margin_b
         metrics["margin/used"] = margin_b.detach().clone()
-    losses = form.losses(logits, beta=beta, label_smoothing=label_smoothing)
+    losses = form.losses(logits, params)
     if weight is not None:
         weight_b = _as_batch(weight, chosen_rewards, "weight")
         losses = weight_b * losses

@@ -14,18 +14,39 @@ Add a source: subclass :class:`MarginSource` here, decorate it with ``@register_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from popalign.losses.registry import lookup, registrar
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import Tensor
 
     from popalign.data.schema import PreferenceTable
+    from popalign.losses.params import LossParams
 
 MARGIN_SOURCES: dict[str, MarginSource] = {}
 """Every margin source by name (``loss.margin_source``)."""
+
+ROW_INPUTS: dict[str, Callable[[PreferenceTable], np.ndarray | None]] = {}
+"""Per-row inputs a source may ask for by name (``MarginSource.row_inputs``), beyond the fields of
+:class:`MarginInputs`: each reads one ``(N,)`` array of the preference table (None: the data lacks it).
+Training puts the strong preferences' values in the batch and hands them to the source as
+``MarginInputs.rows``; nothing in between knows the name."""
+
+
+def register_row_input(name: str) -> Callable:
+    """Decorator: register a function ``table -> (N,) array or None`` in :data:`ROW_INPUTS` as ``name``."""
+
+    def add(read: Callable[[PreferenceTable], np.ndarray | None]) -> Callable:
+        if name in ROW_INPUTS:
+            raise ValueError(f"row input {name!r} is registered twice")
+        ROW_INPUTS[name] = read
+        return read
+
+    return add
 
 
 @dataclass
@@ -38,6 +59,7 @@ class MarginInputs:
         weak_chosen_rewards, weak_rejected_rewards: the weak preference's rewards of a PoP example, in the
             units of the loss form's argument (per token for a length-normalised form); ``beta`` applied.
         column: the data's per-row ``margin`` column for the strong preference.
+        rows: the source's :attr:`MarginSource.row_inputs` by name (:data:`ROW_INPUTS`).
     """
 
     like: Tensor
@@ -45,15 +67,7 @@ class MarginInputs:
     weak_chosen_rewards: Tensor | None = None
     weak_rejected_rewards: Tensor | None = None
     column: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class MarginParams:
-    """The sources' settings (``loss.margin``, ``loss.max_margin``, ``loss.odpo_alpha``)."""
-
-    constant: float = 1.0
-    max_margin: float | None = 10.0
-    odpo_alpha: float = 1.0
+    rows: dict[str, Tensor] = field(default_factory=dict)
 
 
 class MarginSource:
@@ -68,6 +82,7 @@ class MarginSource:
         needs_weak_pair: reads the weak pair's rewards (the examples must be PoP pairs).
         uses_target: the weak pair is scored by the Polyak target (else by the live model, stop-gradient).
         needs_column: reads the data's per-row ``margin`` column.
+        row_inputs: names of further per-row inputs it reads (:data:`ROW_INPUTS`), as ``inputs.rows[name]``.
     """
 
     name: ClassVar[str]
@@ -78,9 +93,11 @@ class MarginSource:
     needs_weak_pair: ClassVar[bool] = False
     uses_target: ClassVar[bool] = False
     needs_column: ClassVar[bool] = False
+    row_inputs: ClassVar[tuple[str, ...]] = ()
 
-    def __call__(self, inputs: MarginInputs, params: MarginParams) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """``(margin, metrics)``: a (B,) margin (None: no margin) and detached (B,) metrics."""
+    def __call__(self, inputs: MarginInputs, params: LossParams) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """``(margin, metrics)``: a (B,) margin (None: no margin) and detached (B,) metrics; ``params`` are
+        the loss settings, whole (a source reads the fields it needs)."""
         raise NotImplementedError
 
     def check_table(self, table: PreferenceTable) -> None:
@@ -89,8 +106,19 @@ class MarginSource:
             raise ValueError(
                 f"{table.source}: margin source {self.name!r} needs scores (ground-truth margins)"
             )
-        if self.needs_column and table.margin is None:
+        if self.needs_column and table.margin_column is None:
             raise ValueError(f"{table.source}: margin source {self.name!r} needs a per-row 'margin' column")
+        for name in self.row_inputs:
+            if name not in ROW_INPUTS:
+                raise ValueError(f"margin source {self.name!r}: no row input {name!r} is registered")
+            if ROW_INPUTS[name](table) is None:
+                raise ValueError(
+                    f"{table.source}: margin source {self.name!r} needs {name!r}, which the data lacks"
+                )
+
+    def row_arrays(self, table: PreferenceTable) -> dict[str, np.ndarray]:
+        """The ``(N,)`` arrays of :attr:`row_inputs` by name, from ``table`` (see :meth:`check_table`)."""
+        return {name: ROW_INPUTS[name](table) for name in self.row_inputs}
 
 
 register_source = registrar(MARGIN_SOURCES, "margin source")
@@ -132,7 +160,7 @@ class ConstantMargin(MarginSource):
     def __call__(self, inputs, params):
         from popalign.losses.margins import constant_margin
 
-        return constant_margin(inputs.like.shape[0], params.constant, like=inputs.like), {}
+        return constant_margin(inputs.like.shape[0], params.margin, like=inputs.like), {}
 
 
 @register_source
@@ -235,7 +263,8 @@ class OffsetMargin(MarginSource):
         gt = _needed(inputs.gt_margins, "gt_margins (ground-truth score margins)", self)
         if bool((gt <= 0).any()):
             raise ValueError(
-                f"margin source {self.name!r} takes the log of the score margin, which must be > 0"
+                f"margin source {self.name!r} takes the log of the score margin, which must be > 0; "
+                "data.tie_policy=skip (--tie-policy skip) leaves ties out of the data"
             )
         return params.odpo_alpha * torch.log(gt), {}
 
@@ -246,5 +275,6 @@ class OffsetMargin(MarginSource):
             raise ValueError(
                 f"{table.source}: margin source {self.name!r} needs score_chosen > score_rejected, but "
                 f"{len(bad)} rows do not (first: id {table.ids[bad[0]]!r}, margin {table.margins[bad[0]]}); "
-                "ODPO takes the log of the score margin, so leave ties out of the data"
+                "ODPO takes the log of the score margin, so leave ties out of the data with "
+                "data.tie_policy=skip (--tie-policy skip)"
             )

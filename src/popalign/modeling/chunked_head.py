@@ -58,17 +58,6 @@ def chunk_size_setting() -> int | None:
     return _chunk_setting
 
 
-@contextmanager
-def chunk_size(tokens: int | None) -> Iterator[None]:
-    """:func:`set_chunk_size` for the duration of a ``with`` block."""
-    before = _chunk_setting
-    set_chunk_size(tokens)
-    try:
-        yield
-    finally:
-        set_chunk_size(before)
-
-
 def chunk_tokens(vocab_size: int, setting: int | None) -> int:
     """Tokens per chunk for a head of ``vocab_size`` rows (``setting`` > 0, or automatic when None)."""
     if setting:

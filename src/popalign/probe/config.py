@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from popalign.config import ConfigError, help_field
-from popalign.losses.sources import MarginParams
+from popalign.losses.params import DEFAULT_MARGIN, DEFAULT_MAX_MARGIN
 from popalign.pop.build import PoPSpec
 from popalign.probe.features import FeatureSpec
 from popalign.probe.heads import HeadSpec
@@ -18,9 +18,9 @@ from popalign.probe.heads import HeadSpec
 class ProbeLoss:
     """The loss settings the reward-model presets read (``loss.*``; the names of ``popalign train``)."""
 
-    margin: float = help_field(MarginParams.constant, help="The constant margin of the margin arm (Eq. 4).")
+    margin: float = help_field(DEFAULT_MARGIN, help="The constant margin of the margin arm (Eq. 4).")
     max_margin: float | None = help_field(
-        MarginParams.max_margin,
+        DEFAULT_MAX_MARGIN,
         help="M_max: the PoP margin is clipped to [0, M_max]; null leaves it unclipped.",
     )
 

@@ -83,7 +83,7 @@ def arm_runnable(arm: Arm, table: PreferenceTable) -> str | None:
     method = arm.method
     if (method.needs_gt_margin or method.uses_pop_pairs) and not table.has_scores:
         return "the data has no scores"
-    if method.source.needs_column and table.margin is None:
+    if method.source.needs_column and table.margin_column is None:
         return "the data has no margin column"
     return None
 
@@ -161,7 +161,9 @@ def cross_fit(
     predicted = {a.name: np.full((len(seeds), len(table)), np.nan) for a in runnable}
     info: dict[str, dict[str, Any]] = {a.name: {"steps": [], "pop_pairs": []} for a in runnable}
     gt = None if margins is None else torch.as_tensor(margins, dtype=torch.float32)
-    column = None if table.margin is None else torch.as_tensor(table.margin, dtype=torch.float32)
+    column = (
+        None if table.margin_column is None else torch.as_tensor(table.margin_column, dtype=torch.float32)
+    )
     chosen_t = torch.as_tensor(chosen, dtype=torch.float32)
     rejected_t = torch.as_tensor(rejected, dtype=torch.float32)
     for fold in range(folds):

@@ -2,7 +2,7 @@
 
 A head maps a reply's feature to a reward: linear ``r(x) = w . x`` (a bias would cancel in every reward
 difference), or a small MLP ``r(x) = v . relu(W x + b)``. The loss of a batch is
-:func:`popalign.methods.method_loss` on the head's rewards, the preset's margin source and weighting
+:func:`popalign.losses.compose.method_loss` on the head's rewards, the preset's margin source and weighting
 included (no copy of any loss here); for PoP the weak pair's rewards come from the live head and the
 margin source detaches them (Eq. 5).
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from popalign.config import ConfigError, help_field
-from popalign.losses.sources import MarginParams
+from popalign.losses.params import DEFAULT_MARGIN, DEFAULT_MAX_MARGIN, LossParams
 
 if TYPE_CHECKING:
     import torch
@@ -55,8 +55,8 @@ class HeadSpec:
 class LossSettings:
     """The loss knobs a reward-model preset reads; names and defaults are the margin sources' own."""
 
-    margin: float = MarginParams.constant
-    max_margin: float | None = MarginParams.max_margin
+    margin: float = DEFAULT_MARGIN
+    max_margin: float | None = DEFAULT_MAX_MARGIN
 
 
 @dataclass
@@ -137,14 +137,14 @@ def batch_loss(
     settings: LossSettings,
     column: torch.Tensor | None = None,
 ):
-    """The preset's :func:`~popalign.methods.method_loss` on one ``(S, B)`` batch of the heads' rewards.
+    """The preset's :func:`~popalign.losses.compose.method_loss` on one ``(S, B)`` batch of heads' rewards.
 
     ``x_*`` are ``(S, B, D)`` features; ``weak`` the weak pair's features, scored by the live heads under
     no_grad. Returns ``(loss summed over seeds of each seed's mean, LossOutput)``.
     """
     import torch
 
-    from popalign.methods import method_loss
+    from popalign.losses.compose import method_loss
 
     chosen, rejected = heads(x_chosen), heads(x_rejected)
     weak_c = weak_r = None
@@ -159,8 +159,7 @@ def batch_loss(
         weak_chosen_rewards=weak_c,
         weak_rejected_rewards=weak_r,
         margin_column=None if column is None else column.flatten(),
-        constant=settings.margin,
-        max_margin=settings.max_margin,
+        params=LossParams(margin=settings.margin, max_margin=settings.max_margin),
     )
     return out.losses.view(chosen.shape).mean(dim=1).sum(), out
 

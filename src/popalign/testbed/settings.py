@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from popalign.config import ConfigError, help_field
+from popalign.losses.params import DEFAULT_MARGIN, DEFAULT_MAX_MARGIN
 from popalign.testbed.make_data import TaskSpec
 
 # The six methods of the paper's Section 4.2, in its order; vanilla DPO is the generative baseline.
@@ -90,8 +91,10 @@ class PreferenceSettings:
         help="DPO's beta (the paper: 0.1, for replies of hundreds of tokens; the testbed's replies of about "
         "10 tokens need 1 for implicit reward margins on the scale of the margins: docs/testbed.md).",
     )
-    margin: float = help_field(1.0, help="The constant margin of dpo-margin (the paper: 1).")
-    max_margin: float = help_field(10.0, help="M_max, the clip of PoP margins (Eq. 7; the paper: 10).")
+    margin: float = help_field(DEFAULT_MARGIN, help="The constant margin of dpo-margin (the paper: 1).")
+    max_margin: float = help_field(
+        DEFAULT_MAX_MARGIN, help="M_max, the clip of PoP margins (Eq. 7; the paper: 10)."
+    )
     warmup_ratio: float = help_field(0.03, help="Warmup fraction (the paper's Table 6).")
     weight_decay: float = help_field(0.05, help="AdamW weight decay (the paper's Table 6).")
     target_memory: float = help_field(

@@ -20,9 +20,10 @@ import torch
 from torch.utils.data import Dataset
 
 from popalign.data.tokenize import TokenizedPreferences
-from popalign.modeling.batching import pad_rows, pair_tensors
+from popalign.modeling.batching import pair_tensors
+from popalign.modeling.pair_batch import PairBatch
 
-__all__ = ["BudgetBatches", "PairExamples", "PreferenceCollator", "SequenceCollator", "pad_rows"]
+__all__ = ["BudgetBatches", "PairExamples", "PreferenceCollator"]
 
 
 class PairExamples(Dataset):
@@ -77,20 +78,14 @@ class BudgetBatches(Dataset):
 
 
 class PreferenceCollator:
-    """Builds the batch a preference loss needs.
+    """Builds the :class:`~popalign.modeling.pair_batch.PairBatch` a preference loss needs.
 
-    Keys for the strong pair: ``input_ids``, ``attention_mask``, ``completion_mask`` of shape ``(2B, T)``
-    (rows ``:B`` chosen, ``B:`` rejected), ``reference_chosen_logps``/``reference_rejected_logps`` ``(B,)``
-    when reference log-probs are precomputed, ``gt_margins`` ``(B,)`` when the data has scores, ``margin``
-    ``(B,)`` when the data's per-row margin column is given (margin source ``column``). With
-    ``with_weak`` the same keys prefixed ``weak_`` describe the weak pair of each PoP example, and
-    ``weak_index`` ``(B,)`` holds its row in the table (the key of the trainer's margin cache).
-
-    With ``prefix_sharing`` the pair tensors are instead ``input_ids`` ``(B, L)`` rows
-    ``prompt + chosen + rejected`` and ``prompt_lengths``/``chosen_lengths``/``rejected_lengths`` ``(B,)``
-    (see :func:`popalign.modeling.prefix_sharing.shared_rows`). With ``padding_free`` they are packed rows
-    (:func:`popalign.modeling.packing.pack_pairs`: ``input_ids``, ``position_ids``, ``completion_mask``,
-    ``sequence_index`` ``(R, T)`` and ``sequence_lengths`` ``(2B,)``, chosen sequences first).
+    The strong pair in one layout (padded, ``2B`` rows, chosen first; with ``prefix_sharing`` one row
+    ``prompt + chosen + rejected`` per preference; with ``padding_free`` packed rows), with the reference
+    log-probs when they are precomputed; the score differences (``gt_margins``) when the data has scores;
+    the data's margin column when given (margin source ``column``); a margin source's further per-row
+    inputs (``row_inputs``, by name). With ``with_weak`` the weak pair of
+    each PoP example in the same layout, and its row in the table (the key of the trainer's margin cache).
 
     Items may be examples or lists of examples (:class:`BudgetBatches`), which are concatenated.
     """
@@ -104,6 +99,7 @@ class PreferenceCollator:
         reference_rejected_logps: np.ndarray | None = None,
         gt_margins: np.ndarray | None = None,
         margin_column: np.ndarray | None = None,
+        row_inputs: dict[str, np.ndarray] | None = None,
         with_weak: bool = False,
         pad_to_multiple_of: int | None = None,
         prefix_sharing: bool = False,
@@ -117,6 +113,7 @@ class PreferenceCollator:
         self.ref_r = reference_rejected_logps
         self.gt = gt_margins
         self.margin_column = margin_column
+        self.row_inputs = row_inputs or {}
         self.with_weak = with_weak
         self.multiple_of = pad_to_multiple_of
         self.prefix_sharing = prefix_sharing
@@ -136,7 +133,7 @@ class PreferenceCollator:
             self.multiple_of,
         )
 
-    def _side(self, idx: list[int], prefix: str) -> dict[str, torch.Tensor]:
+    def _pair(self, idx: list[int]) -> dict[str, torch.Tensor]:
         if self.padding_free:
             from popalign.modeling.packing import pack_pairs
 
@@ -145,35 +142,31 @@ class PreferenceCollator:
             tensors = self.shared_tensors(idx)
         else:
             tensors = self.pair_tensors(idx)
-        out = {f"{prefix}{k}": v for k, v in tensors.items()}
+        out = dict(tensors)
         if self.ref_c is not None and self.ref_r is not None:
-            out[f"{prefix}reference_chosen_logps"] = torch.tensor(self.ref_c[idx], dtype=torch.float32)
-            out[f"{prefix}reference_rejected_logps"] = torch.tensor(self.ref_r[idx], dtype=torch.float32)
+            out["reference_chosen_logps"] = torch.tensor(self.ref_c[idx], dtype=torch.float32)
+            out["reference_rejected_logps"] = torch.tensor(self.ref_r[idx], dtype=torch.float32)
         return out
 
-    def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[Any]) -> PairBatch:
         if items and isinstance(items[0], list):
             items = [it for group in items for it in group]
         strong = [int(it["strong"]) for it in items]
-        batch = self._side(strong, "")
-        if self.gt is not None:
-            batch["gt_margins"] = torch.tensor(self.gt[strong], dtype=torch.float32)
-        if self.margin_column is not None:
-            batch["margin"] = torch.tensor(self.margin_column[strong], dtype=torch.float32)
+        weak = weak_index = None
         if self.with_weak:
-            weak = [int(it["weak"]) for it in items]
-            if min(weak) < 0:
+            weak_rows = [int(it["weak"]) for it in items]
+            if min(weak_rows) < 0:
                 raise ValueError("a PoP method was given examples without a weak preference")
-            batch.update(self._side(weak, "weak_"))
-            batch["weak_index"] = torch.tensor(weak, dtype=torch.long)
-        return batch
-
-
-class SequenceCollator:
-    """Prompt+response rows for reward models and reference precompute: ids, mask, completion mask."""
-
-    def __init__(self, tokenized: TokenizedPreferences, pad_token_id: int):
-        self.inner = PreferenceCollator(tokenized, pad_token_id)
-
-    def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        return self.inner.pair_tensors(idx)
+            weak, weak_index = self._pair(weak_rows), torch.tensor(weak_rows, dtype=torch.long)
+        return PairBatch.build(
+            self._pair(strong),
+            weak=weak,
+            weak_index=weak_index,
+            gt_margins=None if self.gt is None else torch.tensor(self.gt[strong], dtype=torch.float32),
+            margin_column=(
+                None
+                if self.margin_column is None
+                else torch.tensor(self.margin_column[strong], dtype=torch.float32)
+            ),
+            rows={k: torch.tensor(v[strong], dtype=torch.float32) for k, v in self.row_inputs.items()},
+        )

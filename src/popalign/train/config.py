@@ -12,9 +12,9 @@ from typing import Literal
 from popalign.config import help_field
 from popalign.data.load import DataSpec
 from popalign.data.tokenize import TokenizeSpec
-from popalign.losses.forms import DEFAULT_BETA, FORMS
-from popalign.losses.sources import MARGIN_SOURCES
+from popalign.losses.params import LossParams
 from popalign.methods import CUSTOM, Method, all_methods, resolve_method
+from popalign.modeling.target import DEFAULT_TAU
 from popalign.pop.build import PoPSpec
 
 
@@ -51,31 +51,10 @@ class LoraSpec:
 
 
 @dataclass
-class LossSpec:
-    beta: float = help_field(
-        DEFAULT_BETA, help="KL strength beta of DPO (Eq. 3); the paper uses 0.1 (Table 6). SimPO's beta too."
-    )
-    form: str = help_field(
-        "",
-        help="Loss form, replacing the method's (empty: the method's; method=custom: sigmoid): "
-        f"{', '.join(FORMS)}.",
-    )
-    margin_source: str = help_field(
-        "",
-        help="Margin source, replacing the method's (empty: the method's; method=custom: none): "
-        f"{', '.join(MARGIN_SOURCES)}. 'live' takes PoP margins from the model itself under stop-grad "
-        "(Eq. 5/6), 'target' from the Polyak target (Eq. 7).",
-    )
-    margin: float = help_field(
-        1.0, help="The constant margin of dpo-margin (the paper uses 1); SimPO's gamma."
-    )
-    max_margin: float | None = help_field(
-        10.0, help="M_max: PoP margins are clipped to [0, M_max] (Eq. 7; the paper uses 10). null = no clip."
-    )
-    label_smoothing: float = help_field(
-        0.0, help="Label-flip rate eps of the cdpo form (in [0, 0.5]) and the robust form (in [0, 0.5))."
-    )
-    odpo_alpha: float = help_field(1.0, help="ODPO's alpha: margin source odpo is alpha * log(score margin).")
+class LossSpec(LossParams):
+    """The loss settings (:class:`~popalign.losses.params.LossParams`, handed whole to the loss) and how
+    the trainer feeds them."""
+
     margin_refresh_steps: int = help_field(
         1,
         help="PoP with a target model: reuse a weak preference's target rewards for this many optimiser "
@@ -87,7 +66,7 @@ class LossSpec:
 @dataclass
 class TargetSpec:
     tau: float = help_field(
-        0.01,
+        DEFAULT_TAU,
         help="Polyak rate: after each optimiser step target <- (1 - tau) target + tau policy. "
         "0.01 gives the target a memory of about 100 steps (see docs/models.md).",
     )
@@ -211,7 +190,7 @@ class TrainConfig:
 
         method = self.resolved_method()
         try:
-            method.loss_form.check(beta=self.loss.beta, label_smoothing=self.loss.label_smoothing)
+            method.loss_form.check(self.loss)
         except ValueError as exc:
             raise ConfigError(f"loss.label_smoothing: {exc}") from None
         if not self.data.path:

@@ -18,10 +18,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
-# Keys of one pair's tensors in a batch: the plain layout has 2B rows (chosen then rejected) for these,
-# the shared layout (prefix sharing) B rows; everything else with the pair's prefix has B rows.
-PAIR_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
-
 
 class WeakRewardCache:
     """Target rewards ``(chosen, rejected)`` per weak preference, each with the step it was computed at.
@@ -79,42 +75,3 @@ class WeakRewardCache:
             mine = self._entries.get(i)
             if mine is None or step > mine[2]:
                 self._entries[i] = (float(c), float(r), int(step))
-
-
-def select_pairs(inputs: dict[str, Tensor], prefix: str, rows: Tensor) -> dict[str, Tensor]:
-    """The pair tensors named ``prefix...`` (e.g. ``weak_``) of ``inputs``, for the preferences ``rows`` only.
-
-    ``rows``: a (k,) index into the batch's B preferences.
-
-    Plain layout: the ``2B``-row tensors keep rows ``rows`` and ``B + rows`` (chosen, then rejected).
-    Padding-free layout: the sequences ``rows`` and ``B + rows`` are packed anew.
-    """
-    import torch
-
-    if f"{prefix}sequence_index" in inputs:
-        return _select_packed(inputs, prefix, rows)
-    batch = inputs[f"{prefix}input_ids"].shape[0]
-    shared = f"{prefix}prompt_lengths" in inputs
-    both = rows if shared else torch.cat([rows, rows + batch // 2])
-    out = {}
-    for key, value in inputs.items():
-        if not key.startswith(prefix) or not torch.is_tensor(value) or key == f"{prefix}index":
-            continue
-        name = key[len(prefix) :]
-        out[key] = value[both] if name in PAIR_ROW_KEYS else value[rows]
-    return out
-
-
-def _select_packed(inputs: dict[str, Tensor], prefix: str, rows: Tensor) -> dict[str, Tensor]:
-    import torch
-
-    from popalign.modeling.packing import PACKED_ROW_KEYS, select_sequences
-
-    n = inputs[f"{prefix}sequence_lengths"].shape[0] // 2
-    packed = {k: inputs[f"{prefix}{k}"] for k in (*PACKED_ROW_KEYS, "sequence_lengths")}
-    out = {f"{prefix}{k}": v for k, v in select_sequences(packed, torch.cat([rows, rows + n])).items()}
-    for key, value in inputs.items():
-        name = key[len(prefix) :]
-        if key.startswith(prefix) and torch.is_tensor(value) and key not in out and name != "index":
-            out[key] = value[rows]
-    return out

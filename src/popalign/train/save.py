@@ -81,7 +81,7 @@ def _unsharded_peft(model: Any, adapter: str, state_dict: dict[str, Any]) -> Any
     import torch
     from torch.distributed.fsdp import FSDPModule
 
-    from popalign.train.setup import peft_wrap
+    from popalign.modeling.lora import peft_wrap
 
     base = model.get_base_model()
     # fully_shard swaps classes for FSDP subclasses; the plain class is the first one that is not.

@@ -68,27 +68,12 @@ def build_model_and_tokenizer(
     return model, tokenizer
 
 
-def peft_wrap(model: Any, config: Any, **kwargs: Any) -> Any:
-    """``peft.get_peft_model``, without the deprecation warning peft's own attribute lookup sets off.
-
-    peft reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates; the warning says
-    nothing a popalign user can act on, so it is silenced here and only here.
-    """
-    import warnings
-
-    from peft import get_peft_model
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
-        return get_peft_model(model, config, **kwargs)
-
-
 def apply_lora(model: Any, spec: LoraSpec, *, reward_model: bool = False) -> Any:
     if not spec.enabled:
         return model
     from peft import LoraConfig, TaskType
+
+    from popalign.modeling.lora import peft_wrap
 
     config = LoraConfig(
         r=spec.r,
@@ -259,7 +244,10 @@ def finish_run(trainer: Any, tokenizer: Any, out: Path, how: str, resume: str | 
     # Last: its presence marks a finished run (see finished_run).
     trainer.save_metrics("train", result.metrics)
     if trainer.args.should_save:
+        from popalign.eval.report import card_section
         from popalign.hub.card import write_model_card
 
-        write_model_card(out)  # rewritten by eval; regenerable with `popalign push RUN --card-only`
+        write_model_card(
+            out, card_section(out)
+        )  # rewritten by eval; regenerable with `popalign push RUN --card-only`
     return {"output_dir": str(out), "model": final, "metrics": result.metrics, "resumed_from": resume}

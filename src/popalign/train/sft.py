@@ -34,7 +34,7 @@ class SFTCollator:
         self.prompt_ids, self.response_ids, self.pad = prompt_ids, response_ids, pad_token_id
 
     def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        from popalign.train.collate import pad_rows
+        from popalign.modeling.batching import pad_rows
 
         rows = [self.prompt_ids[i] + self.response_ids[i] for i in idx]
         ids, mask = pad_rows(rows, self.pad)

@@ -10,7 +10,10 @@ quadratic term is left out. It is reported only on CUDA devices whose dense bflo
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
+
+from popalign.modeling.pair_batch import STRONG, WEAK, PairBatch, layout
 
 # Dense (no sparsity) bfloat16 peak FLOP/s per GPU, from NVIDIA's data sheets (SXM parts).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
@@ -26,19 +29,19 @@ def peak_flops(device: Any) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def row_tokens(inputs: dict[str, Any], prefix: str = "") -> tuple[int, int]:
-    """``(real tokens, row positions)`` of one side of a batch (``""`` strong pair, ``"weak_"``), any layout;
-    0s when the batch has no such side."""
-    ids = inputs.get(f"{prefix}input_ids")
+def row_tokens(pair: Mapping[str, Any]) -> tuple[int, int]:
+    """``(real tokens, row positions)`` of one pair of a batch (:meth:`PairBatch.pair`), any layout; 0s for
+    an empty pair (a batch without a weak pair)."""
+    ids = pair.get("input_ids")
     if ids is None:
         return 0, 0
-    if f"{prefix}sequence_index" in inputs:
-        real = int((inputs[f"{prefix}sequence_index"] >= 0).sum())
-    elif f"{prefix}prompt_lengths" in inputs:
-        parts = ("prompt_lengths", "chosen_lengths", "rejected_lengths")
-        real = int(sum(inputs[f"{prefix}{p}"].sum() for p in parts))
+    kind = layout(pair)
+    if kind == "packed":
+        real = int((pair["sequence_index"] >= 0).sum())
+    elif kind == "shared":
+        real = int(sum(pair[p].sum() for p in ("prompt_lengths", "chosen_lengths", "rejected_lengths")))
     else:
-        real = int(inputs[f"{prefix}attention_mask"].sum())
+        real = int(pair["attention_mask"].sum())
     return real, int(ids.numel())
 
 
@@ -58,13 +61,13 @@ class ThroughputMeter:
         self.counts = [0, 0, 0]  # real strong tokens, strong row positions, real weak tokens
         self.since: float | None = None
 
-    def add(self, inputs: dict[str, Any]) -> None:
+    def add(self, batch: PairBatch) -> None:
         if self.since is None:
             self.since = time.perf_counter()
-        real, positions = row_tokens(inputs)
+        real, positions = row_tokens(batch.pair(STRONG))
         self.counts[0] += real
         self.counts[1] += positions
-        self.counts[2] += row_tokens(inputs, "weak_")[0]
+        self.counts[2] += row_tokens(batch.pair(WEAK))[0]
 
     def take(self, reduce=None, processes: int = 1) -> dict[str, float]:
         """The rates since the last call (``reduce`` sums a list of counts over processes), then restart."""

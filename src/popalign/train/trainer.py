@@ -4,14 +4,13 @@ The training loop, distribution (DDP, FSDP, DeepSpeed through accelerate), check
 are transformers'. This class adds three things: the forward passes a preference loss needs
 (the strong pair through the policy; for PoP the weak pair through the target under ``no_grad``),
 the Polyak update of the target after every optimiser step, and the target's state in checkpoints.
-The loss maths itself lives in :mod:`popalign.losses` and :mod:`popalign.methods`.
+The loss maths itself lives in :mod:`popalign.losses` (:func:`popalign.losses.compose.method_loss`).
 """
 
 from __future__ import annotations
 
 import copy
 import glob
-import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -20,16 +19,18 @@ import torch
 from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from popalign.errors import PopalignError
+from popalign.losses.compose import method_loss
 from popalign.losses.preference import LossOutput
 from popalign.losses.rewards import implicit_rewards
-from popalign.methods import Method, method_loss
+from popalign.methods import Method
 from popalign.modeling.logps import completion_logps, sequence_scores
 from popalign.modeling.packing import packed_logps, sequence_sums
+from popalign.modeling.pair_batch import STRONG, WEAK, PairBatch, layout, preference_count, select_pairs
 from popalign.modeling.prefix_sharing import shared_prefix_logps
 from popalign.modeling.target import PolyakTarget, adapters_disabled
 from popalign.train.config import LossSpec, ReferenceSpec, TargetSpec
 from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
-from popalign.train.margin_cache import WeakRewardCache, select_pairs
+from popalign.train.margin_cache import WeakRewardCache
 from popalign.train.sharding import ShardedLayout
 from popalign.train.throughput import ThroughputMeter, non_embedding_parameters, peak_flops
 
@@ -160,65 +161,61 @@ class PreferenceTrainer(Trainer):
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model)
 
-    def _reference_logps(self, model, inputs, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        key = f"{prefix}reference_chosen_logps"
-        if key in inputs:
-            return inputs[key], inputs[f"{prefix}reference_rejected_logps"]
+    def _reference_logps(self, model, pair: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if "reference_chosen_logps" in pair:
+            return pair["reference_chosen_logps"], pair["reference_rejected_logps"]
         if not self.live_reference:
             raise PopalignError(
                 "reference log-probs are missing from the batch and reference.precompute is on"
             )
         with torch.no_grad():
             if self.reference_model is not None:
-                logps = self._logps(self.reference_model, inputs, prefix)
+                logps = self._logps(self.reference_model, pair)
             else:
                 with adapters_disabled(self._unwrapped(model)):
-                    logps = self._logps(self._unwrapped(model), inputs, prefix)
+                    logps = self._logps(self._unwrapped(model), pair)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:]
 
     @staticmethod
-    def _logps(model, inputs, prefix: str) -> torch.Tensor:
-        """(2B,) completion log-probs, chosen rows first, from any batch layout."""
-        if f"{prefix}sequence_index" in inputs:
+    def _logps(model, pair: dict) -> torch.Tensor:
+        """(2B,) completion log-probs of a pair, chosen rows first, in any layout."""
+        kind = layout(pair)
+        if kind == "packed":
             return packed_logps(
                 model,
-                inputs[f"{prefix}input_ids"],
-                inputs[f"{prefix}position_ids"],
-                inputs[f"{prefix}completion_mask"],
-                inputs[f"{prefix}sequence_index"],
-                int(inputs[f"{prefix}sequence_lengths"].shape[0]),
+                pair["input_ids"],
+                pair["position_ids"],
+                pair["completion_mask"],
+                pair["sequence_index"],
+                int(pair["sequence_lengths"].shape[0]),
             )
-        if f"{prefix}prompt_lengths" in inputs:
+        if kind == "shared":
             return shared_prefix_logps(
                 model,
-                inputs[f"{prefix}input_ids"],
-                inputs[f"{prefix}prompt_lengths"],
-                inputs[f"{prefix}chosen_lengths"],
-                inputs[f"{prefix}rejected_lengths"],
+                pair["input_ids"],
+                pair["prompt_lengths"],
+                pair["chosen_lengths"],
+                pair["rejected_lengths"],
             )
-        return completion_logps(
-            model,
-            inputs[f"{prefix}input_ids"],
-            inputs[f"{prefix}attention_mask"],
-            inputs[f"{prefix}completion_mask"],
-        )
+        return completion_logps(model, pair["input_ids"], pair["attention_mask"], pair["completion_mask"])
 
-    def _rewards(self, model, inputs, prefix: str, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards of chosen and rejected, ``(B,)`` each: implicit (policy) or explicit (reward model)."""
+    def _rewards(self, model, pair: dict, logs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards of chosen and rejected, ``(B,)`` each: implicit (policy) or explicit (reward model).
+        ``logs`` (the strong pair's only) receives the policy's log-probs."""
         if self.method.reward_model:
-            scores = sequence_scores(model, inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"])
+            scores = sequence_scores(model, pair["input_ids"], pair["attention_mask"])
             half = scores.shape[0] // 2
             return scores[:half], scores[half:]
-        logps = self._logps(model, inputs, prefix)
+        logps = self._logps(model, pair)
         half = logps.shape[0] // 2
         policy_chosen_logps, policy_rejected_logps = logps[:half], logps[half:]
         if self.method.loss_form.reference_free:
             zero = torch.zeros_like(policy_chosen_logps).detach()
             reference_chosen_logps = reference_rejected_logps = zero
         else:
-            reference_chosen_logps, reference_rejected_logps = self._reference_logps(model, inputs, prefix)
-        if not prefix:
+            reference_chosen_logps, reference_rejected_logps = self._reference_logps(model, pair)
+        if logs is not None:
             logs["logps/chosen"] = policy_chosen_logps.detach()
             logs["logps/rejected"] = policy_rejected_logps.detach()
         return implicit_rewards(
@@ -230,50 +227,39 @@ class PreferenceTrainer(Trainer):
         )
 
     @staticmethod
-    def _lengths(inputs, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Completion tokens of chosen and rejected, ``(B,)`` each, from any batch layout."""
-        if f"{prefix}prompt_lengths" in inputs:
-            return inputs[f"{prefix}chosen_lengths"], inputs[f"{prefix}rejected_lengths"]
-        if f"{prefix}sequence_index" in inputs:
+    def _lengths(pair: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Completion tokens of chosen and rejected, ``(B,)`` each, in any layout."""
+        kind = layout(pair)
+        if kind == "shared":
+            return pair["chosen_lengths"], pair["rejected_lengths"]
+        if kind == "packed":
             counts = sequence_sums(
-                inputs[f"{prefix}completion_mask"],
-                inputs[f"{prefix}sequence_index"],
-                int(inputs[f"{prefix}sequence_lengths"].shape[0]),
+                pair["completion_mask"], pair["sequence_index"], int(pair["sequence_lengths"].shape[0])
             )
         else:
-            counts = inputs[f"{prefix}completion_mask"].sum(dim=1)
+            counts = pair["completion_mask"].sum(dim=1)
         half = counts.shape[0] // 2
         return counts[:half], counts[half:]
 
-    def loss_settings(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~popalign.methods.method_loss` that the loss settings fix."""
-        spec = self.loss
-        return {
-            "constant": spec.margin,
-            "max_margin": spec.max_margin,
-            "odpo_alpha": spec.odpo_alpha,
-            "beta": spec.beta,
-            "label_smoothing": spec.label_smoothing,
-        }
-
     @torch.no_grad()
-    def _weak_rewards(self, model, inputs, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.margin_cache is not None and "weak_index" in inputs:
-            return self._cached_weak_rewards(model, inputs, logs)
-        self.weak_forward_rows += int(inputs["weak_index"].shape[0]) if "weak_index" in inputs else 0
+    def _weak_rewards(self, model, batch: PairBatch, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.margin_cache is not None and batch.weak_index is not None:
+            return self._cached_weak_rewards(model, batch, logs)
+        weak = batch.pair(WEAK)
+        self.weak_forward_rows += int(batch.weak_index.shape[0]) if batch.weak_index is not None else 0
         if self._target_skeleton is not None:
             raise PopalignError("internal: the FSDP2 target was not built before the first step")
         if self.target is None:
-            return self._rewards(model, inputs, "weak_", logs)
+            return self._rewards(model, weak)
         with self.target.activated(self._unwrapped(model)) as target_model:
-            return self._rewards(target_model, inputs, "weak_", logs)
+            return self._rewards(target_model, weak)
 
-    def _cached_weak_rewards(self, model, inputs, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cached_weak_rewards(self, model, batch: PairBatch, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Target rewards of the weak pairs, from the cache where fresh; the rest run as one smaller batch."""
-        index = inputs["weak_index"].tolist()
+        index = batch.weak_index.tolist()
         step = self.state.global_step
         fresh, cached_c, cached_r = self.margin_cache.lookup(index, step)
-        device = inputs["weak_index"].device
+        device = batch.weak_index.device
         chosen = torch.tensor(cached_c, device=device, dtype=torch.float32)
         rejected = torch.tensor(cached_r, device=device, dtype=torch.float32)
         stale = torch.tensor([not f for f in fresh], device=device).nonzero().squeeze(-1)
@@ -282,13 +268,13 @@ class PreferenceTrainer(Trainer):
             # with nothing stale refreshes its first row rather than skipping.
             stale = stale.new_zeros(1)
         if len(stale):
-            sub = select_pairs(inputs, "weak_", stale)
+            sub = select_pairs(batch.pair(WEAK), stale)
             self.weak_forward_rows += len(stale)
             if self.target is None:
-                c, r = self._rewards(model, sub, "weak_", logs)
+                c, r = self._rewards(model, sub)
             else:
                 with self.target.activated(self._unwrapped(model)) as target_model:
-                    c, r = self._rewards(target_model, sub, "weak_", logs)
+                    c, r = self._rewards(target_model, sub)
             chosen[stale], rejected[stale] = c.to(chosen.dtype), r.to(rejected.dtype)
             self.margin_cache.store([index[i] for i in stale.tolist()], c, r, step)
         logs["margin/cached"] = torch.tensor(fresh, device=device, dtype=torch.float32)
@@ -300,30 +286,33 @@ class PreferenceTrainer(Trainer):
         return self.accelerator.num_processes > 1
 
     def preference_outputs(self, model, inputs) -> LossOutput:
+        batch = PairBatch(inputs)
         logs: dict[str, torch.Tensor] = {}
         weak_c = weak_r = None
         if self.method.needs_weak_pair:
             # The no-grad weak forward runs first: its activations are freed before the strong pair's graph
             # is built, so DPO-PoP's peak memory stays that of vanilla DPO.
-            weak_c, weak_r = self._weak_rewards(model, inputs, logs)
-        chosen_rewards, rejected_rewards = self._rewards(model, inputs, "", logs)
+            weak_c, weak_r = self._weak_rewards(model, batch, logs)
+        strong = batch.pair(STRONG)
+        chosen_rewards, rejected_rewards = self._rewards(model, strong, logs)
         lengths = None
         if self.method.needs_lengths:
-            lengths = dict(zip(("chosen", "rejected"), self._lengths(inputs, ""), strict=True))
+            lengths = dict(zip(("chosen", "rejected"), self._lengths(strong), strict=True))
             if self.method.needs_weak_pair:
                 lengths.update(
-                    zip(("weak_chosen", "weak_rejected"), self._lengths(inputs, "weak_"), strict=True)
+                    zip(("weak_chosen", "weak_rejected"), self._lengths(batch.pair(WEAK)), strict=True)
                 )
         out = method_loss(
             self.method,
             chosen_rewards,
             rejected_rewards,
-            gt_margins=inputs.get("gt_margins"),
+            gt_margins=batch.gt_margins,
             weak_chosen_rewards=weak_c,
             weak_rejected_rewards=weak_r,
-            margin_column=inputs.get("margin"),
+            margin_column=batch.margin_column,
             lengths=lengths,
-            **self.loss_settings(),
+            rows=batch.rows,
+            params=self.loss,
         )
         out.metrics.update(logs)
         return out
@@ -353,7 +342,7 @@ class PreferenceTrainer(Trainer):
             )
         if model.training:
             self._accumulate(out.metrics)
-            self._meter().add(inputs)
+            self._meter().add(PairBatch(inputs))
         return (loss, out) if return_outputs else loss
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -450,20 +439,5 @@ class PreferenceTrainer(Trainer):
                 self.margin_cache.merge_state_dict(torch.load(path, weights_only=True))
 
 
-def preference_count(inputs: dict[str, Any]) -> int:
-    """The preferences (strong pairs) of a batch, in any layout."""
-    if "prompt_lengths" in inputs:
-        return int(inputs["prompt_lengths"].shape[0])
-    if "sequence_lengths" in inputs:
-        return int(inputs["sequence_lengths"].shape[0]) // 2
-    return int(inputs["input_ids"].shape[0]) // 2
-
-
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
-
-
-def steps_per_epoch(n_examples: int, batch_size: int, accumulation: int, processes: int = 1) -> int:
-    """Optimiser steps in one epoch (the Trainer's own arithmetic, for progress reporting)."""
-    micro = math.ceil(n_examples / (batch_size * processes))
-    return max(1, micro // accumulation)
