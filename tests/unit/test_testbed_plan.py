@@ -63,7 +63,7 @@ def test_baseline_runs_first_and_sweeps_skip_the_main_setting():
 
 
 def test_step_counts_follow_the_examples(table):
-    c = cfg("preference.batch_size=16")
+    c = cfg("preference.batch_size=16", "preference.epochs=1")
     runs = {r.name: r for r in plan_runs(c)}
     assert run_steps(c, table, runs["dpo"], 0) == math.ceil(200 / 16)
     pairs = build_pop_for_table(table, PoPSpec(strategy="random", k=2.0, seed=0))
@@ -85,7 +85,7 @@ def test_judged_runs_train_on_label_files_drawn_on_the_true_margins(tmp_path):
     for sampler in ("iter", "random"):
         path, summary = ensure_pop_labels(c, layout, runs[f"dpo-pop-{sampler}"], 0, rows)
         steps = run_steps(c, table, runs[f"dpo-pop-{sampler}"], 0, truth)
-        assert steps == math.ceil(summary["pairs"] / 16)
+        assert steps == c.preference.epochs * math.ceil(summary["pairs"] / 16)
         assert run_steps(c, table, runs[f"dpo-steps-matched-{sampler}"], 0, truth) == steps
         # The no-margin control trains on the very same judged pairs.
         assert ensure_pop_labels(c, layout, runs[f"dpo-pop-nomargin-{sampler}"], 0, rows) == (path, summary)
