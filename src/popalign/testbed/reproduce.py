@@ -149,8 +149,12 @@ def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     from popalign.testbed.make_data import make_dataset, read_split
 
     if cfg.data:  # the real-model track reads its preferences where they are
+        from popalign.testbed.crossfit import ensure_folds
+
         for split in ("train", "test"):
             load_preferences_or_fail(str(layout.data), split)
+        if cfg.folds:
+            ensure_folds(cfg, layout)
         return {"source": cfg.data}
     marker = read_marker(layout.data / "task.json")
     if _check_marker(marker, cfg.task.fingerprint(), "the task data", layout.data):
@@ -279,6 +283,23 @@ def ensure_run(
     return True, record
 
 
+def ensure_seed_run(
+    cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, table, sft_model: str
+) -> tuple[bool, dict[str, Any]]:
+    """:func:`ensure_run`, or with ``folds`` one run per fold, then the pooled seed (testbed/crossfit.py)."""
+    from popalign.testbed import crossfit
+
+    if not cfg.folds:
+        return ensure_run(cfg, layout, spec, seed, table, sft_model)
+    return crossfit.ensure_crossfit_run(
+        cfg,
+        layout,
+        spec,
+        seed,
+        lambda fold, fold_table: ensure_run(cfg, fold, spec, seed, fold_table, sft_model),
+    )
+
+
 def _seed_job(cfg: ReproduceConfig, seed: int, lines: Any) -> list[str]:
     """Every run of ``seed`` in this (worker) process, vanilla DPO first; one line on ``lines`` per run."""
     import torch
@@ -290,7 +311,7 @@ def _seed_job(cfg: ReproduceConfig, seed: int, lines: Any) -> list[str]:
     table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
     ran = []
     for spec in plan_runs(cfg):
-        if ensure_run(cfg, layout, spec, seed, table, sft["model"])[0]:
+        if ensure_seed_run(cfg, layout, spec, seed, table, sft["model"])[0]:
             ran.append(f"{spec.name}/seed-{seed}")
         lines.put(f"{spec.name} seed {seed}")
     return ran
@@ -339,7 +360,7 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
             table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
             for spec, seed in jobs:
                 bar.set_postfix_str(f"{spec.name} seed {seed}")
-                now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])
+                now, _ = ensure_seed_run(cfg, layout, spec, seed, table, sft["model"])
                 if now:
                     ran.append(f"{spec.name}/seed-{seed}")
                     if on_run_done is not None:
