@@ -64,6 +64,9 @@ class ModelSettings:
     )
     lora: bool = help_field(False, help="Train LoRA adapters (rank lora_r) instead of every weight.")
     lora_r: int = help_field(16, help="LoRA rank when lora is on (alpha = 2 r).")
+    lora_last_layers: int = help_field(
+        0, help="LoRA adapters in the last N transformer blocks only (0: every block; lora.last_layers)."
+    )
 
 
 @dataclass
