@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from popalign.config import ConfigError, load_config
+from popalign.data.split import assign_folds
 from popalign.errors import PopalignError
 from popalign.testbed import crossfit
 from popalign.testbed.crossfit_report import paired_rows, row_contrasts, smallest_detectable
@@ -19,13 +20,13 @@ from popalign.testbed.settings import ReproduceConfig
 
 def test_rows_sharing_a_prompt_share_a_fold_and_folds_are_balanced():
     prompts = [f"p{i % 7}" for i in range(20)] + [[{"role": "user", "content": "chat"}]] * 2
-    folds = crossfit.assign_folds(prompts, 3, seed=5)
+    folds = assign_folds(prompts, 3, seed=5)
     for p in {json.dumps(x) for x in prompts}:
         assert len({f for x, f in zip(prompts, folds, strict=True) if json.dumps(x) == p}) == 1
     per_fold = [len({json.dumps(x) for x, f in zip(prompts, folds, strict=True) if f == j}) for j in range(3)]
     assert sorted(per_fold) == [2, 3, 3]  # 8 distinct prompts dealt to 3 folds
-    assert (crossfit.assign_folds(prompts, 3, seed=5) == folds).all()  # deterministic
-    assert not (crossfit.assign_folds(prompts, 3, seed=6) == folds).all()
+    assert (assign_folds(prompts, 3, seed=5) == folds).all()  # deterministic
+    assert not (assign_folds(prompts, 3, seed=6) == folds).all()
 
 
 def test_folds_need_data_and_every_row(tmp_path):

@@ -2,9 +2,9 @@
 
 A real preference folder gives few test rows (200 on the UltraFeedback sample), too few to resolve the
 accuracy differences the paper reports. With ``folds = K`` the train and test rows are pooled and split by
-prompt into K folds (:func:`assign_folds`: one prompt never sits on both sides); each run is trained K
-times, on K - 1 folds, and scores the held-out fold, so that every pooled row is scored out of fold exactly
-once per seed. PoP pairs are built by the trainer from its fold's training rows only.
+prompt into K folds (:func:`popalign.data.split.assign_folds`, as ``popalign probe`` does); each run is
+trained K times, on K - 1 folds, and scores the held-out fold, so that every pooled row is scored out of
+fold exactly once per seed. PoP pairs are built by the trainer from its fold's training rows only.
 
 Each fold-run is an ordinary run of :func:`popalign.testbed.reproduce.ensure_run` (its own folder,
 ``done.json``, checkpoints: it resumes like any run) in :class:`FoldLayout`, whose data folder is the
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from popalign.data.split import assign_folds, prompt_key
 from popalign.errors import PopalignError
 from popalign.io import atomic_write_json, atomic_write_text
 from popalign.testbed.plan import Layout, RunSpec
@@ -63,37 +64,25 @@ def fold_layouts(cfg: ReproduceConfig, layout: Layout) -> list[FoldLayout]:
     return [FoldLayout(layout.root, root / f"fold-{j}", fold=j) for j in range(cfg.folds)]
 
 
-def pooled_rows(source: Path) -> list[dict[str, Any]]:
-    """The train then the test rows of ``source`` as read, each with a unique ``id`` (``<split>-<id>``).
+def pooled_rows(source: Path) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The train then the test rows of ``source`` as read, each with a unique ``id`` (``<split>-<id>``),
+    and their prompts as :func:`popalign.data.load.load_preferences` reads them (whatever the columns).
 
     The id is the row's own ``id`` when it has one, else its 0-based row number in the split (what
-    :func:`popalign.data.load.load_preferences` would give it), so train and test ids never collide.
+    ``load_preferences`` would give it), so train and test ids never collide.
     """
     from popalign.data.formats import read_rows
+    from popalign.data.load import load_preferences
 
-    out = []
+    rows, prompts = [], []
     for split in SPLITS:
         raw = read_rows(str(source), split)
-        for i, row in enumerate(raw.rows):
-            out.append({**row, "id": f"{split}-{row.get('id', i)}"})
-    return out
-
-
-def _prompt_key(prompt: Any) -> str:
-    # A prompt may be a string or a list of chat messages: its JSON text identifies it either way.
-    return prompt.strip() if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
-
-
-def assign_folds(prompts: list[Any], k: int, seed: int) -> np.ndarray:
-    """Fold index of each row: distinct prompts shuffled with ``seed`` and dealt to the K folds in turn.
-
-    Rows sharing a prompt share a fold; the folds' prompt counts differ by at most one.
-    """
-    keys = [_prompt_key(p) for p in prompts]
-    distinct = sorted(set(keys))
-    order = np.random.default_rng(seed).permutation(len(distinct))
-    fold_of = {distinct[i]: rank % k for rank, i in enumerate(order)}
-    return np.array([fold_of[key] for key in keys], dtype=np.int64)
+        table = load_preferences(str(source), split=split, tie_policy="keep")[0]
+        if len(table) != len(raw.rows):
+            raise PopalignError(f"{source}: {split} has rows that are not preferences; fix or remove them")
+        rows += [{**row, "id": f"{split}-{row.get('id', i)}"} for i, row in enumerate(raw.rows)]
+        prompts += list(table.prompts)
+    return rows, prompts
 
 
 def _fingerprint(rows: list[dict[str, Any]], folds: np.ndarray, cfg: ReproduceConfig) -> str:
@@ -111,8 +100,8 @@ def ensure_folds(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     A manifest made from other data or fold settings is an error: the finished fold-runs would be mixed
     with new ones.
     """
-    rows = pooled_rows(layout.data)
-    folds = assign_folds([r.get("prompt") for r in rows], cfg.folds, cfg.fold_seed)
+    rows, prompts = pooled_rows(layout.data)
+    folds = assign_folds(prompts, cfg.folds, cfg.fold_seed, source=str(layout.data))
     fingerprint = _fingerprint(rows, folds, cfg)
     root = fold_root(layout)
     path = root / MANIFEST
@@ -134,7 +123,7 @@ def ensure_folds(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
         "source": str(layout.data),
         "ids": [r["id"] for r in rows],
         "fold": folds.tolist(),
-        "prompts": len({_prompt_key(r.get("prompt")) for r in rows}),
+        "prompts": len({prompt_key(p) for p in prompts}),
     }
     atomic_write_json(path, manifest)  # last: its presence means every fold folder is complete
     return manifest
