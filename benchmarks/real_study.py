@@ -40,7 +40,8 @@ def _kind(spec) -> str:
     return "pop-margin" if method.needs_weak_pair else "pop-nomargin"
 
 
-def _time_steps(cfg, fold, spec, rows: int, warmup: int, steps: int, out: Path) -> float:
+def _time_steps(cfg, fold, spec, rows: int, warmup: int, steps: int, out: Path) -> dict[str, float]:
+    """Wall and CPU (this process, all threads) seconds per optimiser step."""
     from popalign.config import load_config
     from popalign.data.load import load_preferences
     from popalign.testbed.plan import run_steps, train_overrides
@@ -57,17 +58,20 @@ def _time_steps(cfg, fold, spec, rows: int, warmup: int, steps: int, out: Path) 
     overrides.append("training.save_steps=100000")
     timer = StepTimer()
     run_train(load_config(TrainConfig, None, overrides), callbacks=[timer.callback])
-    timed = timer.intervals[warmup : warmup + steps]
-    return sum(timed) / len(timed)
+    return {
+        "wall": sum(timer.intervals[warmup : warmup + steps]) / steps,
+        "cpu": sum(timer.cpu_intervals[warmup : warmup + steps]) / steps,
+    }
 
 
-def _time_scoring(cfg, fold, rows: int, out: Path) -> float:
-    """Seconds per held-out row scored by a policy and its reference (no cache)."""
+def _time_scoring(fold, model: Path, rows: int, out: Path) -> dict[str, float]:
+    """Wall and CPU seconds per held-out row scored by a timed run's model and its reference (no cache),
+    at the lengths the run was trained with (its saved settings), as the study scores its runs."""
     from popalign.eval.pipeline import BootstrapOptions, ScoringOptions, run_discriminative
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run_discriminative(
-        [cfg.model.name_or_path],
+        [str(model)],
         str(fold.data),
         split="test",
         limit=rows,
@@ -78,7 +82,7 @@ def _time_scoring(cfg, fold, rows: int, out: Path) -> float:
         progress=False,
         plots=False,
     )
-    return (time.perf_counter() - start) / rows
+    return {"wall": (time.perf_counter() - start) / rows, "cpu": (time.process_time() - cpu) / rows}
 
 
 def project(cfg, layout, per_step: dict[str, float], per_row: float) -> dict[str, Any]:
@@ -137,15 +141,24 @@ def main(argv: list[str] | None = None) -> int:
         layout = Layout.of(cfg)
         ensure_folds(cfg, layout)
         fold = fold_layouts(cfg, layout)[0]
-        per_step: dict[str, float] = {}
+        per_step: dict[str, dict[str, float]] = {}
         for spec in plan_runs(cfg):
             kind = _kind(spec)
             if kind not in per_step:
                 per_step[kind] = _time_steps(cfg, fold, spec, args.rows, args.warmup, args.steps, out)
-                print(f"{kind} ({spec.name}): {per_step[kind]:.2f} s/step", flush=True)
-        per_row = _time_scoring(cfg, fold, args.eval_rows, out)
-        print(f"scoring (policy + reference): {per_row:.3f} s/row", flush=True)
-        projection = project(cfg, layout, per_step, per_row)
+                print(f"{kind} ({spec.name}): {per_step[kind]}", flush=True)
+        first = plan_runs(cfg)[0]  # vanilla DPO: its final model is saved like a study run's
+        per_row = _time_scoring(fold, out / first.name, args.eval_rows, out)
+        print(f"scoring (policy + reference) per row: {per_row}", flush=True)
+        # Wall seconds as measured (on a shared machine), and CPU seconds over the threads: what the wall
+        # time would be with the threads' cores to this process alone.
+        threads = cfg.threads or torch.get_num_threads()
+        projection = {
+            "measured": project(cfg, layout, {k: v["wall"] for k, v in per_step.items()}, per_row["wall"]),
+            "idle": project(
+                cfg, layout, {k: v["cpu"] / threads for k, v in per_step.items()}, per_row["cpu"] / threads
+            ),
+        }
     report = {
         "machine": {**machine(), "load_average_end": list(os.getloadavg())},
         "config": args.config,

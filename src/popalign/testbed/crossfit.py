@@ -165,9 +165,14 @@ def pool(
     from popalign.eval.discriminative import discriminative_metrics
 
     folder = layout.run(spec.name, seed)
-    fingerprint = hashlib.sha256(
+    files = [fl.run(spec.name, seed) / "eval" / PREDICTIONS for fl in fold_layouts(cfg, layout)]
+    # The folds, each fold-run's settings and its predictions themselves: a fold-run made again changes it.
+    digest = hashlib.sha256(
         json.dumps([manifest["fingerprint"], *(r["fingerprint"] for r in records)]).encode()
-    ).hexdigest()[:16]
+    )
+    for f in files:
+        digest.update(f.read_bytes())
+    fingerprint = digest.hexdigest()[:16]
     done = folder / "done.json"
     if done.is_file():
         old = json.loads(done.read_text(encoding="utf-8"))
@@ -175,8 +180,8 @@ def pool(
             return old
     start = time.time()
     by_id: dict[str, dict[str, Any]] = {}
-    for fl in fold_layouts(cfg, layout):
-        for row in _jsonl(fl.run(spec.name, seed) / "eval" / PREDICTIONS):
+    for fl, f in zip(fold_layouts(cfg, layout), files, strict=True):
+        for row in _jsonl(f):
             if row["id"] in by_id:
                 raise PopalignError(f"{folder}: row {row['id']} was scored by two fold-runs")
             by_id[str(row["id"])] = {**row, "fold": fl.fold}
