@@ -159,6 +159,13 @@ def test_report_pools_the_out_of_fold_rows(finished):
     steps = json.loads((out / "runs" / "dpo-steps-matched-iter" / "seed-0" / "done.json").read_text())
     pop = json.loads((out / "runs" / "dpo-pop-iter" / "seed-0" / "done.json").read_text())
     assert steps["fold_steps"] == pop["fold_steps"]  # matched fold by fold
+    # The reference's log-probs of a fold's training rows are computed once, by the first run on that fold.
+    for fold in (0, 1):
+        for name, seed in (("dpo-pop-iter", 0), ("dpo", 1)):
+            info = json.loads(
+                (out / "runs" / name / f"seed-{seed}" / f"fold-{fold}" / "run_info.json").read_text()
+            )
+            assert info["reference"]["cache"] == "hit"
     md = (out / "report" / "report.md").read_text()
     assert "Cross-fitting" in md and "smallest detectable" in md.lower()
 

@@ -39,3 +39,21 @@ def test_more_layers_than_the_model_has_is_an_error(tokenizer):
         apply_lora(
             tiny_causal_lm(tokenizer, seed=0, num_hidden_layers=2), LoraSpec(enabled=True, last_layers=3)
         )
+
+
+def test_reference_fingerprint_ignores_disabled_adapters_only(tokenizer):
+    from popalign.modeling.reference import model_fingerprint
+    from popalign.modeling.target import adapters_disabled
+
+    def lora(seed):
+        torch.manual_seed(seed)  # LoRA's A matrices are drawn from torch's generator
+        return apply_lora(tiny_causal_lm(tokenizer, seed=0, num_hidden_layers=2), LoraSpec(enabled=True, r=2))
+
+    a, b = lora(1), lora(2)
+    with adapters_disabled(a), adapters_disabled(b):
+        # The same frozen base: the same reference, whatever the adapters' initialisation.
+        assert model_fingerprint(a) == model_fingerprint(b)
+    assert model_fingerprint(a) != model_fingerprint(b)  # active adapters are part of the model
+    plain = tiny_causal_lm(tokenizer, seed=0, num_hidden_layers=2)
+    other = tiny_causal_lm(tokenizer, seed=1, num_hidden_layers=2)
+    assert model_fingerprint(plain) != model_fingerprint(other)  # base weights still count

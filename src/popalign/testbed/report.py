@@ -307,7 +307,7 @@ def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, floa
         m = cfg.model
         rows = f"{cfg.train_rows or 'all'} training and {cfg.test_rows or 'all'} test preferences"
         if cfg.folds:
-            rows = f"every training and test preference, {cfg.folds}-fold cross-fitted"
+            rows = f"every training and test preference, cross-fitted in {cfg.folds} folds,"
         what = [
             f"The paper's methods on real preferences ({rows} of {cfg.data}) with the pretrained",
             f"{m.name_or_path}{f' (LoRA rank {m.lora_r})' if m.lora else ''}, seeds {seeds}. Without a",
