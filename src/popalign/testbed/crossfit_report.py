@@ -159,6 +159,6 @@ def blocks(summary: dict[str, Any]) -> list[tuple]:
         )  # fmt: skip
     if s["pop_margin"]:
         out.append(
-            ("table", (["Run", "Mean logged margin"], [[n, fmt(v, 3)] for n, v in s["pop_margin"].items()]))
+            ("table", (["Run", "Mean logged margin"], [[n, f"{v:.3g}"] for n, v in s["pop_margin"].items()]))
         )
     return out
