@@ -198,3 +198,30 @@ def test_an_interrupted_fold_resumes_without_redoing_the_finished_one(setup, mon
     assert (out / "runs" / "dpo" / "seed-0" / "fold-1" / "done.json").is_file()
     assert len(_jsonl(out / "runs" / "dpo" / "seed-0" / "eval" / "discriminative_predictions.jsonl")) == 24
     assert reproduce(cfg)["ran"] == []  # all done: nothing runs again
+
+
+def test_a_fold_run_killed_mid_training_resumes_from_its_checkpoint(setup, monkeypatch):
+    from transformers import TrainerCallback
+
+    import popalign.testbed.reproduce as rep
+
+    root, data, model_dir = setup
+    out = root / "killed"
+    cfg = config(out, data, model_dir, "seeds=[0]", "methods=[dpo]", "controls=[]", "preference.batch_size=2")
+    cfg.preference.save_steps = 2
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3 and "fold-1" in args.output_dir:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(rep, "_step_bar", lambda desc, enabled: Kill())
+        with pytest.raises(KeyboardInterrupt):
+            reproduce(cfg)
+    fold1 = out / "runs" / "dpo" / "seed-0" / "fold-1"
+    assert (fold1 / "checkpoint-2").is_dir() and not (fold1 / "done.json").exists()
+    assert reproduce(cfg)["ran"] == ["dpo/seed-0"]
+    trained = json.loads((fold1 / "trained.json").read_text())
+    assert trained["resumed_from"].endswith("checkpoint-2")
+    assert json.loads((fold1 / "trainer_state.json").read_text())["global_step"] == trained["steps"]
