@@ -11,6 +11,7 @@ Commands:
   margin-cache  what loss.margin_refresh_steps saves (hit rates) and changes (tiny runs, --data DIR)
   gpu       the H200 comparison (benchmarks/gpu_h200.py); --dry-run runs its code path on a CPU
   real      real lengths: TRL vs popalign padded and padding-free on the UltraFeedback sample, SmolLM2
+  real-study  seconds per step of each arm of the cross-fitted real-model study, its projected wall time
 
 Examples:
   python -m benchmarks
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.margin_cache import main as run
     elif command == "real":
         from benchmarks.real import main as run
+    elif command == "real-study":
+        from benchmarks.real_study import main as run
     elif command == "gpu":
         from benchmarks.gpu_h200 import main as run
     else:

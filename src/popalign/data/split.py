@@ -31,6 +31,24 @@ def prompt_key(prompt: Prompt) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def assign_folds(prompts: list[Prompt], folds: int, seed: int, source: str = "data") -> np.ndarray:
+    """``(N,)`` fold of each row: distinct prompts shuffled by ``seed`` and dealt round-robin, rows follow
+    their prompt (one prompt never sits in two folds; the folds' prompt counts differ by at most one).
+
+    Raises:
+        PopalignError: when there are fewer distinct prompts than folds (naming ``source``).
+    """
+    from popalign.errors import PopalignError
+
+    keys = [prompt_key(p) for p in prompts]
+    distinct = sorted(set(keys))
+    if len(distinct) < folds:
+        raise PopalignError(f"{source}: {len(distinct)} distinct prompts cannot fill {folds} folds")
+    order = np.random.default_rng([int(seed), 0]).permutation(len(distinct))
+    fold_of_key = {distinct[j]: rank % folds for rank, j in enumerate(order)}
+    return np.asarray([fold_of_key[k] for k in keys])
+
+
 @dataclass
 class Split:
     """Row indices of each side, sorted (file order is kept), and what was done."""

@@ -34,11 +34,41 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     config = getattr(model, "config", None)
     if config is not None:
         h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    idle = _idle_adapter_weights(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if id(p) in idle:
+                continue
             t = p.detach().float()
             h.update(f"{name}:{tuple(t.shape)}:{t.sum().item():.8e}:{t.abs().sum().item():.8e}".encode())
     return h.hexdigest()[:16]
+
+
+def _idle_adapter_weights(model: torch.nn.Module) -> set[int]:
+    """ids of the peft adapter weights that take no part in the forward pass as the model stands.
+
+    The reference of a LoRA run is its policy with the adapters disabled: their weights (randomly
+    initialised per seed, a Polyak target adapter beside them) do not change its log-probs, so they must
+    not change its cache key either, or every run would recompute the same reference. Active adapters
+    stay in the fingerprint.
+    """
+    import sys
+
+    if "peft" not in sys.modules:  # no peft layer can exist without it
+        return set()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out: set[int] = set()
+    for module in model.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        active = set() if module.disable_adapters else set(module.active_adapters)
+        for attr in module.adapter_layer_names:
+            for adapter, weights in getattr(module, attr).items():
+                if adapter not in active:
+                    params = [weights] if isinstance(weights, torch.nn.Parameter) else weights.parameters()
+                    out.update(id(p) for p in params)
+    return out
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from popalign.data.split import prompt_key
+from popalign.data.split import assign_folds
 from popalign.errors import PopalignError
 from popalign.methods import REWARD_MODEL_METHODS, Method, resolve_method
 from popalign.pop.build import PoPSpec, build_pop
@@ -90,13 +90,7 @@ def arm_runnable(arm: Arm, table: PreferenceTable) -> str | None:
 
 def fold_assignment(table: PreferenceTable, folds: int, seed: int) -> np.ndarray:
     """``(N,)`` fold of each row: prompts shuffled by ``seed`` and dealt round-robin, rows follow prompts."""
-    keys = [prompt_key(p) for p in table.prompts]
-    distinct = sorted(set(keys))
-    if len(distinct) < folds:
-        raise PopalignError(f"{table.source}: {len(distinct)} distinct prompts cannot fill {folds} folds")
-    order = np.random.default_rng([int(seed), 0]).permutation(len(distinct))
-    fold_of_key = {distinct[j]: rank % folds for rank, j in enumerate(order)}
-    return np.asarray([fold_of_key[k] for k in keys])
+    return assign_folds(table.prompts, folds, seed, source=str(table.source))
 
 
 def fold_examples(

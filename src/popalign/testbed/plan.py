@@ -242,6 +242,8 @@ def _model(cfg: ReproduceConfig) -> list[str]:
     out = [f"lora.enabled={str(m.lora).lower()}"]
     if m.lora:
         out += [f"lora.r={m.lora_r}", f"lora.alpha={2 * m.lora_r}"]
+        if m.lora_last_layers:  # only when set, so that finished runs keep their fingerprints
+            out.append(f"lora.last_layers={m.lora_last_layers}")
     if cfg.train_rows:
         out.append(f"data.limit={cfg.train_rows}")
     return out

@@ -21,7 +21,7 @@ import numpy as np
 from popalign.eval.report import markdown_table
 from popalign.io import atomic_write_json, atomic_write_text
 from popalign.testbed import claims as cl
-from popalign.testbed import figures, sections, tuning
+from popalign.testbed import crossfit_report, figures, sections, tuning
 from popalign.testbed import verdict_report as vr
 from popalign.testbed.frontier import summarise_frontier
 from popalign.testbed.plan import Layout, RunSpec
@@ -132,6 +132,7 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
     cl.decide([v for v, _ in judged], cfg.preregistered)
     verdicts = [vr.verdict_record(v, **extra) for v, extra in judged]
     test = results[BASELINE][0].truth if BASELINE in results else np.array([])
+    crossfit = crossfit_report.summarise(cfg, results) if cfg.folds else None
     return {
         "settings": {"seeds": cfg.seeds, "task": vars(cfg.task), "bootstrap": cfg.bootstrap},
         "methods": methods,
@@ -140,6 +141,7 @@ def summarise(cfg: ReproduceConfig, layout: Layout, runs: list[RunSpec]) -> dict
         "margin_trace": summarise_margins(results),
         "tuning": selection,
         "margin_split": float(np.median(test[test != 0])) if len(test) else None,
+        "crossfit": crossfit,
         "_results": results,
     }
 
@@ -304,6 +306,8 @@ def _intro(cfg: ReproduceConfig, summary: dict[str, Any], timing: dict[str, floa
     if cfg.data:
         m = cfg.model
         rows = f"{cfg.train_rows or 'all'} training and {cfg.test_rows or 'all'} test preferences"
+        if cfg.folds:
+            rows = f"every training and test preference, cross-fitted in {cfg.folds} folds,"
         what = [
             f"The paper's methods on real preferences ({rows} of {cfg.data}) with the pretrained",
             f"{m.name_or_path}{f' (LoRA rank {m.lora_r})' if m.lora else ''}, seeds {seeds}. Without a",
@@ -344,6 +348,8 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
         ("p", vr.RULE),
     ]
     blocks += _control_blocks(cfg, summary["verdicts"])
+    if summary["crossfit"] is not None:
+        blocks += crossfit_report.blocks(summary["crossfit"])
     blocks += sections.frontier_blocks(summary["frontier"], summary["verdicts"], out)
     blocks += sections.margin_trace_blocks(summary["margin_trace"])
     if tuned:

@@ -149,8 +149,12 @@ def ensure_data(cfg: ReproduceConfig, layout: Layout) -> dict[str, Any]:
     from popalign.testbed.make_data import make_dataset, read_split
 
     if cfg.data:  # the real-model track reads its preferences where they are
+        from popalign.testbed.crossfit import ensure_folds
+
         for split in ("train", "test"):
             load_preferences_or_fail(str(layout.data), split)
+        if cfg.folds:
+            ensure_folds(cfg, layout)
         return {"source": cfg.data}
     marker = read_marker(layout.data / "task.json")
     if _check_marker(marker, cfg.task.fingerprint(), "the task data", layout.data):
@@ -279,6 +283,23 @@ def ensure_run(
     return True, record
 
 
+def ensure_seed_run(
+    cfg: ReproduceConfig, layout: Layout, spec: RunSpec, seed: int, table, sft_model: str
+) -> tuple[bool, dict[str, Any]]:
+    """:func:`ensure_run`, or with ``folds`` one run per fold, then the pooled seed (testbed/crossfit.py)."""
+    from popalign.testbed import crossfit
+
+    if not cfg.folds:
+        return ensure_run(cfg, layout, spec, seed, table, sft_model)
+    return crossfit.ensure_crossfit_run(
+        cfg,
+        layout,
+        spec,
+        seed,
+        lambda fold, fold_table: ensure_run(cfg, fold, spec, seed, fold_table, sft_model),
+    )
+
+
 _TABLES: dict[tuple[str, int | None], Any] = {}
 
 
@@ -296,7 +317,7 @@ def _run_job(cfg: ReproduceConfig, key: tuple[str, int]) -> list[str]:
     if source not in _TABLES:
         _TABLES[source] = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
     spec = {r.name: r for r in plan_runs(cfg)}[name]
-    ran_now, _ = ensure_run(cfg, layout, spec, seed, _TABLES[source], sft["model"])
+    ran_now, _ = ensure_seed_run(cfg, layout, spec, seed, _TABLES[source], sft["model"])
     return [f"{name}/seed-{seed}"] if ran_now else []
 
 
@@ -369,7 +390,7 @@ def reproduce(cfg: ReproduceConfig, *, on_run_done: RunHook | None = None) -> di
             table = load_preferences_or_fail(str(layout.data), "train", cfg.train_rows)
             for spec, seed in jobs:
                 bar.set_postfix_str(f"{spec.name} seed {seed}")
-                now, _ = ensure_run(cfg, layout, spec, seed, table, sft["model"])
+                now, _ = ensure_seed_run(cfg, layout, spec, seed, table, sft["model"])
                 if now:
                     ran.append(f"{spec.name}/seed-{seed}")
                     if on_run_done is not None:

@@ -64,6 +64,9 @@ class ModelSettings:
     )
     lora: bool = help_field(False, help="Train LoRA adapters (rank lora_r) instead of every weight.")
     lora_r: int = help_field(16, help="LoRA rank when lora is on (alpha = 2 r).")
+    lora_last_layers: int = help_field(
+        0, help="LoRA adapters in the last N transformer blocks only (0: every block; lora.last_layers)."
+    )
 
 
 @dataclass
@@ -222,6 +225,16 @@ class ReproduceConfig:
     )
     train_rows: int | None = help_field(None, help="With data: the first N training preferences (null: all).")
     test_rows: int | None = help_field(None, help="With data: the first N test preferences (null: all).")
+    folds: int = help_field(
+        0,
+        help="With data: K-fold cross-fitting (0: off, train on train and score test). K >= 2 pools the "
+        "train and test rows, splits them by prompt into K folds (fold_seed), trains every run on K - 1 "
+        "folds and scores the held-out one, so each row is scored out of fold once per seed "
+        "(testbed/crossfit.py).",
+    )
+    fold_seed: int = help_field(
+        0, help="Seed of the prompts' assignment to folds (the same folds for every seed and run)."
+    )
     train_settings: list[str] = help_field(
         default_factory=list,
         help="Extra popalign train key=value settings for every preference run, e.g. "
@@ -281,6 +294,10 @@ class ReproduceConfig:
         for c in self.controls:
             if c not in CONTROLS:
                 raise ConfigError(f"controls: {c!r} is not one of {', '.join(CONTROLS)}")
+        if self.folds and (self.folds < 2 or not self.data):
+            raise ConfigError(f"folds: 0 (off) or at least 2 with data=..., got {self.folds}")
+        if self.folds and (self.train_rows is not None or self.test_rows is not None):
+            raise ConfigError("folds pools every row of both splits: leave train_rows and test_rows null")
         if self.data and ORACLE in self.controls:
             raise ConfigError(
                 f"controls: {ORACLE} needs the testbed's true rewards; it does not run with data"

@@ -45,6 +45,11 @@ class LoraSpec:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         help="Module names that get adapters.",
     )
+    last_layers: int = help_field(
+        0,
+        help="Adapters in the last N transformer blocks only (0: every block). Backpropagation then stops "
+        "at the first adapted block, so a step costs the forward pass and N blocks' backward.",
+    )
     merge_on_save: bool = help_field(
         False, help="Save the final model with the adapter merged into the base (else the adapter alone)."
     )

@@ -75,11 +75,20 @@ def apply_lora(model: Any, spec: LoraSpec, *, reward_model: bool = False) -> Any
 
     from popalign.modeling.lora import peft_wrap
 
+    layers = None
+    if spec.last_layers:
+        total = model.config.num_hidden_layers
+        if not 0 < spec.last_layers <= total:
+            from popalign.errors import PopalignError
+
+            raise PopalignError(f"lora.last_layers: 1..{total} (the model's blocks), got {spec.last_layers}")
+        layers = list(range(total - spec.last_layers, total))
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=list(spec.target_modules),
+        layers_to_transform=layers,
         task_type=TaskType.SEQ_CLS if reward_model else TaskType.CAUSAL_LM,
     )
     return peft_wrap(model, config)
