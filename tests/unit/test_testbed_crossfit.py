@@ -62,7 +62,7 @@ def test_pooled_out_of_fold_metrics_equal_hand_values(tmp_path, monkeypatch):
     cfg = load_config(
         ReproduceConfig, None, ["folds=2", "data=x", "controls=[]", "bootstrap=20", f"output_dir={tmp_path}"]
     )
-    layout = Layout(tmp_path)
+    layout = Layout.of(cfg)  # real data: its score margins are the truth
     spec = RunSpec("dpo", "dpo", "paper", 2.0, 0.0)
     manifest = {"fingerprint": "m", "ids": ["train-0", "train-1", "test-0", "test-1"]}
     # Fold 0 scored train-1 and test-0, fold 1 the others; pooled order is the manifest's.
@@ -87,7 +87,7 @@ def test_pooling_refuses_a_row_scored_twice_or_never(tmp_path):
     cfg = load_config(
         ReproduceConfig, None, ["folds=2", "data=x", "controls=[]", "bootstrap=20", f"output_dir={tmp_path}"]
     )
-    layout = Layout(tmp_path)
+    layout = Layout.of(cfg)  # real data: its score margins are the truth
     spec = RunSpec("dpo", "dpo", "paper", 2.0, 0.0)
     manifest = {"fingerprint": "m", "ids": ["a", "b", "c"]}
     _write_fold_run(layout, spec, 0, 0, [("a", 1.0, 1.0), ("b", 1.0, 1.0)])
