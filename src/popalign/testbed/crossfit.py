@@ -200,12 +200,7 @@ def pool(
     fold_runs = [fl.run(spec.name, seed) for fl in fold_layouts(cfg, layout)]
     record = {
         "fingerprint": fingerprint,
-        "run": spec.name,
-        "method": spec.method,
-        "group": spec.group,
-        "seed": seed,
-        "k": spec.k,
-        "noise": spec.noise,
+        **spec.identity(seed),
         # Optimiser steps of all K fold models together; each fold's own count beside it.
         "steps": sum(r["steps"] for r in records),
         "fold_steps": [r["steps"] for r in records],

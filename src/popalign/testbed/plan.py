@@ -60,6 +60,17 @@ class RunSpec:
 
         return get_method(self.method).uses_pop_pairs
 
+    def identity(self, seed: int) -> dict[str, Any]:
+        """What a run's ``done.json`` records about which run and seed it is."""
+        return {
+            "run": self.name,
+            "method": self.method,
+            "group": self.group,
+            "seed": seed,
+            "k": self.k,
+            "noise": self.noise,
+        }
+
     @property
     def family(self) -> str:
         """The run this one varies (itself unless it is a tuning variant)."""

@@ -267,12 +267,7 @@ def ensure_run(
             ev.evaluate_validation(cfg, layout, folder, spec.name, seed)
     record = {
         "fingerprint": fingerprint,
-        "run": spec.name,
-        "method": spec.method,
-        "group": spec.group,
-        "seed": seed,
-        "k": spec.k,
-        "noise": spec.noise,
+        **spec.identity(seed),
         "steps": trained["steps"],
         "curve_steps": kept,
         "pop_labels": label_summary,
