@@ -194,6 +194,35 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, si
     assert worst <= 1e-5, f"final weights differ by {worst}"
 
 
+@pytest.mark.slow
+def test_two_padding_free_processes_equal_one_padded_process(tmp_path, single):
+    # Padding-free batches under DDP: each process packs its half of the batch (chosen, rejected and the weak
+    # pair of the target pass) into rows without padding; the gathered step must be the padded one's.
+    out = tmp_path / "run"
+    overrides = [
+        *_overrides(single["data"], out, single["cache"], GLOBAL_BATCH // 2),
+        "training.padding_free=true",
+    ]
+    done = _launch_two(overrides)
+    assert done.returncode == 0, f"launch failed ({done.returncode}); stderr ends:\n{done.stderr[-4000:]}"
+    one, two = _logged_steps(single["out"]), _logged_steps(out)
+    assert len(one) == len(two) == STEPS
+    # The layouts really differ: run_info records whether the collator packed (after the model's check).
+    assert json.loads((out / "run_info.json").read_text())["padding_free"] is True
+    assert json.loads((single["out"] / "run_info.json").read_text())["padding_free"] is False
+    for step, (a, b) in enumerate(zip(one, two, strict=True), start=1):
+        for key in COMPARED:
+            if step == 1 and key == "rewards/accuracies":
+                continue
+            rel = 1e-6 if key in RELATIVE else 0
+            assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-5), (
+                f"step {step} {key}: {b[key]} vs {a[key]}"
+            )
+    w1, w2 = load_file(single["out"] / "model.safetensors"), load_file(out / "model.safetensors")
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert worst <= 1e-5, f"final weights differ by {worst}"
+
+
 def test_processes_that_do_not_join_are_refused(tmp_path, monkeypatch):
     # What each process of a torchrun-style launch sees on a machine without GPUs when ACCELERATE_USE_CPU is
     # not set: WORLD_SIZE=2, but a process group of one. Each would train alone on all the data.
