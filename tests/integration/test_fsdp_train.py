@@ -5,10 +5,13 @@ the shipped ``fsdp.yaml`` settings that matter here (FSDP2, one group per decode
 checkpoints) and ``dpo-pop-random`` with a fast-moving target, so the sharded Polyak target, its update
 and its gathered checkpoint all take part. Compared with the single-process run: the per-step metrics and
 the final weights, for full fine-tuning (straight, and killed then resumed from a sharded checkpoint) and
-for LoRA (the adapter merged on save), and for a PoP reward model; and `popalign sft` under FSDP2.
+for LoRA (the adapter merged on save), with padding-free batches, and for a PoP reward model; and
+`popalign sft` under FSDP2.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -38,6 +41,15 @@ def test_fsdp2_full_fine_tuning_equals_one_process(tmp_path, one, ultrafeedback_
     out = two(tmp_path, ultrafeedback_dir, FSDP)
     assert (out / "checkpoint-3" / "pytorch_model_fsdp_0").is_dir()  # the policy's checkpoint is sharded
     assert (out / "checkpoint-3" / "popalign_target.pt").is_file()
+    assert_same_run(one, out)
+
+
+@pytest.mark.slow
+def test_fsdp2_padding_free_equals_one_padded_process(tmp_path, one, ultrafeedback_dir):
+    # Each process packs its half of the batch (and the weak pair of the sharded target's pass) without
+    # padding; the steps and weights must be the padded single process's.
+    out = two(tmp_path, ultrafeedback_dir, FSDP, "training.padding_free=true")
+    assert json.loads((out / "run_info.json").read_text())["padding_free"] is True
     assert_same_run(one, out)
 
 
