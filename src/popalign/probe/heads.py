@@ -14,7 +14,7 @@ so the seeds never mix).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -168,8 +168,9 @@ def batch_loss(
 class TrainData:
     """What heads train on: every row's raw features, each seed's standardisation, scores, a column.
 
-    Features stay one shared ``(N, D)`` array (small enough to stay in cache); a batch is gathered and
-    then standardised with its seed's training-fold mean and spread.
+    Each seed's standardised features ``(S, N, D)`` are computed once, when the fold's data is made: a
+    batch is then an index into them, not a fresh subtraction and division per step (which took half of a
+    probe's time). The values are the same, element for element.
     """
 
     chosen: torch.Tensor  # (N, D)
@@ -178,10 +179,19 @@ class TrainData:
     spread: torch.Tensor  # (S, D)
     gt_margins: torch.Tensor | None  # (N,)
     column: torch.Tensor | None  # (N,)
+    standard: dict[str, torch.Tensor] = field(init=False, repr=False)
 
-    def gather(self, side: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def __post_init__(self) -> None:
+        self.standard = {
+            side: (raw[None, :, :] - self.mean[:, None, :]) / self.spread[:, None, :]
+            for side, raw in (("chosen", self.chosen), ("rejected", self.rejected))
+        }
+
+    def gather(self, side: str, rows: torch.Tensor) -> torch.Tensor:
         """Standardised features ``(S, B, D)`` of ``rows`` ``(S, B)`` of ``side`` (chosen or rejected)."""
-        return (side[rows] - self.mean[:, None, :]) / self.spread[:, None, :]
+        import torch
+
+        return self.standard[side][torch.arange(rows.shape[0])[:, None], rows]
 
 
 def train_heads(
@@ -210,12 +220,12 @@ def train_heads(
         weak_x = None
         if weak is not None:
             weak_rows = weak[seed_axis, pos]
-            weak_x = (data.gather(data.chosen, weak_rows), data.gather(data.rejected, weak_rows))
+            weak_x = (data.gather("chosen", weak_rows), data.gather("rejected", weak_rows))
         loss, out = batch_loss(
             heads,
             method,
-            data.gather(data.chosen, rows),
-            data.gather(data.rejected, rows),
+            data.gather("chosen", rows),
+            data.gather("rejected", rows),
             None if data.gt_margins is None else data.gt_margins[rows],
             weak_x,
             settings,
@@ -238,6 +248,6 @@ def score(heads: Heads, data: TrainData) -> np.ndarray:
 
     every_row = torch.arange(data.chosen.shape[0]).expand(data.mean.shape[0], -1)
     with torch.no_grad():
-        chosen = heads(data.gather(data.chosen, every_row))
-        rejected = heads(data.gather(data.rejected, every_row))
+        chosen = heads(data.gather("chosen", every_row))
+        rejected = heads(data.gather("rejected", every_row))
     return (chosen - rejected).numpy().astype(np.float64)
