@@ -15,6 +15,7 @@ import numpy as np
 
 from popalign.errors import PopalignError
 from popalign.eval import report as rep
+from popalign.eval.kinds import get_kind
 from popalign.io import atomic_open, atomic_write_json
 
 
@@ -209,7 +210,7 @@ def run_discriminative(
         if truth is not None:
             curve = cumulative_accuracy(predicted, truth)
             record["cumulative_accuracy"] = {k: np.asarray(v).tolist() for k, v in curve.items()}
-        atomic_write_json(t.out / rep.FILES["discriminative"], record)
+        write_record(t.out, record)
         t.extra["predicted"] = predicted
         results.append(record)
     if truth is not None and plots:
@@ -219,8 +220,7 @@ def run_discriminative(
             plot_cumulative_accuracy(curves, t.out / rep.CUMULATIVE_PNG)
             plot_margin_scatter(t.extra["predicted"], truth, t.out / rep.SCATTER_PNG, t.name)
     for t in targets:
-        rep.write_run_markdown(t.out)
-        _refresh_card(t.out)
+        write_reports(t.out)
     return results
 
 
@@ -264,9 +264,8 @@ def run_rewardbench(
             "data": _data_record(bench.table, path=spec.path, training_overlap=overlap),
             "scores": scores,
         }
-        atomic_write_json(t.out / rep.FILES["rewardbench"], record)
-        rep.write_run_markdown(t.out)
-        _refresh_card(t.out)
+        write_record(t.out, record)
+        write_reports(t.out)
         results.append(record)
     return results
 
@@ -364,11 +363,21 @@ def run_generate(
             record["kl"] = {**est, "reference": ref_name, "estimator": KL_ESTIMATOR}
         else:
             record["kl"] = {"value": None, "reason": ref_name}
-        atomic_write_json(t.out / rep.FILES["generate"], record)
-        rep.write_run_markdown(t.out)
-        _refresh_card(t.out)
+        write_record(t.out, record)
+        write_reports(t.out)
         results.append(record)
     return results
+
+
+def write_record(out: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` atomically as its kind's results file (``record["kind"]`` names the kind)."""
+    atomic_write_json(out / get_kind(record["kind"]).file, record)
+
+
+def write_reports(eval_dir: Path) -> None:
+    """``eval.md`` of the folder and, for a run folder's evaluation, its model card: from every result."""
+    rep.write_run_markdown(eval_dir)
+    _refresh_card(eval_dir)
 
 
 def _refresh_card(eval_dir: Path) -> None:
@@ -475,10 +484,9 @@ def run_judge(
             "unmatched_prompts": paired.unmatched,
             "metrics": metrics,
         }
-        atomic_write_json(folder / rep.FILES["judge"], record)
+        write_record(folder, record)
         if plots:
             plot_advantages([(generator, scores - base_scores)], folder / rep.ADVANTAGES_PNG, base_name)
-        rep.write_run_markdown(folder)
-        _refresh_card(folder)
+        write_reports(folder)
         results.append(record)
     return results

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from popalign.eval.discriminative import correctness
+from popalign.eval.kinds import KINDS
+from popalign.eval.report import JUDGEMENTS, PREDICTIONS
 from popalign.eval.stats import pearson_rows, spearman_rows
 from popalign.testbed.curves import Curve, load_curve, point_dir
 from popalign.testbed.plan import Layout, RunSpec
@@ -76,7 +78,7 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
     if not (folder / "done.json").is_file():
         return None
     ev = folder / "eval"
-    rows = _jsonl(ev / "discriminative_predictions.jsonl")
+    rows = _jsonl(ev / PREDICTIONS)
     ids = [str(r["id"]) for r in rows]
     truth = np.array([r["gt_margin"] for r in rows], dtype=np.float64)
     if layout.source is None:
@@ -88,9 +90,9 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         else {}
     )
     judge, advantages = None, None
-    if (ev / "judge.json").is_file():
-        judge = json.loads((ev / "judge.json").read_text(encoding="utf-8"))
-        by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / "judgements.jsonl")}
+    if (ev / KINDS["judge"].file).is_file():
+        judge = json.loads((ev / KINDS["judge"].file).read_text(encoding="utf-8"))
+        by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / JUDGEMENTS)}
         advantages = np.array([by_id[i] for i in ids], dtype=np.float64)
     done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
     curve, margins = None, None
@@ -120,7 +122,7 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         if outputs
         else None,
         advantages=advantages,
-        discriminative=json.loads((ev / "discriminative.json").read_text(encoding="utf-8")),
+        discriminative=json.loads((ev / KINDS["discriminative"].file).read_text(encoding="utf-8")),
         judge=judge,
         curve=curve,
         margins=margins,
