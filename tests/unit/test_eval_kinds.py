@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from popalign.document import markdown_lines
 from popalign.errors import PopalignError
 from popalign.eval import report as rep
 from popalign.eval.kinds import KINDS, get_kind, register_kind
@@ -56,8 +57,8 @@ def test_the_card_shows_only_kinds_marked_for_it(tmp_path):
     write_record(ev, _disc_record(0.5))
     generate = {"kind": "generate", "data": {"prompts": 3}, "kl": {"value": None, "reason": "greedy"}}
     write_record(ev, generate)
-    lines = rep.card_section(tmp_path)
-    assert "### Discriminative (test preferences)" in lines
+    lines = markdown_lines(rep.card_section(tmp_path))
+    assert lines[:3] == ["## Evaluation", "", "### Discriminative (test preferences)"]
     assert not any("Generations" in line for line in lines)
 
 

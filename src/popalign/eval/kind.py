@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-Table = tuple[list[str], list[list[str]]]
+from popalign.document import Table
 
 
 @dataclass

@@ -13,14 +13,13 @@ An evaluation folder (``popalign eval ... --out``, default ``<model_dir>/eval``)
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from popalign.document import Block, render_html, render_markdown
 from popalign.errors import PopalignError
 from popalign.eval.kind import RunResults, Table
 from popalign.eval.kinds import KINDS
@@ -73,20 +72,6 @@ def load_run(path: str | Path, name: str | None = None) -> RunResults:
     return run
 
 
-def markdown_table(table: Table) -> str:
-    headers, rows = table
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def html_table(table: Table) -> str:
-    headers, rows = table
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _sections(runs: list[RunResults], detail: bool) -> list[tuple[str, str | None, Table]]:
     """``(heading, note, table)`` of every registered kind some run holds, then the single run's details."""
     out = [(k.title, k.note, table) for k in KINDS.values() if (table := k.table(runs))]
@@ -96,62 +81,47 @@ def _sections(runs: list[RunResults], detail: bool) -> list[tuple[str, str | Non
     return out
 
 
-def render_markdown(runs: list[RunResults], title: str, images: list[tuple[str, str]], detail: bool) -> str:
-    """Markdown page: one table per kind of result present, then the images (caption, relative path)."""
-    parts = [f"# {title}", ""]
+# Numbers read best right-aligned; the first column names the run.
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+    "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+    "img{max-width:100%}.note{color:#555;font-size:90%}"
+)
+
+
+def report_blocks(runs: list[RunResults], images: list[tuple[str, str | Path]], detail: bool) -> list[Block]:
+    """The document: one section per kind of result present (table, then its note), then the images."""
+    blocks: list[Block] = []
     for heading, note, table in _sections(runs, detail):
-        parts += [f"## {heading}", "", markdown_table(table), ""]
+        blocks += [("h2", heading), ("table", table)]
         if note:
-            parts += [note, ""]
-    for caption, rel in images:
-        parts += [f"![{caption}]({rel})", ""]
-    return "\n".join(parts)
+            blocks.append(("note", note))
+    return blocks + [("img", caption, path) for caption, path in images]
 
 
-def render_html(runs: list[RunResults], title: str, images: list[tuple[str, Path]]) -> str:
-    """A self-contained HTML page: the same tables, plots embedded as base64 PNG."""
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-        "img{max-width:100%}.note{color:#555;font-size:90%}"
-    )
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
-    parts.append(f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>")
-    for heading, note, table in _sections(runs, detail=False):
-        parts.append(f"<h2>{html.escape(heading)}</h2>{html_table(table)}")
-        if note:
-            parts.append(f"<p class='note'>{html.escape(note)}</p>")
-    for caption, path in images:
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        alt = html.escape(caption)
-        parts.append(f"<h2>{alt}</h2><img alt='{alt}' src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def card_section(run_dir: str | Path) -> list[str]:
+def card_section(run_dir: str | Path) -> list[Block]:
     """The evaluation section of a run folder's model card (the tables as ``popalign report`` prints them),
     or nothing before ``eval``."""
     try:
         run = load_run(Path(run_dir))
     except PopalignError:
         return []
-    lines = ["## Evaluation", ""]
+    blocks: list[Block] = []
     for kind in KINDS.values():
         if kind.on_card and (table := kind.table([run])):
-            lines += [f"### {kind.title}", "", markdown_table(table), ""]
+            blocks += [("h3", kind.title), ("table", table)]
     disc = run.results.get("discriminative", {}).get("data", {})
     if disc:
-        lines.append(
+        lines = [
             f"Test data: `{disc.get('path', disc.get('source'))}` ({disc.get('rows')} rows, fingerprint "
             f"`{disc.get('fingerprint')}`)."
-        )
+        ]
         overlap = disc.get("training_overlap")
         if overlap and overlap.get("rows"):
             lines.append(f"**{overlap['rows']} of the test rows were training rows.**")
-        lines.append("")
-    return lines if len(lines) > 2 else []
+        blocks.append(("p", "\n".join(lines)))
+    return [("h2", "Evaluation"), *blocks] if blocks else []
 
 
 def write_run_markdown(eval_dir: str | Path) -> Path:
@@ -166,7 +136,7 @@ def write_run_markdown(eval_dir: str | Path) -> Path:
         )
         if (run.eval_dir / file).is_file()
     ]
-    text = render_markdown([run], f"Evaluation: {run.name}", images, detail=True)
+    text = render_markdown(report_blocks([run], images, detail=True), f"Evaluation: {run.name}")
     path = run.eval_dir / RUN_MARKDOWN
     atomic_write_text(path, text)
     return path
@@ -193,7 +163,7 @@ def write_comparison(
         images.append(
             ("Advantages over the baseline", plot_advantages(advantages, out / ADVANTAGES_PNG, baseline))
         )
-    md = render_markdown(runs, title, [(c, p.name) for c, p in images], detail=False)
-    atomic_write_text(out / "report.md", md)
-    atomic_write_text(out / "report.html", render_html(runs, title, images))
+    blocks = report_blocks(runs, images, detail=False)
+    atomic_write_text(out / "report.md", render_markdown(blocks, title))
+    atomic_write_text(out / "report.html", render_html(blocks, title, STYLE))
     return {"markdown": out / "report.md", "html": out / "report.html", **{c: p for c, p in images}}
