@@ -18,7 +18,7 @@ import numpy as np
 from popalign.eval.discriminative import correctness
 from popalign.eval.kinds import KINDS
 from popalign.eval.report import JUDGEMENTS, PREDICTIONS
-from popalign.eval.stats import pearson_rows, spearman_rows
+from popalign.eval.stats import mean_rows, median_rows, pearson_rows, spearman_rows, win_rate_rows
 from popalign.testbed.curves import Curve, load_curve, point_dir
 from popalign.testbed.plan import Layout, RunSpec
 
@@ -221,11 +221,11 @@ def metric(run: RunResult, name: str, idx: np.ndarray | None = None, split: floa
 def metric_batch(run: RunResult, name: str, idx: np.ndarray, split: float | None = None) -> np.ndarray:
     """:func:`metric` on each row of ``idx`` ``(R, n)`` (bootstrap draws of test items) at once: ``(R,)``."""
     if name == "accuracy":
-        return _nanmean_rows(run.credit[idx])
+        return mean_rows(run.credit[idx])
     if name in ("accuracy_low", "accuracy_high"):
         split = margin_split(run.truth) if split is None else split
         keep = run.truth <= split if name == "accuracy_low" else run.truth > split
-        return _nanmean_rows(np.where(keep, run.credit, np.nan)[idx])
+        return mean_rows(np.where(keep, run.credit, np.nan)[idx])
     if name in ("pearson", "spearman"):
         rows = spearman_rows if name == "spearman" else pearson_rows
         return rows(run.predicted[idx], run.truth[idx])
@@ -236,17 +236,9 @@ def metric_batch(run: RunResult, name: str, idx: np.ndarray, split: float | None
     if name in ("win_rate", "median_advantage"):
         if run.advantages is None:  # the baseline against itself
             return np.full(len(idx), 0.5 if name == "win_rate" else 0.0)
-        adv = run.advantages[idx]
-        if name == "median_advantage":
-            return np.median(adv, axis=1)
-        return ((adv > 0).sum(axis=1) + 0.5 * (adv == 0).sum(axis=1)) / adv.shape[1]
+        rows = median_rows if name == "median_advantage" else win_rate_rows
+        return rows(run.advantages[idx])
     raise KeyError(f"unknown metric {name!r}")
-
-
-def _nanmean_rows(x: np.ndarray) -> np.ndarray:
-    counts = (~np.isnan(x)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, np.nansum(x, axis=1) / counts, np.nan)
 
 
 def load_all(layout: Layout, runs: list[RunSpec], seeds: list[int]) -> dict[str, list[RunResult]]:
