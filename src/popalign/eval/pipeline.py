@@ -147,6 +147,16 @@ def _overlap(table, target: Target) -> dict[str, Any] | None:
     return overlap
 
 
+def _score(table, target: Target, scoring: ScoringOptions, progress: bool):
+    """``(training overlap, scorer info, chosen rewards, rejected rewards)`` of one target on ``table``."""
+    overlap = _overlap(table, target)
+    scorer, info = _scorer(target, scoring)
+    chosen, rejected = scorer.rewards(table, progress=progress)
+    del scorer
+    _release()
+    return overlap, info, chosen, rejected
+
+
 def run_discriminative(
     models: list[str],
     data: Any,
@@ -179,11 +189,7 @@ def run_discriminative(
     others = [rep.load_run(c) for c in compare or []]
     results = []
     for t in targets:
-        overlap = _overlap(table, t)
-        scorer, info = _scorer(t, scoring)
-        chosen, rejected = scorer.rewards(table, progress=progress)
-        del scorer
-        _release()
+        overlap, info, chosen, rejected = _score(table, t, scoring, progress)
         predicted = chosen - rejected
         metrics = discriminative_metrics(predicted, truth, **asdict(boot))
         rows = [
@@ -244,11 +250,7 @@ def run_rewardbench(
     bench = read_rewardbench(spec)
     results = []
     for t in targets:
-        overlap = _overlap(bench.table, t)
-        scorer, info = _scorer(t, scoring)
-        chosen, rejected = scorer.rewards(bench.table, progress=progress)
-        del scorer
-        _release()
+        overlap, info, chosen, rejected = _score(bench.table, t, scoring, progress)
         predicted = chosen - rejected
         scores = rewardbench_scores(predicted, bench.subsets, include_prior=include_prior)
         rows = [

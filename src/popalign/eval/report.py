@@ -8,7 +8,9 @@ An evaluation folder (``popalign eval ... --out``, default ``<model_dir>/eval``)
 - ``judge.json`` + ``judgements.jsonl`` (per-prompt scores and advantages)
 - ``eval.md`` (this run's tables) and PNG plots.
 
-``popalign report`` reads several such folders and writes one Markdown and one self-contained HTML page.
+Which kinds there are, their files and tables, is registered once in :mod:`popalign.eval.kinds`; pages are
+rendered by :mod:`popalign.document`. ``popalign report`` reads several such folders and writes one Markdown
+and one self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ def load_run(path: str | Path, name: str | None = None) -> RunResults:
     for kind in KINDS.values():
         if (eval_dir / kind.file).is_file():
             run.results[kind.name] = json.loads((eval_dir / kind.file).read_text(encoding="utf-8"))
-    for kind in KINDS.values():
         if kind.records_method:
             model = run.results.get(kind.name, {}).get("model") or {}
             run.method = run.method or model.get("method")
