@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from popalign.document import html_table, markdown_table
 from popalign.errors import PopalignError
 from popalign.eval import report as rep
 from popalign.eval.discriminative import accuracy
@@ -36,9 +37,9 @@ def score_file(tmp_path) -> Path:
 
 def test_markdown_and_html_tables_by_hand():
     table = (["Run", "Accuracy"], [["a|b", "0.5"]])
-    assert rep.markdown_table(table) == "| Run | Accuracy |\n|---|---|\n| a\\|b | 0.5 |"
+    assert markdown_table(table) == "| Run | Accuracy |\n|---|---|\n| a\\|b | 0.5 |"
     assert (
-        rep.html_table((["<x>"], [["&"]]))
+        html_table((["<x>"], [["&"]]))
         == "<table><thead><tr><th>&lt;x&gt;</th></tr></thead><tbody><tr><td>&amp;</td></tr></tbody></table>"
     )
 

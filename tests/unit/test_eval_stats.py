@@ -177,3 +177,25 @@ def test_holm_caps_at_one_and_skips_missing_tests():
     np.testing.assert_allclose(adjusted[[0, 2]], [0.6, 0.4])
     assert math.isnan(adjusted[1])
     assert holm([0.9, 0.8])[1] == 1.0
+
+
+def test_metrics_are_vectorised_and_the_bootstrap_matches_the_one_at_a_time_loop():
+    from popalign.eval.stats import ROWS, bootstrap_ci, mean, mean_rows, median, win_rate
+
+    # hand-worked: a tie (nan credit) is left out of the mean; a zero advantage is half a win
+    assert mean_rows(np.array([[1.0, np.nan, 0.0], [np.nan, np.nan, np.nan]]))[0] == 0.5
+    assert np.isnan(mean_rows(np.array([[np.nan]]))[0]) and mean(np.array([1.0, 0.0, 0.0, 1.0])) == 0.5
+    assert win_rate(np.array([1.0, 0.0, -2.0, 3.0])) == 0.625 and median(np.array([3.0, -1.0, 2.0])) == 2.0
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=57), rng.normal(size=57)
+    adv = np.round(rng.normal(size=57))  # many exact zeros: ties
+    for stat, arrays in (
+        (mean, (x,)),
+        (win_rate, (adv,)),
+        (median, (x,)),
+        *((s, (x, y)) for s in ROWS if s not in (mean, win_rate, median)),
+    ):
+        assert stat in ROWS
+        vectorised = bootstrap_ci(stat, *arrays, n_resamples=200, seed=1)
+        looped = bootstrap_ci(lambda *a, s=stat: s(*a), *arrays, n_resamples=200, seed=1)  # not in ROWS
+        assert vectorised == pytest.approx(looped, rel=1e-12, abs=1e-12)

@@ -22,6 +22,7 @@ from popalign.eval.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
     estimate,
+    mean,
     pearson,
     spearman,
 )
@@ -117,7 +118,7 @@ def discriminative_metrics(
     credit = correctness(predicted, truth_arr)
     scored = credit[~np.isnan(credit)]
     boot = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
-    acc = estimate(lambda c: float(c.mean()), scored, **boot)
+    acc = estimate(mean, scored, **boot)
     out: dict[str, Any] = {
         "n": int(len(predicted)),
         "n_scored": int(len(scored)),

@@ -15,6 +15,7 @@ import numpy as np
 
 from popalign.errors import PopalignError
 from popalign.eval import report as rep
+from popalign.eval.kinds import get_kind
 from popalign.io import atomic_open, atomic_write_json
 
 
@@ -146,6 +147,16 @@ def _overlap(table, target: Target) -> dict[str, Any] | None:
     return overlap
 
 
+def _score(table, target: Target, scoring: ScoringOptions, progress: bool):
+    """``(training overlap, scorer info, chosen rewards, rejected rewards)`` of one target on ``table``."""
+    overlap = _overlap(table, target)
+    scorer, info = _scorer(target, scoring)
+    chosen, rejected = scorer.rewards(table, progress=progress)
+    del scorer
+    _release()
+    return overlap, info, chosen, rejected
+
+
 def run_discriminative(
     models: list[str],
     data: Any,
@@ -178,11 +189,7 @@ def run_discriminative(
     others = [rep.load_run(c) for c in compare or []]
     results = []
     for t in targets:
-        overlap = _overlap(table, t)
-        scorer, info = _scorer(t, scoring)
-        chosen, rejected = scorer.rewards(table, progress=progress)
-        del scorer
-        _release()
+        overlap, info, chosen, rejected = _score(table, t, scoring, progress)
         predicted = chosen - rejected
         metrics = discriminative_metrics(predicted, truth, **asdict(boot))
         rows = [
@@ -209,7 +216,7 @@ def run_discriminative(
         if truth is not None:
             curve = cumulative_accuracy(predicted, truth)
             record["cumulative_accuracy"] = {k: np.asarray(v).tolist() for k, v in curve.items()}
-        atomic_write_json(t.out / rep.FILES["discriminative"], record)
+        write_record(t.out, record)
         t.extra["predicted"] = predicted
         results.append(record)
     if truth is not None and plots:
@@ -219,8 +226,7 @@ def run_discriminative(
             plot_cumulative_accuracy(curves, t.out / rep.CUMULATIVE_PNG)
             plot_margin_scatter(t.extra["predicted"], truth, t.out / rep.SCATTER_PNG, t.name)
     for t in targets:
-        rep.write_run_markdown(t.out)
-        _refresh_card(t.out)
+        write_reports(t.out)
     return results
 
 
@@ -244,11 +250,7 @@ def run_rewardbench(
     bench = read_rewardbench(spec)
     results = []
     for t in targets:
-        overlap = _overlap(bench.table, t)
-        scorer, info = _scorer(t, scoring)
-        chosen, rejected = scorer.rewards(bench.table, progress=progress)
-        del scorer
-        _release()
+        overlap, info, chosen, rejected = _score(bench.table, t, scoring, progress)
         predicted = chosen - rejected
         scores = rewardbench_scores(predicted, bench.subsets, include_prior=include_prior)
         rows = [
@@ -264,9 +266,8 @@ def run_rewardbench(
             "data": _data_record(bench.table, path=spec.path, training_overlap=overlap),
             "scores": scores,
         }
-        atomic_write_json(t.out / rep.FILES["rewardbench"], record)
-        rep.write_run_markdown(t.out)
-        _refresh_card(t.out)
+        write_record(t.out, record)
+        write_reports(t.out)
         results.append(record)
     return results
 
@@ -364,11 +365,21 @@ def run_generate(
             record["kl"] = {**est, "reference": ref_name, "estimator": KL_ESTIMATOR}
         else:
             record["kl"] = {"value": None, "reason": ref_name}
-        atomic_write_json(t.out / rep.FILES["generate"], record)
-        rep.write_run_markdown(t.out)
-        _refresh_card(t.out)
+        write_record(t.out, record)
+        write_reports(t.out)
         results.append(record)
     return results
+
+
+def write_record(out: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` atomically as its kind's results file (``record["kind"]`` names the kind)."""
+    atomic_write_json(out / get_kind(record["kind"]).file, record)
+
+
+def write_reports(eval_dir: Path) -> None:
+    """``eval.md`` of the folder and, for a run folder's evaluation, its model card: from every result."""
+    rep.write_run_markdown(eval_dir)
+    _refresh_card(eval_dir)
 
 
 def _refresh_card(eval_dir: Path) -> None:
@@ -475,10 +486,9 @@ def run_judge(
             "unmatched_prompts": paired.unmatched,
             "metrics": metrics,
         }
-        atomic_write_json(folder / rep.FILES["judge"], record)
+        write_record(folder, record)
         if plots:
             plot_advantages([(generator, scores - base_scores)], folder / rep.ADVANTAGES_PNG, base_name)
-        rep.write_run_markdown(folder)
-        _refresh_card(folder)
+        write_reports(folder)
         results.append(record)
     return results

@@ -106,21 +106,51 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearman_rows(x, y)[0])
 
 
-# Statistics that take a batch of resamples at once: ``(R, n)`` arrays in, ``(R,)`` out.
-ROWS: dict[Callable[..., float], Callable[..., np.ndarray]] = {pearson: pearson_rows, spearman: spearman_rows}
+def mean_rows(x: np.ndarray) -> np.ndarray:
+    """The mean of each row of ``x`` ``(R, n)``, leaving out ``nan`` (a tie's accuracy credit); ``nan`` for a
+    row with nothing left."""
+    x = np.asarray(x, dtype=np.float64)
+    counts = (~np.isnan(x)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, np.nansum(x, axis=1) / counts, np.nan)
+
+
+def mean(values: np.ndarray) -> float:
+    """The mean, leaving out ``nan`` (see :func:`mean_rows`)."""
+    return float(mean_rows(np.asarray(values, dtype=np.float64)[None, :])[0])
+
+
+def win_rate_rows(advantages: np.ndarray) -> np.ndarray:
+    """Share of positive advantages in each row of ``(R, n)``, a tie (advantage exactly 0) counting half."""
+    a = np.asarray(advantages, dtype=np.float64)
+    if a.shape[1] == 0:
+        return np.full(len(a), np.nan)
+    return ((a > 0).sum(axis=1) + 0.5 * (a == 0).sum(axis=1)) / a.shape[1]
 
 
 def win_rate(advantages: np.ndarray) -> float:
     """Share of positive advantages, a tie (advantage exactly 0) counting as half a win."""
-    a = np.asarray(advantages, dtype=np.float64)
-    if len(a) == 0:
-        return float("nan")
-    return float(((a > 0).sum() + 0.5 * (a == 0).sum()) / len(a))
+    return float(win_rate_rows(np.asarray(advantages, dtype=np.float64)[None, :])[0])
+
+
+def median_rows(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    return np.median(v, axis=1) if v.shape[1] else np.full(len(v), np.nan)
 
 
 def median(values: np.ndarray) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    return float(np.median(v)) if len(v) else float("nan")
+    return float(median_rows(np.asarray(values, dtype=np.float64)[None, :])[0])
+
+
+# The metrics, each a vectorised function of a batch of resamples (``(R, n)`` arrays in, ``(R,)`` out) that
+# eval's bootstrap and the testbed's seed-level figures share, keyed by its one-sample form.
+ROWS: dict[Callable[..., float], Callable[..., np.ndarray]] = {
+    pearson: pearson_rows,
+    spearman: spearman_rows,
+    mean: mean_rows,
+    win_rate: win_rate_rows,
+    median: median_rows,
+}
 
 
 def bootstrap_ci(

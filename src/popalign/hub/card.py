@@ -4,8 +4,8 @@ YAML front matter (``base_model``, ``datasets``, ``tags``, ``library_name``) ren
 ``huggingface_hub.ModelCardData``, then what a reader needs to trust or reproduce the model: the method
 and its loss settings, the data and its fingerprint, the evaluation results when ``popalign eval`` has
 run, the versions, and the paper to cite. Training writes the card; evaluating a run folder rewrites it. The
-evaluation section comes from the caller (``popalign.eval.report.card_section``): the card knows the Hub's
-format, not how results are stored.
+evaluation section comes from the caller (``popalign.eval.report.card_section``) as document blocks,
+rendered by :mod:`popalign.document`: the card knows the Hub's format, not how results are stored.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from popalign.document import Block, markdown_lines
 from popalign.io import atomic_write_text
 
 CARD = "README.md"
@@ -75,10 +76,11 @@ def _settings(cfg: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(run_dir: str | Path, evaluation: Sequence[str] = ()) -> str:
+def model_card(run_dir: str | Path, evaluation: Sequence[Block] = ()) -> str:
     """The card's text for the run in ``run_dir`` (its ``config.yaml`` and what training recorded).
 
-    ``evaluation``: the Markdown lines of the run's evaluation section, given by whoever knows the results
+    ``evaluation``: the blocks (:mod:`popalign.document`) of the run's evaluation section, given by whoever
+    knows the results
     (``popalign.eval.report.card_section``); none before ``popalign eval`` has run.
     """
     from huggingface_hub import ModelCardData
@@ -116,13 +118,13 @@ def model_card(run_dir: str | Path, evaluation: Sequence[str] = ()) -> str:
             ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in results.items()),
             "",
         ]
-    lines += evaluation
+    lines += markdown_lines(list(evaluation))
     lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in _versions().items()), ""]
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)
 
 
-def write_model_card(run_dir: str | Path, evaluation: Sequence[str] = ()) -> Path:
+def write_model_card(run_dir: str | Path, evaluation: Sequence[Block] = ()) -> Path:
     """(Re)write ``run_dir/README.md`` (``evaluation`` as in :func:`model_card`)."""
     path = Path(run_dir) / CARD
     atomic_write_text(path, model_card(run_dir, evaluation))

@@ -38,6 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from popalign.eval.kinds import KINDS
+from popalign.eval.report import JUDGEMENTS
+
 CURVE_DIR = "curve"
 
 
@@ -121,7 +124,7 @@ def evaluate_point(
     """Replies of ``model_dir`` with their KL to ``reference``, judged by r* against ``baseline``'s."""
     from popalign.eval.pipeline import run_generate, run_judge
 
-    if (eval_dir / "judge.json").is_file():
+    if (eval_dir / KINDS["judge"].file).is_file():
         return
     run_generate(
         [str(model_dir)],
@@ -231,7 +234,7 @@ def evaluate_curve(
             continue
         folder = point_dir(run_dir, step)
         eval_dir = folder / "eval"
-        if not (eval_dir / "judge.json").is_file():
+        if not (eval_dir / KINDS["judge"].file).is_file():
             if not (folder / "config.json").is_file():
                 raise FileNotFoundError(f"{folder}: the snapshot of step {step} is missing")
             evaluate(folder, eval_dir, step)
@@ -260,7 +263,7 @@ def read_point(eval_dir: Path, ids: list[str], score: Callable[[str, str], float
     """``(kl, reward, advantage)`` per test id of one evaluated point."""
     outputs = {str(r["id"]): r for r in json.loads((eval_dir / "model_outputs.json").read_text("utf-8"))}
     rows = [outputs[i] for i in ids]
-    judged = eval_dir / "judgements.jsonl"
+    judged = eval_dir / JUDGEMENTS
     if judged.is_file():
         with open(judged, encoding="utf-8") as fh:
             adv = {str(r["id"]): r["advantage"] for r in map(json.loads, filter(str.strip, fh))}

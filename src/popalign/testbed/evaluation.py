@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from popalign.eval.kinds import KINDS
 from popalign.testbed import tuning
 from popalign.testbed.curves import (
     drop_snapshots,
@@ -168,7 +169,7 @@ def evaluate_curve_points(
     evaluate = _point_evaluator(cfg, layout, seed, sft)
     evaluate(Path(sft), layout.origin(seed) / "eval", "sft")
     folder = layout.run(spec.name, seed)
-    final_kl = json.loads((folder / "eval" / "generate.json").read_text("utf-8"))["kl"]["value"]
+    final_kl = json.loads((folder / "eval" / KINDS["generate"].file).read_text("utf-8"))["kl"]["value"]
     c = cfg.curve
     screened = screen_curve(
         folder,

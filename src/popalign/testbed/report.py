@@ -7,9 +7,7 @@ Everything is recomputed from the runs' per-example evaluation files (see :mod:`
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
 import math
 import os
 import platform
@@ -18,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from popalign.eval.report import markdown_table
+from popalign.document import Block, render_html, render_markdown
 from popalign.io import atomic_write_json, atomic_write_text
 from popalign.testbed import claims as cl
 from popalign.testbed import crossfit_report, figures, sections, tuning
@@ -35,7 +33,6 @@ from popalign.testbed.settings import (
     ReproduceConfig,
 )
 
-Block = tuple  # ("h2", text) | ("p", text) | ("table", (headers, rows)) | ("img", caption, path)
 TITLE = "DPO-PoP on the testbed: the paper's experiments, reproduced on a CPU"
 REAL_TITLE = "DPO-PoP on real preferences: the paper's discriminative claims with a pretrained model"
 ORDER = {"paper": 0, "control": 1, "sweep-k": 2, "sweep-noise": 3}
@@ -388,48 +385,6 @@ def build_blocks(cfg, layout, summary, timing, out: Path) -> tuple[list[Block], 
               f"transformers {m['transformers']}; {m['date']}; wall time {timing['wall_seconds']:.0f} s."),
     ]  # fmt: skip
     return blocks, {"margins": margin_stats, "machine": m}
-
-
-def render_markdown(blocks: list[Block], title: str) -> str:
-    parts = [f"# {title}", ""]
-    for block in blocks:
-        if block[0] == "h2":
-            parts += [f"## {block[1]}", ""]
-        elif block[0] == "p":
-            parts += [block[1], ""]
-        elif block[0] == "table":
-            parts += [markdown_table(block[1]), ""]
-        elif block[0] == "img":
-            parts += [f"![{block[1]}]({Path(block[2]).name})", ""]
-    return "\n".join(parts)
-
-
-def render_html(blocks: list[Block], title: str) -> str:
-    """One self-contained page: tables as HTML, plots embedded as base64 PNG."""
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1250px}table{border-collapse:collapse;"
-        "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-        "th{background:#f3f3f3}img{max-width:100%}"
-    )
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
-    parts.append(f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>")
-    for block in blocks:
-        if block[0] == "h2":
-            parts.append(f"<h2>{html.escape(block[1])}</h2>")
-        elif block[0] == "p":
-            parts.append(f"<p>{html.escape(block[1])}</p>")
-        elif block[0] == "table":
-            headers, rows = block[1]
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif block[0] == "img":
-            data = base64.b64encode(Path(block[2]).read_bytes()).decode("ascii")
-            alt = html.escape(block[1])
-            img = f"<img alt='{alt}' src='data:image/png;base64,{data}'>"
-            parts.append(f"<figure>{img}<figcaption>{alt}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def _finite(value: Any) -> Any:

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from popalign.eval.discriminative import correctness
-from popalign.eval.stats import pearson_rows, spearman_rows
+from popalign.eval.kinds import KINDS
+from popalign.eval.report import JUDGEMENTS, PREDICTIONS
+from popalign.eval.stats import mean_rows, median_rows, pearson_rows, spearman_rows, win_rate_rows
 from popalign.testbed.curves import Curve, load_curve, point_dir
 from popalign.testbed.plan import Layout, RunSpec
 
@@ -76,7 +78,7 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
     if not (folder / "done.json").is_file():
         return None
     ev = folder / "eval"
-    rows = _jsonl(ev / "discriminative_predictions.jsonl")
+    rows = _jsonl(ev / PREDICTIONS)
     ids = [str(r["id"]) for r in rows]
     truth = np.array([r["gt_margin"] for r in rows], dtype=np.float64)
     if layout.source is None:
@@ -88,9 +90,9 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         else {}
     )
     judge, advantages = None, None
-    if (ev / "judge.json").is_file():
-        judge = json.loads((ev / "judge.json").read_text(encoding="utf-8"))
-        by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / "judgements.jsonl")}
+    if (ev / KINDS["judge"].file).is_file():
+        judge = json.loads((ev / KINDS["judge"].file).read_text(encoding="utf-8"))
+        by_id = {str(r["id"]): r["advantage"] for r in _jsonl(ev / JUDGEMENTS)}
         advantages = np.array([by_id[i] for i in ids], dtype=np.float64)
     done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
     curve, margins = None, None
@@ -120,7 +122,7 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         if outputs
         else None,
         advantages=advantages,
-        discriminative=json.loads((ev / "discriminative.json").read_text(encoding="utf-8")),
+        discriminative=json.loads((ev / KINDS["discriminative"].file).read_text(encoding="utf-8")),
         judge=judge,
         curve=curve,
         margins=margins,
@@ -219,11 +221,11 @@ def metric(run: RunResult, name: str, idx: np.ndarray | None = None, split: floa
 def metric_batch(run: RunResult, name: str, idx: np.ndarray, split: float | None = None) -> np.ndarray:
     """:func:`metric` on each row of ``idx`` ``(R, n)`` (bootstrap draws of test items) at once: ``(R,)``."""
     if name == "accuracy":
-        return _nanmean_rows(run.credit[idx])
+        return mean_rows(run.credit[idx])
     if name in ("accuracy_low", "accuracy_high"):
         split = margin_split(run.truth) if split is None else split
         keep = run.truth <= split if name == "accuracy_low" else run.truth > split
-        return _nanmean_rows(np.where(keep, run.credit, np.nan)[idx])
+        return mean_rows(np.where(keep, run.credit, np.nan)[idx])
     if name in ("pearson", "spearman"):
         rows = spearman_rows if name == "spearman" else pearson_rows
         return rows(run.predicted[idx], run.truth[idx])
@@ -234,17 +236,9 @@ def metric_batch(run: RunResult, name: str, idx: np.ndarray, split: float | None
     if name in ("win_rate", "median_advantage"):
         if run.advantages is None:  # the baseline against itself
             return np.full(len(idx), 0.5 if name == "win_rate" else 0.0)
-        adv = run.advantages[idx]
-        if name == "median_advantage":
-            return np.median(adv, axis=1)
-        return ((adv > 0).sum(axis=1) + 0.5 * (adv == 0).sum(axis=1)) / adv.shape[1]
+        rows = median_rows if name == "median_advantage" else win_rate_rows
+        return rows(run.advantages[idx])
     raise KeyError(f"unknown metric {name!r}")
-
-
-def _nanmean_rows(x: np.ndarray) -> np.ndarray:
-    counts = (~np.isnan(x)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, np.nansum(x, axis=1) / counts, np.nan)
 
 
 def load_all(layout: Layout, runs: list[RunSpec], seeds: list[int]) -> dict[str, list[RunResult]]:

@@ -1,6 +1,6 @@
 """Report sections beyond the paper's own tables: the reward-KL frontier, tuned comparisons, the summary.
 
-Blocks are the report's ``("h2" | "p" | "table" | "img", ...)`` tuples (see :mod:`popalign.testbed.report`).
+Blocks are the report's ``("h2" | "p" | "table" | "img", ...)`` tuples (see :mod:`popalign.document`).
 """
 
 from __future__ import annotations

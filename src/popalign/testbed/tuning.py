@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from popalign.eval.report import PREDICTIONS
 from popalign.testbed import claims as cl
 from popalign.testbed.plan import Layout, RunSpec
 from popalign.testbed.results import GENERATIVE, RunResult, true_margins_of
@@ -43,9 +44,9 @@ def validation_figures(folder: Path, layout: Layout) -> dict[str, float] | None:
     from popalign.testbed.task import reward
 
     ev = folder / VALIDATION_DIR
-    if not (ev / "discriminative_predictions.jsonl").is_file() or not (ev / "model_outputs.json").is_file():
+    if not (ev / PREDICTIONS).is_file() or not (ev / "model_outputs.json").is_file():
         return None
-    with open(ev / "discriminative_predictions.jsonl", encoding="utf-8") as fh:
+    with open(ev / PREDICTIONS, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     predicted = np.array([r["predicted_margin"] for r in rows], dtype=np.float64)
     truth = np.array([r["gt_margin"] for r in rows], dtype=np.float64)

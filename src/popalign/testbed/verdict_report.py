@@ -1,6 +1,6 @@
 """The report's verdict tables: each verdict as a record, the claims' tables, the pre-registered contrasts.
 
-Blocks are the report's ``("h2" | "p" | "table" | "img", ...)`` tuples (see :mod:`popalign.testbed.report`).
+Blocks are the report's ``("h2" | "p" | "table" | "img", ...)`` tuples (see :mod:`popalign.document`).
 """
 
 from __future__ import annotations
