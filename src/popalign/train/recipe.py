@@ -15,7 +15,6 @@ A run goes through the same stages whatever it trains; what differs is handed in
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 from dataclasses import dataclass
@@ -23,16 +22,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from popalign.errors import PopalignError
-from popalign.train.config import TrainingSpec
-
-log = logging.getLogger(__name__)
+from popalign.train.config import SFTConfig, TrainConfig, TrainingSpec
 
 
 @dataclass
 class Job:
     """What the stages hand on: the settings, the run folder, the data, and later the model and tokens."""
 
-    cfg: Any
+    cfg: TrainConfig | SFTConfig
     out: Path
     resume: str | None
     table: Any
@@ -61,7 +58,7 @@ class Parts(Protocol):
         """How the final model is saved: ``full``, ``adapter`` or ``merged``."""
 
 
-def run_recipe(cfg: Any, parts: Parts, callbacks: list | None = None) -> dict[str, Any]:
+def run_recipe(cfg: TrainConfig | SFTConfig, parts: Parts, callbacks: list | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns a summary (paths, metrics). Resumes from checkpoints.
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, tests).
@@ -108,7 +105,7 @@ def finished_run(cfg: Any) -> dict[str, Any] | None:
     }
 
 
-def start(cfg: Any) -> Job:
+def start(cfg: TrainConfig | SFTConfig) -> Job:
     """The run folder with the resolved config saved, seeds set, the checkpoint to resume from, the data."""
     from popalign.config import save_config
     from popalign.data.load import load_preferences
@@ -182,7 +179,10 @@ def setup_data(job: Job, parts: Parts) -> tuple[Any, Any]:
     return parts.setup_data(job)
 
 
+# ---- 4. train ------------------------------------------------------------------------------------------
 def training_arguments(spec: TrainingSpec, output_dir: str | Path, **extra: Any):
+    """transformers' ``TrainingArguments`` from the run's training settings; a missing logger package
+    or processes that did not form one group are refused before training."""
     import torch
     from transformers import TrainingArguments
 
@@ -254,7 +254,6 @@ def _check_processes_joined(args: Any) -> None:
         )
 
 
-# ---- 4. train, 5. save ---------------------------------------------------------------------------------
 def train(trainer: Any, job: Job) -> Any:
     """Train (resuming from ``job.resume`` if set) and keep the Trainer's state; transformers' result."""
     result = trainer.train(resume_from_checkpoint=job.resume)
@@ -262,6 +261,7 @@ def train(trainer: Any, job: Job) -> Any:
     return result
 
 
+# ---- 5. save -------------------------------------------------------------------------------------------
 def save(trainer: Any, job: Job, how: str, result: Any) -> dict[str, Any]:
     """The final model, then transformers' result files and the model card; the run's summary."""
     from popalign.train.save import save_final_model
