@@ -89,10 +89,11 @@ def run_popalign(settings: dict[str, Any]) -> tuple[StepTimer, CountingCollator]
     from benchmarks.worker import _training_spec
     from popalign.data.tokenize import TokenizeSpec, tokenize_preferences
     from popalign.methods import get_method
+    from popalign.modeling.build import build_model_and_tokenizer
     from popalign.modeling.reference import cached_reference_logps
     from popalign.train.collate import PairExamples, PreferenceCollator
     from popalign.train.config import ModelSpec
-    from popalign.train.setup import build_model_and_tokenizer, training_arguments
+    from popalign.train.recipe import training_arguments
     from popalign.train.trainer import PreferenceTrainer
 
     spec = _run_spec(settings)
@@ -142,8 +143,8 @@ def run_trl(settings: dict[str, Any]) -> tuple[StepTimer, CountingCollator]:
     from trl import DPOConfig, DPOTrainer
 
     from benchmarks.worker import _common_args
+    from popalign.modeling.build import build_model_and_tokenizer
     from popalign.train.config import ModelSpec
-    from popalign.train.setup import build_model_and_tokenizer
 
     spec = _run_spec(settings)
     table = _table(settings)

@@ -69,9 +69,10 @@ def run_popalign(spec: RunSpec, callbacks: list | None = None) -> dict[str, Any]
     from popalign.data.tokenize import TokenizedPreferences
     from popalign.methods import get_method
     from popalign.modeling.chunked_head import kernels_used, set_chunk_size
+    from popalign.modeling.lora import apply_lora
     from popalign.train.collate import PairExamples, PreferenceCollator
     from popalign.train.config import LoraSpec, LossSpec, ReferenceSpec
-    from popalign.train.setup import apply_lora, training_arguments
+    from popalign.train.recipe import training_arguments
     from popalign.train.trainer import PreferenceTrainer
 
     shape = spec.shape

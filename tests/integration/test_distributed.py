@@ -228,7 +228,7 @@ def test_processes_that_do_not_join_are_refused(tmp_path, monkeypatch):
     # not set: WORLD_SIZE=2, but a process group of one. Each would train alone on all the data.
     from popalign.errors import PopalignError
     from popalign.train.config import TrainingSpec
-    from popalign.train.setup import training_arguments
+    from popalign.train.recipe import training_arguments
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)

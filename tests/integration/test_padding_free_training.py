@@ -10,10 +10,10 @@ import torch
 from transformers import TrainingArguments
 
 from popalign.methods import get_method
+from popalign.modeling.lora import apply_lora
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.collate import BudgetBatches, PairExamples, PreferenceCollator
-from popalign.train.setup import apply_lora
 from popalign.train.trainer import PreferenceTrainer
 from tests.unit.test_perf_padding_free import PROMPTS, draw_rows
 

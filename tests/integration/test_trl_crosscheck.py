@@ -32,10 +32,10 @@ from transformers import TrainingArguments
 from popalign.data.load import DataSpec, load_preferences
 from popalign.data.tokenize import TokenizeSpec, render_prompt, tokenize_preferences
 from popalign.methods import get_method
+from popalign.modeling.build import build_model_and_tokenizer
 from popalign.modeling.reference import compute_reference_logps
 from popalign.train.collate import PairExamples, PreferenceCollator
 from popalign.train.config import LossSpec, ModelSpec
-from popalign.train.setup import build_model_and_tokenizer
 from popalign.train.trainer import PreferenceTrainer
 
 trl = pytest.importorskip("trl")

@@ -8,7 +8,7 @@ import pytest
 
 from popalign.errors import PopalignError
 from popalign.train.config import TrainingSpec
-from popalign.train.setup import training_arguments
+from popalign.train.recipe import training_arguments
 
 
 def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):

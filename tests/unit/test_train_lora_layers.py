@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from popalign.errors import PopalignError
+from popalign.modeling.lora import apply_lora
 from popalign.modeling.tiny import tiny_causal_lm
 from popalign.modeling.tokenizer import build_local_tokenizer
 from popalign.train.config import LoraSpec
-from popalign.train.setup import apply_lora
 
 
 @pytest.fixture(scope="module")

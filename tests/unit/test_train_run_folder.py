@@ -9,7 +9,7 @@ import pytest
 
 from popalign.errors import PopalignError
 from popalign.train.checkpoints import latest_checkpoint, resolve_resume
-from popalign.train.setup import finished_run
+from popalign.train.recipe import finished_run
 from popalign.train.sft import IGNORE_INDEX, SFTCollator
 
 

@@ -1,13 +1,16 @@
-"""Reference log-probs, computed once per preference and cached on disk.
+"""The reference model: its log-probs computed once per preference and cached on disk, or a live copy.
 
 The reference policy never changes during training, so ``log pi_ref(y|x)`` for every chosen and
 rejected response is computed once, before training, and stored under a key made of the model's and
 the tokenised data's fingerprints. Every PoP example then reads both of its pairs from that table.
+With ``reference.precompute=false`` a full fine-tune runs a frozen copy of the starting model instead
+(:func:`frozen_copy`); a LoRA model is its own reference with its adapters off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -22,6 +25,11 @@ from popalign.data.tokenize import TokenizedPreferences
 from popalign.io import atomic_path
 
 log = logging.getLogger(__name__)
+
+
+def frozen_copy(model: torch.nn.Module, device: Any) -> torch.nn.Module:
+    """A copy of ``model`` on ``device`` in eval mode with no gradients: the live reference model."""
+    return copy.deepcopy(model).eval().requires_grad_(False).to(device)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -1,12 +1,16 @@
-"""``popalign train`` end to end: data -> tokens -> reference log-probs -> examples -> Trainer -> model.
+"""``popalign train``: the recipe's parts for preference training (DPO, every PoP method, reward models).
 
-Every step records what it did (rows kept, truncation, cache hits, PoP statistics) in ``run_info.json``
-beside the resolved ``config.yaml``, so a run can be audited and reproduced.
+The stages are :mod:`popalign.train.recipe`'s; this module adds what preferences need: the data check,
+reference log-probs, the sampler's examples (every preference, or PoP pairs), the batch layout, and
+:class:`~popalign.train.trainer.PreferenceTrainer`. Every data step records what it did (rows kept,
+truncation, cache hits, PoP statistics) in ``run_info.json`` beside the resolved ``config.yaml``, so a
+run can be audited and reproduced.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +18,94 @@ import numpy as np
 
 from popalign.errors import PopalignError
 from popalign.io import atomic_write_json
+from popalign.methods import Method
 from popalign.train.config import TrainConfig
+from popalign.train.recipe import Job, announce, run_recipe
 
 log = logging.getLogger(__name__)
 
 
-def _training_texts(table) -> list[str]:
-    texts: list[str] = []
-    for p, c, r in zip(table.prompts, table.chosen, table.rejected, strict=True):
-        texts.append(p if isinstance(p, str) else "\n".join(m["content"] for m in p))
-        texts.extend((c, r))
-    return texts
+def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says (:func:`popalign.train.recipe.run_recipe`); returns a summary (paths,
+    metrics). Resumes from checkpoints. ``callbacks``: extra ``transformers.TrainerCallback`` objects."""
+    method = cfg.resolved_method()
+    return run_recipe(with_preset_strategy(cfg, method), PreferenceParts(method), callbacks)
+
+
+@dataclass
+class PreferenceParts:
+    """The recipe's parts for a preference method (its preset: sampler, margin source, loss form)."""
+
+    method: Method
+
+    @property
+    def reward_model(self) -> bool:
+        return self.method.reward_model
+
+    def check_data(self, table) -> None:
+        check_data(self.method, table)
+
+    def save_how(self, cfg: TrainConfig) -> str:
+        return cfg.save_final
+
+    def setup_data(self, job: Job) -> tuple[Any, Any]:
+        """Reference log-probs, the sampler's examples and the collator; ``run_info.json`` records them."""
+        from popalign.train.collate import PreferenceCollator
+
+        cfg, method, model, table, tokenized = job.cfg, self.method, job.model, job.table, job.tokenized
+        info: dict[str, Any] = {"data": vars(job.report), "tokenize": tokenized.stats, "method": vars(method)}
+        ref_c = ref_r = None
+        if not self.reward_model and cfg.reference.precompute and not method.loss_form.reference_free:
+            from popalign.modeling.reference import cached_reference_logps
+            from popalign.modeling.target import adapters_disabled
+
+            with adapters_disabled(model):
+                ref_c, ref_r, info["reference"] = cached_reference_logps(
+                    model,
+                    tokenized,
+                    job.tokenizer.pad_token_id,
+                    cfg.reference.cache_dir,
+                    batch_size=cfg.reference.batch_size,
+                    progress=cfg.training.progress,
+                )
+        examples, info["examples"] = build_examples(cfg, table, method, job.out)
+        info["prefix_sharing"] = _use_prefix_sharing(cfg, model, self.reward_model)
+        info["padding_free"] = _use_padding_free(cfg, model)
+        dataset = batched_examples(cfg, examples, tokenized)
+        if dataset is not examples:
+            info["micro_batches"] = len(dataset)
+        collator = PreferenceCollator(
+            tokenized,
+            job.tokenizer.pad_token_id,
+            reference_chosen_logps=ref_c,
+            reference_rejected_logps=ref_r,
+            gt_margins=table.margins if table.has_scores else None,
+            margin_column=table.margin_column if method.source.needs_column else None,
+            row_inputs=method.source.row_arrays(table),
+            with_weak=method.needs_weak_pair,
+            prefix_sharing=info["prefix_sharing"],
+            padding_free=info["padding_free"],
+        )
+        atomic_write_json(job.out / "run_info.json", info)
+        return dataset, collator
+
+    def make_trainer(self, job: Job, args, dataset, collator, callbacks: list | None):
+        from popalign.train.trainer import PreferenceTrainer
+
+        cfg = job.cfg
+        return PreferenceTrainer(
+            model=job.model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            processing_class=job.tokenizer,
+            method=self.method,
+            loss=cfg.loss,
+            target=cfg.target,
+            reference=cfg.reference,
+            mean_over_step=cfg.training.max_tokens_per_batch is not None,
+            callbacks=callbacks,
+        )
 
 
 def with_preset_strategy(cfg: TrainConfig, method) -> TrainConfig:
@@ -48,7 +129,6 @@ def build_examples(cfg: TrainConfig, table, method, output_dir: Path) -> tuple[A
         return PairExamples(np.arange(len(table))), {"examples": len(table), "sampler": "preferences"}
     from popalign.pop.build import build_pop_for_table, check_pairs, shortfall_warning
     from popalign.pop.labels import load_pop_labels
-    from popalign.train.setup import announce
 
     if cfg.pop_labels:
         pairs = load_pop_labels(cfg.pop_labels, table)
@@ -106,87 +186,3 @@ def batched_examples(cfg: TrainConfig, examples, tokenized):
     from popalign.train.collate import BudgetBatches
 
     return BudgetBatches(examples, tokenized, budget, seed=cfg.training.seed)
-
-
-def run_train(cfg: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says; returns a summary (paths, metrics). Resumes from checkpoints.
-
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, tests).
-    """
-    from popalign.data.tokenize import tokenize_preferences, truncation_warning
-    from popalign.modeling.reference import cached_reference_logps
-    from popalign.modeling.target import adapters_disabled
-    from popalign.train.collate import PreferenceCollator
-    from popalign.train.setup import (
-        announce,
-        apply_lora,
-        apply_process_settings,
-        build_model_and_tokenizer,
-        finish_run,
-        finished_run,
-        start_run,
-        training_arguments,
-    )
-    from popalign.train.trainer import PreferenceTrainer
-
-    method = cfg.resolved_method()
-    cfg = with_preset_strategy(cfg, method)
-    done = finished_run(cfg)
-    if done is not None:
-        return done
-    out, resume, table, report = start_run(cfg)
-    check_data(method, table)
-    apply_process_settings(cfg.training)  # the reference precompute runs before training_arguments
-    reward_model = method.reward_model
-    model, tokenizer = build_model_and_tokenizer(
-        cfg.model, texts=_training_texts(table), reward_model=reward_model
-    )
-    model = apply_lora(model, cfg.lora, reward_model=reward_model)
-    tokenized = tokenize_preferences(table, tokenizer, cfg.tokenize)
-    announce(truncation_warning(tokenized.stats))
-    info: dict[str, Any] = {"data": vars(report), "tokenize": tokenized.stats, "method": vars(method)}
-
-    ref_c = ref_r = None
-    if not reward_model and cfg.reference.precompute and not method.loss_form.reference_free:
-        with adapters_disabled(model):
-            ref_c, ref_r, info["reference"] = cached_reference_logps(
-                model,
-                tokenized,
-                tokenizer.pad_token_id,
-                cfg.reference.cache_dir,
-                batch_size=cfg.reference.batch_size,
-                progress=cfg.training.progress,
-            )
-    examples, info["examples"] = build_examples(cfg, table, method, out)
-    info["prefix_sharing"] = _use_prefix_sharing(cfg, model, reward_model)
-    info["padding_free"] = _use_padding_free(cfg, model)
-    dataset = batched_examples(cfg, examples, tokenized)
-    if dataset is not examples:
-        info["micro_batches"] = len(dataset)
-    collator = PreferenceCollator(
-        tokenized,
-        tokenizer.pad_token_id,
-        reference_chosen_logps=ref_c,
-        reference_rejected_logps=ref_r,
-        gt_margins=table.margins if table.has_scores else None,
-        margin_column=table.margin_column if method.source.needs_column else None,
-        row_inputs=method.source.row_arrays(table),
-        with_weak=method.needs_weak_pair,
-        prefix_sharing=info["prefix_sharing"],
-        padding_free=info["padding_free"],
-    )
-    atomic_write_json(out / "run_info.json", info)
-    trainer = PreferenceTrainer(
-        model=model,
-        args=training_arguments(cfg.training, out),
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=tokenizer,
-        method=method,
-        loss=cfg.loss,
-        target=cfg.target,
-        reference=cfg.reference,
-        mean_over_step=cfg.training.max_tokens_per_batch is not None,
-        callbacks=callbacks,
-    )
-    return finish_run(trainer, tokenizer, out, cfg.save_final, resume)

@@ -1,4 +1,5 @@
-"""``popalign sft``: supervised fine-tuning on prompt/response pairs, loss on response tokens only.
+"""``popalign sft``: the recipe's parts for supervised fine-tuning on prompt/response pairs, loss on
+response tokens only (the stages are :mod:`popalign.train.recipe`'s).
 
 The paper's pipeline (Section 4.2, Table 5) fine-tunes on UltraFeedback's chosen responses first; the
 SFT model is then both the starting policy and the reference of preference training.
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from popalign.train.config import SFTConfig
+from popalign.train.recipe import Job, run_recipe
 
 IGNORE_INDEX = -100
 
@@ -45,35 +47,37 @@ class SFTCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def run_sft(cfg: SFTConfig) -> dict[str, Any]:
-    from transformers import Trainer
+def run_sft(cfg: SFTConfig, callbacks: list | None = None) -> dict[str, Any]:
+    """Fine-tune as ``cfg`` says (:func:`popalign.train.recipe.run_recipe`); returns a summary (paths,
+    metrics). Resumes from checkpoints. ``callbacks``: extra ``transformers.TrainerCallback`` objects."""
+    return run_recipe(cfg, SFTParts(), callbacks)
 
-    from popalign.data.tokenize import tokenize_preferences, truncation_warning
-    from popalign.train.run import _training_texts
-    from popalign.train.setup import (
-        announce,
-        apply_lora,
-        build_model_and_tokenizer,
-        finish_run,
-        finished_run,
-        start_run,
-        training_arguments,
-    )
 
-    done = finished_run(cfg)
-    if done is not None:
-        return done
-    out, resume, table, _ = start_run(cfg)
-    model, tokenizer = build_model_and_tokenizer(cfg.model, texts=_training_texts(table))
-    model = apply_lora(model, cfg.lora)
-    tokenized = tokenize_preferences(table, tokenizer, cfg.tokenize)
-    announce(truncation_warning(tokenized.stats))
-    responses = tokenized.chosen_ids if cfg.response == "chosen" else tokenized.rejected_ids
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg.training, out),
-        train_dataset=_Rows(len(tokenized)),
-        data_collator=SFTCollator(tokenized.prompt_ids, responses, tokenizer.pad_token_id),
-        processing_class=tokenizer,
-    )
-    return finish_run(trainer, tokenizer, out, "merged" if cfg.lora.enabled else "full", resume)
+class SFTParts:
+    """The recipe's parts for SFT: one row per prompt and its chosen (or rejected) response, and
+    transformers' own Trainer, whose loss is the causal LM's on the labelled tokens."""
+
+    reward_model = False
+
+    def check_data(self, table) -> None:
+        """Any prompt/response data will do."""
+
+    def save_how(self, cfg: SFTConfig) -> str:
+        return "merged" if cfg.lora.enabled else "full"
+
+    def setup_data(self, job: Job) -> tuple[Dataset, SFTCollator]:
+        tokenized = job.tokenized
+        responses = tokenized.chosen_ids if job.cfg.response == "chosen" else tokenized.rejected_ids
+        return _Rows(len(tokenized)), SFTCollator(tokenized.prompt_ids, responses, job.tokenizer.pad_token_id)
+
+    def make_trainer(self, job: Job, args, dataset, collator, callbacks: list | None):
+        from transformers import Trainer
+
+        return Trainer(
+            model=job.model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            processing_class=job.tokenizer,
+            callbacks=callbacks,
+        )

@@ -9,7 +9,6 @@ The loss maths itself lives in :mod:`popalign.losses` (:func:`popalign.losses.co
 
 from __future__ import annotations
 
-import copy
 import glob
 import os
 from collections import defaultdict
@@ -27,6 +26,7 @@ from popalign.modeling.logps import completion_logps, sequence_scores
 from popalign.modeling.packing import packed_logps, sequence_sums
 from popalign.modeling.pair_batch import STRONG, WEAK, PairBatch, layout, preference_count, select_pairs
 from popalign.modeling.prefix_sharing import shared_prefix_logps
+from popalign.modeling.reference import frozen_copy
 from popalign.modeling.target import PolyakTarget, adapters_disabled
 from popalign.train.config import LossSpec, ReferenceSpec, TargetSpec
 from popalign.train.fsdp import is_fsdp2_sharded, meta_skeleton, shard_like
@@ -113,7 +113,7 @@ class PreferenceTrainer(Trainer):
                     "a live reference model is not supported under FSDP with full fine-tuning; keep "
                     "reference.precompute=true (the default), or train with lora.enabled=true"
                 )
-            self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False).to(self.args.device)
+            self.reference_model = frozen_copy(self.model, self.args.device)
         self.live_reference = live_reference
         self.margin_cache: WeakRewardCache | None = None
         if method.needs_weak_pair and self.loss.margin_refresh_steps > 1:
