@@ -29,8 +29,7 @@ from popalign.data.schema import PreferenceTable, Prompt
 from popalign.data.tokenize import TokenizeSpec, tokenize_preferences
 from popalign.errors import PopalignError
 from popalign.losses.params import DEFAULT_BETA
-
-RANDOM_PREFIX = "random:"
+from popalign.modeling.build import RANDOM_PREFIX
 
 
 def read_run_config(model_dir: str | Path) -> dict[str, Any]:
