@@ -6,13 +6,13 @@ Every file is written atomically.
 
 from __future__ import annotations
 
-import base64
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from popalign.document import render_html, render_markdown
 from popalign.io import atomic_path, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from popalign.probe.crossfit import CrossFit
 
 FIGURE = "cumulative_accuracy.png"
+TITLE = "PoP probe: reward heads on frozen features"
 
 
 def _finite(value: Any) -> Any:
@@ -49,40 +50,29 @@ def _est(d: dict[str, Any] | None, digits: int = 3) -> str:
     return text
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(cfg: ProbeConfig, summary: dict[str, Any]) -> str:
-    """The report as Markdown (the HTML page is rendered from it)."""
+def report_blocks(cfg: ProbeConfig, summary: dict[str, Any], folder: Path) -> list[tuple]:
+    """The report as document blocks (:mod:`popalign.document` renders them to Markdown and HTML)."""
     from popalign.probe.crossfit import ARM_NAMES
 
     feats, timing, data = summary["features"], summary["timing"], summary["data"]
     arms = summary["arms"]
-    parts = [
-        "# PoP probe: reward heads on frozen features",
-        "",
-        f"Data: {data['source']} ({data['rows']:,} rows, {data['ties']:,} ties left out of accuracy). "
-        f"Model: `{cfg.model}`, features {feats['pooling']} in {feats['dtype']} "
-        f"({feats['tokens']:,} tokens; {feats['truncated_rows']:,} rows cut at {feats['max_length']} "
-        "tokens). "
-        f"Head: {cfg.head.kind}, {cfg.head.epochs:g} epochs, batch {cfg.head.batch_size}, "
-        f"AdamW lr {cfg.head.learning_rate:g}, weight decay {cfg.head.weight_decay:g}. "
-        f"{cfg.folds}-fold cross-fitting, {cfg.seeds} seeds; PoP pairs: k={cfg.pop.k:g}, "
-        f"min_gap={cfg.pop.min_gap:g}, built inside each training fold; M_max={cfg.loss.max_margin}.",
-        "",
-        f"Time: features {timing['features_seconds']:.0f} s ({feats['sequences_computed']:,} of "
-        f"{feats['sequences']:,} replies computed, {feats.get('tokens_per_second', '-')} tokens/s), heads "
-        f"{timing['heads_seconds']:.0f} s, analysis {timing['analysis_seconds']:.0f} s.",
-        "",
-        "## Verdicts (contrasts fixed before the run)",
-        "",
-        "Difference = subject minus other, the seed-averaged per-row credit; interval: 95% t over rows; "
-        "p-values Holm-adjusted within each family; q = share of (seed, row) where the two heads disagree.",
-        "",
-    ]
+    blocks: list[tuple] = [
+        ("p", f"Data: {data['source']} ({data['rows']:,} rows, {data['ties']:,} ties left out of accuracy). "
+         f"Model: `{cfg.model}`, features {feats['pooling']} in {feats['dtype']} "
+         f"({feats['tokens']:,} tokens; {feats['truncated_rows']:,} rows cut at {feats['max_length']} "
+         "tokens). "
+         f"Head: {cfg.head.kind}, {cfg.head.epochs:g} epochs, batch {cfg.head.batch_size}, "
+         f"AdamW lr {cfg.head.learning_rate:g}, weight decay {cfg.head.weight_decay:g}. "
+         f"{cfg.folds}-fold cross-fitting, {cfg.seeds} seeds; PoP pairs: k={cfg.pop.k:g}, "
+         f"min_gap={cfg.pop.min_gap:g}, built inside each training fold; M_max={cfg.loss.max_margin}."),
+        ("p", f"Time: features {timing['features_seconds']:.0f} s ({feats['sequences_computed']:,} of "
+         f"{feats['sequences']:,} replies computed, {feats.get('tokens_per_second', '-')} tokens/s), heads "
+         f"{timing['heads_seconds']:.0f} s, analysis {timing['analysis_seconds']:.0f} s."),
+        ("h2", "Verdicts (contrasts fixed before the run)"),
+        ("p", "Difference = subject minus other, the seed-averaged per-row credit; interval: 95% t over "
+         "rows; p-values Holm-adjusted within each family; q = share of (seed, row) where the two heads "
+         "disagree."),
+    ]  # fmt: skip
     rows = []
     for r in summary["contrasts"]:
         if r["verdict"] == "not run":
@@ -91,11 +81,14 @@ def render_markdown(cfg: ProbeConfig, summary: dict[str, Any]) -> str:
         interval = f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
         p = f"{r['p_difference_adjusted']:.3g} / {r['p_equivalence_adjusted']:.3g}"
         rows.append([r["id"], r["family"], r["text"], interval, p, f"{r['disagreement']:.2f}", r["verdict"]])
-    parts += [_table(["id", "family", "contrast", "difference [95% CI]", "p diff / p equiv", "q", "verdict"],
-                     rows), ""]  # fmt: skip
+    headers = ["id", "family", "contrast", "difference [95% CI]", "p diff / p equiv", "q", "verdict"]
+    blocks.append(("table", (headers, rows)))
     split = summary["margin_split"]
-    parts += ["## Arms", "", "Seed means; intervals: t over rows (accuracies), bootstrap over rows "
-              f"(correlations). Low/high margin: at most / above {split:g}.", ""]  # fmt: skip
+    blocks += [
+        ("h2", "Arms"),
+        ("p", "Seed means; intervals: t over rows (accuracies), bootstrap over rows (correlations). "
+         f"Low/high margin: at most / above {split:g}."),
+    ]  # fmt: skip
     rows = []
     for name, a in arms.items():
         info = summary["arms_run"][name]
@@ -108,31 +101,16 @@ def render_markdown(cfg: ProbeConfig, summary: dict[str, Any]) -> str:
         ])  # fmt: skip
     headers = ["arm", "objective", "accuracy", "low-margin acc.", "high-margin acc.", "Pearson", "Spearman",
                "steps / fold", "mean PoP margin"]  # fmt: skip
-    parts += [_table(headers, rows), ""]
+    blocks.append(("table", (headers, rows)))
     if summary["not_run"]:
-        parts += ["Not run: " + "; ".join(f"`{k}` ({v})" for k, v in summary["not_run"].items()) + ".", ""]
-    parts += ["## Figure 2: cumulative accuracy versus margin", "", f"![cumulative accuracy]({FIGURE})", ""]
-    return "\n".join(parts)
-
-
-def render_html(markdown: str, folder: Path) -> str:
-    """One self-contained page from the Markdown (markdown-it), the figure embedded as base64."""
-    import html
-
-    from markdown_it import MarkdownIt
-
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    figure = folder / FIGURE
-    if figure.is_file():
-        data = base64.b64encode(figure.read_bytes()).decode("ascii")
-        body = body.replace(f'src="{FIGURE}"', f'src="data:image/png;base64,{data}"')
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1250px}table{border-collapse:collapse;"
-        "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
-    )
-    title = html.escape("PoP probe")
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>" \
-        f"</head><body>{body}</body></html>\n"  # fmt: skip
+        blocks.append(
+            ("p", "Not run: " + "; ".join(f"`{k}` ({v})" for k, v in summary["not_run"].items()) + ".")
+        )
+    blocks += [
+        ("h2", "Figure 2: cumulative accuracy versus margin"),
+        ("img", "cumulative accuracy", folder / FIGURE),
+    ]
+    return blocks
 
 
 def write_report(
@@ -152,7 +130,7 @@ def write_report(
         np.savez_compressed(fh, folds=fit.folds, truth=np.asarray(truth), **arms)
     runs = [(name, p.ravel(), np.tile(truth, len(p))) for name, p in fit.predicted.items()]
     plot_cumulative_accuracy(runs, out / FIGURE, title="Reward heads on frozen features (seed means)")
-    markdown = render_markdown(cfg, summary)
-    atomic_write_text(out / "report.md", markdown)
-    atomic_write_text(out / "report.html", render_html(markdown, out))
+    blocks = report_blocks(cfg, summary, out)
+    atomic_write_text(out / "report.md", render_markdown(blocks, TITLE))
+    atomic_write_text(out / "report.html", render_html(blocks, TITLE))
     return out / "report.md"
