@@ -132,6 +132,35 @@ def _reference_cache(cache: Path) -> tuple[str, dict[str, np.ndarray]]:
         return path.name, {k: z[k] for k in z.files}
 
 
+def _same_steps(single: Path, launched: Path) -> tuple[list[dict], list[dict]]:
+    """Every logged step of ``launched`` equals ``single``'s; returns both logs."""
+    one, two = _logged_steps(single), _logged_steps(launched)
+    assert len(one) == len(two) == STEPS
+    for step, (a, b) in enumerate(zip(one, two, strict=True), start=1):
+        # The same epoch fraction after each step means the same number of examples per step: a launch that
+        # fell back to one process with batch 2 would report half of it.
+        assert b["epoch"] == pytest.approx(a["epoch"]), f"step {step}: {b['epoch']} vs {a['epoch']}"
+        for key in COMPARED:
+            if step == 1 and key == "rewards/accuracies":
+                # Policy = reference at step 1: every reward is float rounding (checked to be < 1e-5 below),
+                # so the accuracy is the sign of that noise.
+                continue
+            # Per-step means over the 4 examples fingerprint the batch: equal values mean rank 0 and rank 1
+            # received the two halves of the batch the single process saw.
+            rel = 1e-6 if key in RELATIVE else 0
+            assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-5), (
+                f"step {step} {key}: {b[key]} vs {a[key]}"
+            )
+    return one, two
+
+
+def _same_weights(single: Path, launched: Path) -> None:
+    w1, w2 = load_file(single / "model.safetensors"), load_file(launched / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert worst <= 1e-5, f"final weights differ by {worst}"
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, ultrafeedback_dir) -> dict[str, Path]:
     """The single-process run with the whole global batch on one device; its cache is shared later."""
@@ -166,32 +195,12 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, si
     else:
         assert reference["cache"] == "hit"
 
-    one, two = _logged_steps(single["out"]), _logged_steps(out)
-    assert len(one) == len(two) == STEPS
-    for step, (a, b) in enumerate(zip(one, two, strict=True), start=1):
-        # The same epoch fraction after each step means the same number of examples per step: a launch that
-        # fell back to one process with batch 2 would report half of it.
-        assert b["epoch"] == pytest.approx(a["epoch"]), f"step {step}: {b['epoch']} vs {a['epoch']}"
-        for key in COMPARED:
-            if step == 1 and key == "rewards/accuracies":
-                # Policy = reference at step 1: every reward is float rounding (checked to be < 1e-5 below),
-                # so the accuracy is the sign of that noise.
-                continue
-            # Per-step means over the 4 examples fingerprint the batch: equal values mean rank 0 and rank 1
-            # received the two halves of the batch the single process saw.
-            rel = 1e-6 if key in RELATIVE else 0
-            assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-5), (
-                f"step {step} {key}: {b[key]} vs {a[key]}"
-            )
+    one, two = _same_steps(single["out"], out)
     assert abs(one[0]["rewards/margins"]) < 1e-5 and abs(two[0]["rewards/margins"]) < 1e-5
     assert any(abs(s["rewards/margins"]) > 1e-3 for s in one)  # training moved the policy
     assert any(s["pop/target_margin"] > 1e-4 for s in one)  # the target moved with it
 
-    w1 = load_file(single["out"] / "model.safetensors")
-    w2 = load_file(out / "model.safetensors")
-    assert w1.keys() == w2.keys()
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert worst <= 1e-5, f"final weights differ by {worst}"
+    _same_weights(single["out"], out)
 
 
 @pytest.mark.slow
@@ -205,22 +214,11 @@ def test_two_padding_free_processes_equal_one_padded_process(tmp_path, single):
     ]
     done = _launch_two(overrides)
     assert done.returncode == 0, f"launch failed ({done.returncode}); stderr ends:\n{done.stderr[-4000:]}"
-    one, two = _logged_steps(single["out"]), _logged_steps(out)
-    assert len(one) == len(two) == STEPS
     # The layouts really differ: run_info records whether the collator packed (after the model's check).
     assert json.loads((out / "run_info.json").read_text())["padding_free"] is True
     assert json.loads((single["out"] / "run_info.json").read_text())["padding_free"] is False
-    for step, (a, b) in enumerate(zip(one, two, strict=True), start=1):
-        for key in COMPARED:
-            if step == 1 and key == "rewards/accuracies":
-                continue
-            rel = 1e-6 if key in RELATIVE else 0
-            assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-5), (
-                f"step {step} {key}: {b[key]} vs {a[key]}"
-            )
-    w1, w2 = load_file(single["out"] / "model.safetensors"), load_file(out / "model.safetensors")
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert worst <= 1e-5, f"final weights differ by {worst}"
+    _same_steps(single["out"], out)
+    _same_weights(single["out"], out)
 
 
 def test_processes_that_do_not_join_are_refused(tmp_path, monkeypatch):
