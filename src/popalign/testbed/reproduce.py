@@ -328,10 +328,10 @@ def schedule(cfg: ReproduceConfig, runs: list[RunSpec]) -> tuple[list[tuple[str,
     jobs are short and the workers finish together.
     """
 
-    def length(spec: RunSpec) -> int:
+    def rank(spec: RunSpec) -> int:  # start order: baseline, then the long runs, then the short ones
         return 0 if spec.name == BASELINE else (1 if spec.uses_pop or spec.matched_to else 2)
 
-    order = sorted(((spec, seed) for seed in cfg.seeds for spec in runs), key=lambda j: length(j[0]))
+    order = sorted(((spec, seed) for seed in cfg.seeds for spec in runs), key=lambda j: rank(j[0]))
     keys = [(spec.name, seed) for spec, seed in order]
     has_baseline = any(spec.name == BASELINE for spec in runs)
     needs = {
