@@ -80,9 +80,7 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
     ev = folder / "eval"
     rows = _jsonl(ev / PREDICTIONS)
     ids = [str(r["id"]) for r in rows]
-    truth = np.array([r["gt_margin"] for r in rows], dtype=np.float64)
-    if layout.source is None:
-        truth = true_margins_of(layout.data, "test", ids)
+    truth = prediction_truth(layout, "test", rows)
     generated = ev / "model_outputs.json"
     outputs = (
         {str(r["id"]): r for r in json.loads(generated.read_text(encoding="utf-8"))}
@@ -127,6 +125,14 @@ def load_run(layout: Layout, spec: RunSpec, seed: int) -> RunResult | None:
         curve=curve,
         margins=margins,
     )
+
+
+def prediction_truth(layout: Layout, split: str, rows: list[dict[str, Any]]) -> np.ndarray:
+    """What the predictions ``rows`` of ``split`` are judged against: r*'s margins on the testbed
+    (:func:`true_margins_of`), the data's score margins (``gt_margin``) on real data."""
+    if layout.source is None:
+        return true_margins_of(layout.data, split, [str(r["id"]) for r in rows])
+    return np.array([r["gt_margin"] for r in rows], dtype=np.float64)
 
 
 def true_margins_of(data_dir: Path, split: str, ids: list[str]) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from popalign.eval.report import PREDICTIONS
 from popalign.testbed import claims as cl
 from popalign.testbed.plan import Layout, RunSpec
-from popalign.testbed.results import GENERATIVE, RunResult, true_margins_of
+from popalign.testbed.results import GENERATIVE, RunResult, prediction_truth
 from popalign.testbed.settings import BASELINE, ReproduceConfig
 
 VALIDATION_DIR = "eval-validation"
@@ -37,8 +37,8 @@ def enabled(cfg: ReproduceConfig) -> bool:
 def validation_figures(folder: Path, layout: Layout) -> dict[str, float] | None:
     """``{"generative": mean r* of validation replies, "discriminative": validation accuracy}``.
 
-    Accuracy is judged against the true margins, as on the test split (:func:`true_margins_of`), where the
-    data has them; against the score margins otherwise.
+    Accuracy is judged as on the test split (:func:`~popalign.testbed.results.prediction_truth`): against
+    the true margins where the data has them, the score margins otherwise.
     """
     from popalign.eval.discriminative import accuracy
     from popalign.testbed.task import reward
@@ -49,9 +49,7 @@ def validation_figures(folder: Path, layout: Layout) -> dict[str, float] | None:
     with open(ev / PREDICTIONS, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     predicted = np.array([r["predicted_margin"] for r in rows], dtype=np.float64)
-    truth = np.array([r["gt_margin"] for r in rows], dtype=np.float64)
-    if layout.source is None:
-        truth = true_margins_of(layout.data, "validation", [str(r["id"]) for r in rows])
+    truth = prediction_truth(layout, "validation", rows)
     acc = float(accuracy(predicted, truth))
     outputs = json.loads((ev / "model_outputs.json").read_text(encoding="utf-8"))
     mean_reward = float(np.mean([reward(r["instruction"], r["output"]) for r in outputs]))
